@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Fetches the public static-camera clip vtest.avi (Debian's opencv-doc package, examples/data)
+# into data/clips/vtest.avi. Prints its path.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=data/clips/vtest.avi
+if [ ! -f "$out" ]; then
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download opencv-doc >/dev/null 2>&1) || { apt-get update -q >/dev/null 2>&1 || true; (cd "$tmp" && apt-get download opencv-doc >/dev/null); }
+  mkdir -p "$tmp/x" data/clips
+  dpkg-deb --fsys-tarfile "$tmp"/opencv-doc_*.deb | tar -x -C "$tmp/x" ./usr/share/doc/opencv-doc/examples/data/vtest.avi
+  mv "$tmp/x/usr/share/doc/opencv-doc/examples/data/vtest.avi" "$out"
+  rm -rf "$tmp"
+fi
+echo "$out"

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh Debian 12 machine: GStreamer (dev files, tools, plugins), the
+# ONNX Runtime library from the onnxruntime PyPI wheel, and a release build of the plugin.
+#   bash scripts/setup.sh            # everything
+#   SKIP_BUILD=1 bash scripts/setup.sh
+# Environment: ORT_DIR (default /usr/local/lib/gst-classsr) is where libonnxruntime goes;
+# the element finds it there, or wherever ORT_DYLIB_PATH points.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ORT_VERSION=1.31.1
+ORT_DIR=${ORT_DIR:-/usr/local/lib/gst-classsr}
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+
+apt_packages=(
+  pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools
+  gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav
+  python3 python3-pip ca-certificates xz-utils
+)
+missing=()
+for p in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo ">> installing ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "error: cargo (Rust >= 1.92) is needed; install it with rustup (https://rustup.rs) and run this again" >&2
+  exit 1
+fi
+
+lib="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
+if [ ! -f "$lib" ]; then
+  echo ">> fetching onnxruntime==$ORT_VERSION from PyPI"
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    "onnxruntime==$ORT_VERSION" -d "$tmp"
+  (cd "$tmp" && python3 -m zipfile -e onnxruntime-*.whl x)
+  $SUDO mkdir -p "$ORT_DIR"
+  $SUDO cp "$tmp/x/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$lib"
+  rm -rf "$tmp"
+fi
+echo ">> ONNX Runtime: $lib"
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+  echo ">> building the plugin (release)"
+  cargo build --release --lib --bins
+  echo ">> plugin: $(pwd)/target/release/libgstclasssr.so (GST_PLUGIN_PATH=$(pwd)/target/release)"
+fi

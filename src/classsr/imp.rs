@@ -1,0 +1,497 @@
+// Implementation of the `classsr` element (a gst_video::VideoFilter): properties, caps,
+// model loading in start(), and per-frame processing through the shared engine.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{LazyLock, Mutex};
+
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use gst_base::subclass::prelude::*;
+use gst_video::prelude::*;
+use gst_video::subclass::prelude::*;
+
+use super::{caps, ClassSrDevice, ClassSrMode};
+use crate::engine::{Engine, FrameConfig, Image, ImageMut, Mode, Model, PixelLayout};
+use crate::manifest::ModelSet;
+use crate::runtime::{DeviceRequest, SessionConfig};
+use crate::Error;
+
+static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "classsr",
+        gst::DebugColorFlags::empty(),
+        Some("ClassSR super-resolution"),
+    )
+});
+
+const DEFAULT_TILE: u32 = 32;
+const DEFAULT_OVERLAP: u32 = 4;
+const DEFAULT_MAX_BATCH: u32 = 256;
+
+#[derive(Debug, Clone, PartialEq)]
+struct Settings {
+    model: String,
+    mode: ClassSrMode,
+    device: ClassSrDevice,
+    device_id: i32,
+    threads: u32,
+    tile_size: u32,
+    overlap: u32,
+    max_batch: u32,
+    bias: f32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            model: String::new(),
+            mode: ClassSrMode::default(),
+            device: ClassSrDevice::default(),
+            device_id: 0,
+            threads: 0,
+            tile_size: DEFAULT_TILE,
+            overlap: DEFAULT_OVERLAP,
+            max_batch: DEFAULT_MAX_BATCH,
+            bias: 0.0,
+        }
+    }
+}
+
+impl Settings {
+    fn frame_config(&self) -> FrameConfig {
+        FrameConfig {
+            mode: match self.mode {
+                ClassSrMode::ClassSr => Mode::ClassSR,
+                ClassSrMode::Original => Mode::Original,
+                ClassSrMode::Bicubic => Mode::Bicubic,
+                ClassSrMode::Branch1 => Mode::Branch(0),
+                ClassSrMode::Branch2 => Mode::Branch(1),
+                ClassSrMode::Branch3 => Mode::Branch(2),
+            },
+            tile: self.tile_size as usize,
+            overlap: self.overlap as usize,
+            max_batch: self.max_batch as usize,
+            bias: self.bias,
+        }
+    }
+
+    fn session_config(&self) -> SessionConfig {
+        SessionConfig {
+            device: match self.device {
+                ClassSrDevice::Auto => DeviceRequest::Auto,
+                ClassSrDevice::Cpu => DeviceRequest::Cpu,
+                ClassSrDevice::Cuda => DeviceRequest::Cuda,
+            },
+            device_id: self.device_id,
+            threads: self.threads as usize,
+        }
+    }
+}
+
+struct State {
+    engine: Engine,
+    in_layout: Option<PixelLayout>,
+    out_layout: Option<PixelLayout>,
+    frames: u64,
+}
+
+pub struct ClassSr {
+    settings: Mutex<Settings>,
+    state: Mutex<Option<State>>,
+    /// The loaded model's scale (4 until a model is loaded), used for caps.
+    scale: AtomicU32,
+    active_device: Mutex<String>,
+}
+
+impl Default for ClassSr {
+    fn default() -> Self {
+        ClassSr {
+            settings: Mutex::new(Settings::default()),
+            state: Mutex::new(None),
+            scale: AtomicU32::new(4),
+            active_device: Mutex::new("none".to_string()),
+        }
+    }
+}
+
+fn layout_of(format: gst_video::VideoFormat) -> Option<PixelLayout> {
+    use gst_video::VideoFormat as F;
+    Some(match format {
+        F::Rgb => PixelLayout::Rgb,
+        F::Bgr => PixelLayout::Bgr,
+        F::Rgbx => PixelLayout::Rgbx,
+        F::Bgrx => PixelLayout::Bgrx,
+        F::Xrgb => PixelLayout::Xrgb,
+        F::Xbgr => PixelLayout::Xbgr,
+        F::Rgba => PixelLayout::Rgba,
+        F::Bgra => PixelLayout::Bgra,
+        _ => return None,
+    })
+}
+
+impl ClassSr {
+    /// Posts an element error for an engine error, with the category its fix belongs to.
+    fn post_error(&self, e: &Error) {
+        match e {
+            Error::Model(m) => gst::element_imp_error!(self, gst::ResourceError::Settings, ("{}", m)),
+            Error::Runtime(m) => gst::element_imp_error!(self, gst::LibraryError::Init, ("{}", m)),
+            Error::Input(m) => gst::element_imp_error!(self, gst::StreamError::Format, ("{}", m)),
+            Error::Settings(m) => gst::element_imp_error!(self, gst::LibraryError::Settings, ("{}", m)),
+        }
+    }
+
+    fn error_message(e: &Error) -> gst::ErrorMessage {
+        match e {
+            Error::Model(m) => gst::error_msg!(gst::ResourceError::Settings, ("{}", m)),
+            Error::Runtime(m) => gst::error_msg!(gst::LibraryError::Init, ("{}", m)),
+            Error::Input(m) => gst::error_msg!(gst::StreamError::Format, ("{}", m)),
+            Error::Settings(m) => gst::error_msg!(gst::LibraryError::Settings, ("{}", m)),
+        }
+    }
+
+    /// Whether a property that needs the model reloaded may change now; warns if not.
+    fn may_reload(&self, name: &str) -> bool {
+        if self.state.lock().unwrap().is_none() {
+            return true;
+        }
+        gst::warning!(
+            CAT,
+            imp = self,
+            "'{name}' cannot change while the element is running; stop it (READY or NULL) first"
+        );
+        gst::element_imp_warning!(
+            self,
+            gst::LibraryError::Settings,
+            (
+                "Refused to change '{}' while running: it needs the model reloaded; set it in the READY or NULL state",
+                name
+            )
+        );
+        false
+    }
+}
+
+#[glib::object_subclass]
+impl ObjectSubclass for ClassSr {
+    const NAME: &'static str = "GstClassSr";
+    type Type = super::ClassSr;
+    type ParentType = gst_video::VideoFilter;
+}
+
+impl ObjectImpl for ClassSr {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPERTIES: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("model")
+                    .nick("Model directory")
+                    .blurb("Directory with manifest.json, classifier.onnx and branch1..3.onnx; empty = the embedded default model")
+                    .default_value(Some(""))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("mode", ClassSrMode::default())
+                    .nick("Mode")
+                    .blurb("classsr routes each tile by the classifier; original runs the largest branch everywhere; bicubic runs no network; branchN forces one branch")
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("device", ClassSrDevice::default())
+                    .nick("Device")
+                    .blurb("Where ONNX Runtime runs: auto (CUDA when its provider registers, else CPU), cpu or cuda")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecInt::builder("device-id")
+                    .nick("Device ID")
+                    .blurb("CUDA device index used with device=cuda or auto")
+                    .minimum(0)
+                    .maximum(255)
+                    .default_value(0)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("active-device")
+                    .nick("Active device")
+                    .blurb("Where inference actually runs: none (not started), cpu or cuda:N")
+                    .read_only()
+                    .build(),
+                glib::ParamSpecUInt::builder("threads")
+                    .nick("Threads")
+                    .blurb("ONNX Runtime intra-op threads per graph; 0 = one per core")
+                    .maximum(256)
+                    .default_value(0)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("tile-size")
+                    .nick("Tile size")
+                    .blurb("Side of the square LR tiles in pixels (the models are trained on 32)")
+                    .minimum(8)
+                    .maximum(256)
+                    .default_value(DEFAULT_TILE)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("overlap")
+                    .nick("Overlap")
+                    .blurb("LR pixels shared by neighbouring tiles, blended with a linear feather; must be below tile-size")
+                    .maximum(255)
+                    .default_value(DEFAULT_OVERLAP)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-batch")
+                    .nick("Max batch")
+                    .blurb("Most tiles per branch run (larger batches are split)")
+                    .minimum(1)
+                    .maximum(65536)
+                    .default_value(DEFAULT_MAX_BATCH)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecFloat::builder("bias")
+                    .nick("Bias")
+                    .blurb("Shifts routing without retraining: negative towards cheaper branches, positive towards branch3 (added to branch3's logit, subtracted from branch1's)")
+                    .minimum(-100.0)
+                    .maximum(100.0)
+                    .default_value(0.0)
+                    .mutable_playing()
+                    .build(),
+            ]
+        });
+        PROPERTIES.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let name = pspec.name();
+        if matches!(name, "model" | "device" | "device-id" | "threads") && !self.may_reload(name) {
+            return;
+        }
+        let mut s = self.settings.lock().unwrap();
+        match name {
+            "model" => s.model = value.get::<Option<String>>().expect("type checked").unwrap_or_default(),
+            "mode" => s.mode = value.get().expect("type checked"),
+            "device" => s.device = value.get().expect("type checked"),
+            "device-id" => s.device_id = value.get().expect("type checked"),
+            "threads" => s.threads = value.get().expect("type checked"),
+            "tile-size" => s.tile_size = value.get().expect("type checked"),
+            "overlap" => s.overlap = value.get().expect("type checked"),
+            "max-batch" => s.max_batch = value.get().expect("type checked"),
+            "bias" => s.bias = value.get().expect("type checked"),
+            _ => unimplemented!("property {name}"),
+        }
+        gst::debug!(CAT, imp = self, "{name} set to {value:?}");
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        if pspec.name() == "active-device" {
+            return self.active_device.lock().unwrap().to_value();
+        }
+        let s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "model" => s.model.to_value(),
+            "mode" => s.mode.to_value(),
+            "device" => s.device.to_value(),
+            "device-id" => s.device_id.to_value(),
+            "threads" => s.threads.to_value(),
+            "tile-size" => s.tile_size.to_value(),
+            "overlap" => s.overlap.to_value(),
+            "max-batch" => s.max_batch.to_value(),
+            "bias" => s.bias.to_value(),
+            name => unimplemented!("property {name}"),
+        }
+    }
+}
+
+impl GstObjectImpl for ClassSr {}
+
+impl ElementImpl for ClassSr {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static META: LazyLock<gst::subclass::ElementMetadata> = LazyLock::new(|| {
+            gst::subclass::ElementMetadata::new(
+                "ClassSR super-resolution",
+                "Filter/Converter/Video/Scaler",
+                "Upscales video x4 with ClassSR: overlapping 32x32 tiles are scored by a small classifier in one \
+                 batched ONNX Runtime run and sent to one of three networks of decreasing cost, then blended back. \
+                 Example: gst-launch-1.0 videotestsrc ! video/x-raw,width=320,height=240 ! classsr ! videoconvert ! autovideosink",
+                "gst-classsr developers",
+            )
+        });
+        Some(&*META)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
+            use gst_video::VideoFormat as F;
+            let caps = gst_video::VideoCapsBuilder::new()
+                .format_list([F::Rgb, F::Bgr, F::Rgbx, F::Bgrx, F::Xrgb, F::Xbgr, F::Rgba, F::Bgra])
+                .build();
+            vec![
+                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &caps).unwrap(),
+                gst::PadTemplate::new("sink", gst::PadDirection::Sink, gst::PadPresence::Always, &caps).unwrap(),
+            ]
+        });
+        TEMPLATES.as_ref()
+    }
+}
+
+impl BaseTransformImpl for ClassSr {
+    const MODE: gst_base::subclass::BaseTransformMode = gst_base::subclass::BaseTransformMode::NeverInPlace;
+    const PASSTHROUGH_ON_SAME_CAPS: bool = false;
+    const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
+
+    fn start(&self) -> Result<(), gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        let loaded = catch_unwind(AssertUnwindSafe(|| {
+            let set = ModelSet::load(&settings.model)?;
+            Model::load(&set, &settings.session_config())
+        }))
+        .unwrap_or_else(|_| Err(Error::Runtime("loading the model panicked".into())));
+        let model = loaded.map_err(|e| Self::error_message(&e))?;
+        if let Some(why) = &model.fallback {
+            gst::warning!(CAT, imp = self, "device=auto falls back to CPU: {why}");
+        }
+        gst::info!(
+            CAT,
+            imp = self,
+            "loaded {} model ({}) from {}: inference on {}",
+            model.manifest.family,
+            model.manifest.provenance.kind,
+            model.origin,
+            model.device
+        );
+        self.scale.store(model.manifest.scale, Ordering::SeqCst);
+        *self.active_device.lock().unwrap() = model.device.to_string();
+        *self.state.lock().unwrap() = Some(State {
+            engine: Engine::new(model),
+            in_layout: None,
+            out_layout: None,
+            frames: 0,
+        });
+        Ok(())
+    }
+
+    fn stop(&self) -> Result<(), gst::ErrorMessage> {
+        *self.state.lock().unwrap() = None;
+        *self.active_device.lock().unwrap() = "none".to_string();
+        gst::info!(CAT, imp = self, "stopped");
+        Ok(())
+    }
+
+    fn transform_caps(
+        &self,
+        direction: gst::PadDirection,
+        caps: &gst::Caps,
+        filter: Option<&gst::Caps>,
+    ) -> Option<gst::Caps> {
+        let out = caps::transform(caps, direction, self.scale.load(Ordering::SeqCst));
+        gst::debug!(CAT, imp = self, "transformed {caps:?} ({direction:?}) to {out:?}");
+        Some(match filter {
+            Some(f) => f.intersect_with_mode(&out, gst::CapsIntersectMode::First),
+            None => out,
+        })
+    }
+
+    fn sink_event(&self, event: gst::Event) -> bool {
+        if let gst::EventView::FlushStop(_) = event.view() {
+            if let Some(state) = self.state.lock().unwrap().as_mut() {
+                state.engine.reset();
+            }
+        }
+        self.parent_sink_event(event)
+    }
+}
+
+impl VideoFilterImpl for ClassSr {
+    fn set_info(
+        &self,
+        _incaps: &gst::Caps,
+        in_info: &gst_video::VideoInfo,
+        _outcaps: &gst::Caps,
+        out_info: &gst_video::VideoInfo,
+    ) -> Result<(), gst::LoggableError> {
+        let mut guard = self.state.lock().unwrap();
+        let Some(state) = guard.as_mut() else {
+            return Err(gst::loggable_error!(CAT, "caps set before the model was loaded"));
+        };
+        let (w, h) = (in_info.width() as usize, in_info.height() as usize);
+        if let Err(e) = Engine::check_size(w, h) {
+            self.post_error(&e);
+            return Err(gst::loggable_error!(CAT, "{}", e));
+        }
+        let scale = state.engine.scale();
+        if out_info.width() as usize != w * scale || out_info.height() as usize != h * scale {
+            let e = Error::Input(format!(
+                "output caps {}x{} are not {scale} times the input {w}x{h}",
+                out_info.width(),
+                out_info.height()
+            ));
+            self.post_error(&e);
+            return Err(gst::loggable_error!(CAT, "{}", e));
+        }
+        state.in_layout = layout_of(in_info.format());
+        state.out_layout = layout_of(out_info.format());
+        // A new geometry is re-tiled on the next frame.
+        state.engine.reset();
+        gst::info!(
+            CAT,
+            imp = self,
+            "{w}x{h} {} -> {}x{} {}",
+            in_info.format().to_str(),
+            out_info.width(),
+            out_info.height(),
+            out_info.format().to_str()
+        );
+        Ok(())
+    }
+
+    fn transform_frame(
+        &self,
+        inframe: &gst_video::VideoFrameRef<&gst::BufferRef>,
+        outframe: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
+    ) -> Result<gst::FlowSuccess, gst::FlowError> {
+        let cfg = self.settings.lock().unwrap().frame_config();
+        let mut guard = self.state.lock().unwrap();
+        let state = guard.as_mut().ok_or(gst::FlowError::NotNegotiated)?;
+        let (Some(in_layout), Some(out_layout)) = (state.in_layout, state.out_layout) else {
+            return Err(gst::FlowError::NotNegotiated);
+        };
+        if cfg.overlap >= cfg.tile {
+            self.post_error(&Error::Settings(format!(
+                "overlap {} must be smaller than tile-size {}",
+                cfg.overlap, cfg.tile
+            )));
+            return Err(gst::FlowError::Error);
+        }
+        let input = Image {
+            data: inframe.plane_data(0).map_err(|_| gst::FlowError::Error)?,
+            width: inframe.width() as usize,
+            height: inframe.height() as usize,
+            stride: inframe.plane_stride()[0] as usize,
+            layout: in_layout,
+        };
+        let (ow, oh, ostride) = (
+            outframe.width() as usize,
+            outframe.height() as usize,
+            outframe.plane_stride()[0] as usize,
+        );
+        let mut output = ImageMut {
+            data: outframe.plane_data_mut(0).map_err(|_| gst::FlowError::Error)?,
+            width: ow,
+            height: oh,
+            stride: ostride,
+            layout: out_layout,
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| state.engine.process(&cfg, &input, &mut output)))
+            .unwrap_or_else(|_| Err(Error::Runtime("frame processing panicked".into())));
+        match result {
+            Ok(stats) => {
+                state.frames += 1;
+                gst::trace!(CAT, imp = self, "frame {}: {:?}", state.frames, stats);
+                Ok(gst::FlowSuccess::Ok)
+            }
+            Err(e) => {
+                if matches!(e, Error::Runtime(_)) {
+                    // A panic or failed run may leave buffers half-written: start clean next time.
+                    state.engine.reset();
+                }
+                self.post_error(&e);
+                Err(gst::FlowError::Error)
+            }
+        }
+    }
+}

@@ -1,0 +1,57 @@
+// The `classsr` element: registration and the public enums of its properties.
+//
+// Example pipeline:
+//
+//   gst-launch-1.0 videotestsrc ! video/x-raw,width=320,height=240 ! classsr ! videoconvert ! autovideosink
+//
+// Upscales every frame ×4 (the model's scale): the frame is cut into overlapping 32×32 tiles,
+// a small classifier scores every tile in one batched run, each tile goes to one of three
+// branches of decreasing cost, and the HR tiles are blended back together.
+
+use gst::glib;
+use gst::prelude::*;
+
+mod caps;
+mod imp;
+
+glib::wrapper! {
+    pub struct ClassSr(ObjectSubclass<imp::ClassSr>) @extends gst_video::VideoFilter, gst_base::BaseTransform, gst::Element, gst::Object;
+}
+
+/// The `mode` property.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstClassSrMode")]
+pub enum ClassSrMode {
+    #[default]
+    #[enum_value(name = "ClassSR: the classifier routes each tile to a branch", nick = "classsr")]
+    ClassSr,
+    #[enum_value(name = "Original: the largest branch on every tile", nick = "original")]
+    Original,
+    #[enum_value(name = "Bicubic: no network", nick = "bicubic")]
+    Bicubic,
+    #[enum_value(name = "Branch 1 (cheapest) on every tile", nick = "branch1")]
+    Branch1,
+    #[enum_value(name = "Branch 2 on every tile", nick = "branch2")]
+    Branch2,
+    #[enum_value(name = "Branch 3 (largest) on every tile", nick = "branch3")]
+    Branch3,
+}
+
+/// The `device` property.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstClassSrDevice")]
+pub enum ClassSrDevice {
+    #[default]
+    #[enum_value(name = "Auto: CUDA when its provider registers, else CPU", nick = "auto")]
+    Auto,
+    #[enum_value(name = "CPU", nick = "cpu")]
+    Cpu,
+    #[enum_value(name = "CUDA (fails if the provider does not register)", nick = "cuda")]
+    Cuda,
+}
+
+pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    gst::Element::register(Some(plugin), "classsr", gst::Rank::NONE, ClassSr::static_type())
+}

@@ -1,0 +1,148 @@
+// A model set loaded into ONNX Runtime sessions: the classifier and three branches, checked
+// against the manifest (tensor names, and shapes by a dry run on one tile) before first use.
+
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::manifest::{Manifest, ModelSet};
+use crate::runtime::{self, ActiveDevice, SessionConfig};
+use crate::Error;
+
+/// Four live sessions and the manifest that describes them.
+pub struct Model {
+    pub manifest: Manifest,
+    pub classifier: Session,
+    pub branches: [Session; 3],
+    pub device: ActiveDevice,
+    /// Why CUDA was not used, when `auto` fell back to CPU.
+    pub fallback: Option<String>,
+    pub origin: String,
+}
+
+fn check_names(session: &Session, input: &str, output: &str, what: &str) -> Result<(), Error> {
+    let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
+    let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    if inputs != [input] {
+        return Err(Error::Model(format!(
+            "{what} has inputs {inputs:?} but the manifest names one input '{input}'"
+        )));
+    }
+    if !outputs.contains(&output) {
+        return Err(Error::Model(format!(
+            "{what} has outputs {outputs:?} but the manifest names '{output}'"
+        )));
+    }
+    Ok(())
+}
+
+/// Runs `session` on `n` tiles and returns the named output's shape and values.
+fn run_f32(
+    session: &mut Session,
+    output: &str,
+    data: &[f32],
+    n: usize,
+    t: usize,
+    what: &str,
+) -> Result<(Vec<i64>, Vec<f32>), Error> {
+    let tensor =
+        TensorRef::from_array_view(([n, 3, t, t], data)).map_err(|e| Error::Runtime(format!("{what} input: {e}")))?;
+    let outputs = session
+        .run(ort::inputs![tensor])
+        .map_err(|e| Error::Model(format!("{what} failed on {n} tiles of {t}x{t}: {e}")))?;
+    let value = outputs
+        .get(output)
+        .ok_or_else(|| Error::Model(format!("{what} has no output '{output}'")))?;
+    let (shape, values) = value
+        .try_extract_tensor::<f32>()
+        .map_err(|e| Error::Model(format!("{what} output '{output}' is not an f32 tensor: {e}")))?;
+    Ok((shape.to_vec(), values.to_vec()))
+}
+
+impl Model {
+    /// Creates the four sessions and checks them against the manifest.
+    pub fn load(set: &ModelSet, cfg: &SessionConfig) -> Result<Model, Error> {
+        let m = &set.manifest;
+        m.validate()?;
+        let what = |file: &str| format!("{} ({})", file, set.origin);
+        let (mut classifier, device, fallback) = runtime::session(&set.classifier, &what(&m.classifier.file), cfg)?;
+        // Once auto has settled on a device, the branches use the same one.
+        let cfg = SessionConfig {
+            device: match device {
+                ActiveDevice::Cpu => runtime::DeviceRequest::Cpu,
+                ActiveDevice::Cuda(_) => runtime::DeviceRequest::Cuda,
+            },
+            ..*cfg
+        };
+        let mut branches = Vec::with_capacity(3);
+        for (info, bytes) in m.branches.iter().zip(&set.branches) {
+            branches.push(runtime::session(bytes, &what(&info.file), &cfg)?.0);
+        }
+        let mut branches: [Session; 3] = branches.try_into().unwrap_or_else(|_| unreachable!());
+
+        // Names, then shapes by a dry run on one tile of the manifest's size.
+        check_names(
+            &classifier,
+            &m.classifier.input,
+            &m.classifier.output,
+            &what(&m.classifier.file),
+        )?;
+        let t = m.tile_size as usize;
+        let zeros = vec![m.value_range[0]; 3 * t * t];
+        let (shape, _) = run_f32(
+            &mut classifier,
+            &m.classifier.output,
+            &zeros,
+            1,
+            t,
+            &what(&m.classifier.file),
+        )?;
+        if shape != [1, 3] {
+            return Err(Error::Model(format!(
+                "{} returns shape {shape:?} for one tile; a classifier must return [batch, 3] logits",
+                what(&m.classifier.file)
+            )));
+        }
+        let ht = (t * m.scale as usize) as i64;
+        for (session, info) in branches.iter_mut().zip(&m.branches) {
+            check_names(session, &info.input, &info.output, &what(&info.file))?;
+            let (shape, _) = run_f32(session, &info.output, &zeros, 1, t, &what(&info.file))?;
+            if shape != [1, 3, ht, ht] {
+                return Err(Error::Model(format!(
+                    "{} returns shape {shape:?} for one {t}x{t} tile but the manifest says scale {} (expected [1, 3, {ht}, {ht}])",
+                    what(&info.file),
+                    m.scale
+                )));
+            }
+        }
+        Ok(Model {
+            manifest: m.clone(),
+            classifier,
+            branches,
+            device,
+            fallback,
+            origin: set.origin.clone(),
+        })
+    }
+
+    /// Runs the classifier on `n` NCHW tiles of side `t`; returns n×3 logits.
+    pub fn run_classifier(&mut self, tiles: &[f32], n: usize, t: usize) -> Result<Vec<f32>, Error> {
+        let out = self.manifest.classifier.output.clone();
+        let (shape, logits) = run_f32(&mut self.classifier, &out, &tiles[..n * 3 * t * t], n, t, "classifier")?;
+        if shape != [n as i64, 3] {
+            return Err(Error::Model(format!(
+                "classifier returned shape {shape:?} for {n} tiles; expected [{n}, 3]"
+            )));
+        }
+        Ok(logits)
+    }
+
+    /// True MACs per tile of side `tile` for each branch (the manifest's figures scaled by area).
+    pub fn branch_macs(&self, tile: usize) -> [u64; 3] {
+        let area = |macs: u64| macs * (tile * tile) as u64 / (self.manifest.tile_size as u64).pow(2);
+        [0, 1, 2].map(|i| area(self.manifest.branches[i].macs_per_tile))
+    }
+
+    pub fn classifier_macs(&self, tile: usize) -> u64 {
+        self.manifest.classifier.macs_per_tile * (tile * tile) as u64 / (self.manifest.tile_size as u64).pow(2)
+    }
+}

@@ -1,0 +1,210 @@
+// Packed 8-bit RGB pixel layouts the engine reads and writes, and conversion between them and
+// the engine's planar f32 buffers.
+
+/// A packed 8-bit RGB(A) layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PixelLayout {
+    Rgb,
+    Bgr,
+    Rgbx,
+    Bgrx,
+    Xrgb,
+    Xbgr,
+    Rgba,
+    Bgra,
+}
+
+impl PixelLayout {
+    pub const ALL: [PixelLayout; 8] = [
+        PixelLayout::Rgb,
+        PixelLayout::Bgr,
+        PixelLayout::Rgbx,
+        PixelLayout::Bgrx,
+        PixelLayout::Xrgb,
+        PixelLayout::Xbgr,
+        PixelLayout::Rgba,
+        PixelLayout::Bgra,
+    ];
+
+    pub fn bytes_per_pixel(self) -> usize {
+        match self {
+            PixelLayout::Rgb | PixelLayout::Bgr => 3,
+            _ => 4,
+        }
+    }
+
+    /// Byte offsets of R, G and B within a pixel.
+    pub fn rgb_offsets(self) -> [usize; 3] {
+        match self {
+            PixelLayout::Rgb | PixelLayout::Rgbx | PixelLayout::Rgba => [0, 1, 2],
+            PixelLayout::Bgr | PixelLayout::Bgrx | PixelLayout::Bgra => [2, 1, 0],
+            PixelLayout::Xrgb => [1, 2, 3],
+            PixelLayout::Xbgr => [3, 2, 1],
+        }
+    }
+
+    /// Byte offset of the alpha channel, for layouts that carry one.
+    pub fn alpha_offset(self) -> Option<usize> {
+        match self {
+            PixelLayout::Rgba | PixelLayout::Bgra => Some(3),
+            _ => None,
+        }
+    }
+
+    /// Byte offset of the unused padding byte, for x layouts.
+    pub fn pad_offset(self) -> Option<usize> {
+        match self {
+            PixelLayout::Rgbx | PixelLayout::Bgrx => Some(3),
+            PixelLayout::Xrgb | PixelLayout::Xbgr => Some(0),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PixelLayout::Rgb => "RGB",
+            PixelLayout::Bgr => "BGR",
+            PixelLayout::Rgbx => "RGBx",
+            PixelLayout::Bgrx => "BGRx",
+            PixelLayout::Xrgb => "xRGB",
+            PixelLayout::Xbgr => "xBGR",
+            PixelLayout::Rgba => "RGBA",
+            PixelLayout::Bgra => "BGRA",
+        }
+    }
+}
+
+/// A borrowed packed image.
+#[derive(Debug, Clone, Copy)]
+pub struct Image<'a> {
+    pub data: &'a [u8],
+    pub width: usize,
+    pub height: usize,
+    /// Bytes from one row to the next.
+    pub stride: usize,
+    pub layout: PixelLayout,
+}
+
+/// A mutably borrowed packed image.
+#[derive(Debug)]
+pub struct ImageMut<'a> {
+    pub data: &'a mut [u8],
+    pub width: usize,
+    pub height: usize,
+    pub stride: usize,
+    pub layout: PixelLayout,
+}
+
+impl Image<'_> {
+    /// Checks that `data` holds `height` rows of `stride` bytes with `width` pixels each.
+    pub fn check(&self) -> Result<(), String> {
+        check_dims(self.data.len(), self.width, self.height, self.stride, self.layout)
+    }
+}
+
+impl ImageMut<'_> {
+    pub fn check(&self) -> Result<(), String> {
+        check_dims(self.data.len(), self.width, self.height, self.stride, self.layout)
+    }
+}
+
+fn check_dims(len: usize, width: usize, height: usize, stride: usize, layout: PixelLayout) -> Result<(), String> {
+    let row = width * layout.bytes_per_pixel();
+    if width == 0 || height == 0 {
+        return Err(format!("frame size {width}x{height} is empty"));
+    }
+    if stride < row {
+        return Err(format!(
+            "stride {stride} is shorter than a row of {width} {} pixels ({row} bytes)",
+            layout.name()
+        ));
+    }
+    let need = stride * (height - 1) + row;
+    if len < need {
+        return Err(format!(
+            "{width}x{height} {} frame needs {need} bytes, buffer has {len}",
+            layout.name()
+        ));
+    }
+    Ok(())
+}
+
+/// Unpacks `img` into planar f32 planes of `pw`×`ph` (≥ the image), replicating the last row
+/// and column into the padding. Colour values map 0..255 → lo..hi. The alpha plane, when
+/// given and the layout has alpha, is filled the same way.
+pub fn unpack_planar(img: &Image, pw: usize, ph: usize, lo: f32, hi: f32, rgb: &mut [f32], alpha: Option<&mut [f32]>) {
+    let plane = pw * ph;
+    debug_assert!(rgb.len() >= 3 * plane);
+    let bpp = img.layout.bytes_per_pixel();
+    let offs = img.layout.rgb_offsets();
+    let k = (hi - lo) / 255.0;
+    let (r_plane, rest) = rgb.split_at_mut(plane);
+    let (g_plane, b_plane) = rest.split_at_mut(plane);
+    for y in 0..ph {
+        let row = &img.data[y.min(img.height - 1) * img.stride..];
+        let o = y * pw;
+        for x in 0..img.width {
+            let p = &row[x * bpp..x * bpp + bpp];
+            r_plane[o + x] = lo + p[offs[0]] as f32 * k;
+            g_plane[o + x] = lo + p[offs[1]] as f32 * k;
+            b_plane[o + x] = lo + p[offs[2]] as f32 * k;
+        }
+        for plane in [&mut *r_plane, &mut *g_plane, &mut *b_plane] {
+            let last = plane[o + img.width - 1];
+            plane[o + img.width..o + pw].fill(last);
+        }
+    }
+    if let (Some(alpha), Some(ao)) = (alpha, img.layout.alpha_offset()) {
+        for y in 0..ph {
+            let row = &img.data[y.min(img.height - 1) * img.stride..];
+            let o = y * pw;
+            for x in 0..img.width {
+                alpha[o + x] = row[x * bpp + ao] as f32 / 255.0;
+            }
+            let last = alpha[o + img.width - 1];
+            alpha[o + img.width..o + pw].fill(last);
+        }
+    }
+}
+
+#[inline]
+fn to_u8(v: f32) -> u8 {
+    // NaN maps to 0; the cast saturates.
+    (v + 0.5).clamp(0.0, 255.0) as u8
+}
+
+/// Packs the top-left `out.width`×`out.height` of planar planes of width `pw` into `out`,
+/// mapping lo..hi → 0..255 with rounding. Alpha (0..1) is written when the layout has it,
+/// the padding byte of x layouts is set to 255.
+pub fn pack_planar(rgb: &[f32], pw: usize, ph: usize, lo: f32, hi: f32, alpha: Option<&[f32]>, out: &mut ImageMut) {
+    let plane = pw * ph;
+    let bpp = out.layout.bytes_per_pixel();
+    let offs = out.layout.rgb_offsets();
+    let k = 255.0 / (hi - lo);
+    for y in 0..out.height {
+        let row = &mut out.data[y * out.stride..y * out.stride + out.width * bpp];
+        let o = y * pw;
+        for (c, &off) in offs.iter().enumerate() {
+            let src = &rgb[c * plane + o..c * plane + o + out.width];
+            for (x, &v) in src.iter().enumerate() {
+                row[x * bpp + off] = to_u8((v - lo) * k);
+            }
+        }
+        if let Some(ao) = out.layout.alpha_offset() {
+            if let Some(alpha) = alpha {
+                for (x, &v) in alpha[o..o + out.width].iter().enumerate() {
+                    row[x * bpp + ao] = to_u8(v * 255.0);
+                }
+            } else {
+                for x in 0..out.width {
+                    row[x * bpp + ao] = 255;
+                }
+            }
+        }
+        if let Some(po) = out.layout.pad_offset() {
+            for x in 0..out.width {
+                row[x * bpp + po] = 255;
+            }
+        }
+    }
+}

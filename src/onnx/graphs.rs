@@ -1,0 +1,343 @@
+// Architecture descriptions and their ONNX graphs: the trainable families (FSRCNN branch,
+// ClassSR classifier) written from named weights, and the known-answer models used as the
+// test fixtures (fixed-kernel resamplers and a variance classifier).
+
+use std::collections::BTreeMap;
+
+use super::builder::{to_bytes, Attr, Dim, GraphBuilder};
+use super::proto::ModelProto;
+
+/// Name of the LR input of every graph.
+pub const INPUT: &str = "lr";
+/// Name of the HR output of a branch graph.
+pub const BRANCH_OUTPUT: &str = "sr";
+/// Name of the logits output of a classifier graph.
+pub const CLASSIFIER_OUTPUT: &str = "logits";
+
+/// A named f32 tensor (row-major, PyTorch/ONNX layout).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Weights by parameter name.
+pub type Weights = BTreeMap<String, Tensor>;
+
+/// One network of the project.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arch {
+    /// FSRCNN(d, s, m) with PReLU and a ×scale ConvTranspose (k9, p3, output_padding scale-1).
+    Fsrcnn { d: usize, s: usize, m: usize, scale: usize },
+    /// The ClassSR classifier: Conv 3→128 k4 s4, 3× Conv1×1, Conv1×1 128→32, GAP, Linear 32→3.
+    Classifier,
+    /// Known-answer branch: exact ×scale resampling with a fixed separable kernel.
+    Resampler { kernel: Kernel, scale: usize },
+    /// Known-answer classifier: routes by the standard deviation of the tile (per channel, RMS over channels) (thresholds t1 < t2,
+    /// in the graph's value range): std < t1 → class 1, t1 ≤ std < t2 → class 2, else class 3.
+    VarianceClassifier { t1: f32, t2: f32 },
+}
+
+/// The 1-D kernels of the known-answer resamplers (half-pixel centres, edges clamped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    Nearest,
+    Bilinear,
+    /// Keys cubic convolution with a = -0.5.
+    Bicubic,
+}
+
+impl Kernel {
+    /// Taps each side of the centre sample.
+    pub fn radius(self) -> usize {
+        match self {
+            Kernel::Nearest => 0,
+            Kernel::Bilinear => 1,
+            Kernel::Bicubic => 2,
+        }
+    }
+
+    /// Kernel value at distance `t` (in input samples).
+    pub fn eval(self, t: f64) -> f64 {
+        let t = t.abs();
+        match self {
+            Kernel::Nearest => {
+                if t < 0.5 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Kernel::Bilinear => (1.0 - t).max(0.0),
+            Kernel::Bicubic => {
+                let a = -0.5;
+                if t <= 1.0 {
+                    (a + 2.0) * t * t * t - (a + 3.0) * t * t + 1.0
+                } else if t < 2.0 {
+                    a * t * t * t - 5.0 * a * t * t + 8.0 * a * t - 4.0 * a
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+
+    /// Weights of input samples i-R..=i+R for output phase `r` of `scale` (output 4i+r for ×4).
+    pub fn phase_taps(self, scale: usize, r: usize) -> Vec<f64> {
+        let rad = self.radius() as i64;
+        let offset = (r as f64 + 0.5) / scale as f64 - 0.5;
+        (-rad..=rad).map(|d| self.eval(offset - d as f64)).collect()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Nearest => "nearest",
+            Kernel::Bilinear => "bilinear",
+            Kernel::Bicubic => "bicubic",
+        }
+    }
+}
+
+impl Arch {
+    /// Parameter names and shapes, in a fixed order (empty for the known-answer models).
+    pub fn params(&self) -> Vec<(String, Vec<usize>)> {
+        let mut p = Vec::new();
+        let mut conv = |name: &str, cout: usize, cin: usize, k: usize, prelu: bool| {
+            p.push((format!("{name}.weight"), vec![cout, cin, k, k]));
+            p.push((format!("{name}.bias"), vec![cout]));
+            if prelu {
+                p.push((format!("{name}.alpha"), vec![cout]));
+            }
+        };
+        match *self {
+            Arch::Fsrcnn { d, s, m, scale } => {
+                conv("head", d, 3, 5, true);
+                conv("shrink", s, d, 1, true);
+                for i in 0..m {
+                    conv(&format!("map{i}"), s, s, 3, true);
+                }
+                conv("expand", d, s, 1, true);
+                p.push(("tail.weight".into(), vec![d, 3, 9, 9]));
+                p.push(("tail.bias".into(), vec![3]));
+                let _ = scale;
+            }
+            Arch::Classifier => {
+                conv("conv0", 128, 3, 4, false);
+                for i in 1..4 {
+                    conv(&format!("conv{i}"), 128, 128, 1, false);
+                }
+                conv("conv4", 32, 128, 1, false);
+                p.push(("fc.weight".into(), vec![3, 32]));
+                p.push(("fc.bias".into(), vec![3]));
+            }
+            Arch::Resampler { .. } | Arch::VarianceClassifier { .. } => {}
+        }
+        p
+    }
+
+    /// Multiply-adds to process one `tile`×`tile` LR tile: (true MACs, the paper's FLOPs).
+    /// The paper counts FLOPs as 2×MACs and charges FSRCNN's ConvTranspose at HR size.
+    pub fn cost_per_tile(&self, tile: usize) -> (u64, u64) {
+        let px = (tile * tile) as u64;
+        match *self {
+            Arch::Fsrcnn { d, s, m, scale } => {
+                let (d, s, m) = (d as u64, s as u64, m as u64);
+                let body = px * (25 * 3 * d + d * s + m * 9 * s * s + s * d);
+                let tail_lr = px * d * 3 * 81;
+                let tail_hr = px * (scale * scale) as u64 * d * 3 * 81;
+                (body + tail_lr, 2 * (body + tail_hr))
+            }
+            Arch::Classifier => {
+                let pos = px / 16;
+                let macs = pos * 3 * 128 * 16 + 3 * pos * 128 * 128 + pos * 128 * 32 + 32 * 3;
+                (macs, 2 * macs)
+            }
+            Arch::Resampler { kernel, scale } => {
+                let k = (scale * (2 * kernel.radius() + 1)) as u64;
+                let padded = (tile + 2 * kernel.radius()) as u64;
+                let macs = padded * padded * 3 * k * k;
+                (macs, 2 * macs)
+            }
+            Arch::VarianceClassifier { .. } => {
+                let macs = px * 3 * 3;
+                (macs, 2 * macs)
+            }
+        }
+    }
+
+    /// Upscaling factor of a branch (1 for classifiers).
+    pub fn scale(&self) -> usize {
+        match *self {
+            Arch::Fsrcnn { scale, .. } | Arch::Resampler { scale, .. } => scale,
+            _ => 1,
+        }
+    }
+
+    pub fn is_classifier(&self) -> bool {
+        matches!(self, Arch::Classifier | Arch::VarianceClassifier { .. })
+    }
+
+    pub fn describe(&self) -> String {
+        match *self {
+            Arch::Fsrcnn { d, s, m, scale } => format!("FSRCNN(d={d}, s={s}, m={m}) x{scale}"),
+            Arch::Classifier => "ClassSR classifier".to_string(),
+            Arch::Resampler { kernel, scale } => {
+                format!(
+                    "known-answer: exact {} x{scale} (fixed ConvTranspose weights)",
+                    kernel.name()
+                )
+            }
+            Arch::VarianceClassifier { t1, t2 } => {
+                format!("known-answer: routes by tile standard deviation (t1={t1}, t2={t2})")
+            }
+        }
+    }
+}
+
+fn lr_dims() -> [Dim<'static>; 4] {
+    [
+        Dim::Symbolic("batch"),
+        Dim::Fixed(3),
+        Dim::Symbolic("height"),
+        Dim::Symbolic("width"),
+    ]
+}
+
+fn get<'w>(w: &'w Weights, name: &str, shape: &[usize]) -> Result<&'w Tensor, String> {
+    let t = w.get(name).ok_or_else(|| format!("missing weight '{name}'"))?;
+    if t.shape != shape {
+        return Err(format!("weight '{name}' has shape {:?}, expected {shape:?}", t.shape));
+    }
+    if t.data.len() != shape.iter().product::<usize>() {
+        return Err(format!(
+            "weight '{name}' has {} values for shape {shape:?}",
+            t.data.len()
+        ));
+    }
+    Ok(t)
+}
+
+/// Writes the ONNX graph of `arch` with `weights` (ignored by the known-answer models).
+pub fn build(arch: &Arch, weights: &Weights) -> Result<ModelProto, String> {
+    let params = arch.params();
+    let mut g = GraphBuilder::new(&arch.describe());
+    // Validates and adds every parameter up front; the code below refers to them by name.
+    for (name, shape) in &params {
+        let t = get(weights, name, shape)?;
+        match name.rsplit('.').next() {
+            Some("alpha") => g.weight(name, &[shape[0], 1, 1], &t.data),
+            _ => g.weight(name, shape, &t.data),
+        };
+    }
+    let x = g.input(INPUT, &lr_dims());
+    match *arch {
+        Arch::Fsrcnn { m, scale, .. } => {
+            let mut h = x;
+            let layer = |g: &mut GraphBuilder, h: &str, name: &str, k: i64| {
+                let c = g.conv(h, &format!("{name}.weight"), &format!("{name}.bias"), k, 1, k / 2);
+                g.op("PRelu", &[&c, &format!("{name}.alpha")], &[])
+            };
+            h = layer(&mut g, &h, "head", 5);
+            h = layer(&mut g, &h, "shrink", 1);
+            for i in 0..m {
+                h = layer(&mut g, &h, &format!("map{i}"), 3);
+            }
+            h = layer(&mut g, &h, "expand", 1);
+            let s = scale as i64;
+            let y = g.conv_transpose(&h, "tail.weight", Some("tail.bias"), 9, s, 3, s - 1, 1);
+            g.output(
+                BRANCH_OUTPUT,
+                &y,
+                &[
+                    Dim::Symbolic("batch"),
+                    Dim::Fixed(3),
+                    Dim::Symbolic("out_height"),
+                    Dim::Symbolic("out_width"),
+                ],
+            );
+        }
+        Arch::Classifier => {
+            let mut h = g.conv(&x, "conv0.weight", "conv0.bias", 4, 4, 0);
+            for i in 1..5 {
+                h = g.leaky_relu(&h, 0.1);
+                h = g.conv(&h, &format!("conv{i}.weight"), &format!("conv{i}.bias"), 1, 1, 0);
+            }
+            let pooled = g.op("GlobalAveragePool", &[&h], &[]);
+            let flat = g.op("Flatten", &[&pooled], &[("axis", Attr::Int(1))]);
+            let logits = g.op("Gemm", &[&flat, "fc.weight", "fc.bias"], &[("transB", Attr::Int(1))]);
+            g.output(CLASSIFIER_OUTPUT, &logits, &[Dim::Symbolic("batch"), Dim::Fixed(3)]);
+        }
+        Arch::Resampler { kernel, scale } => {
+            // out[s*i + r] = sum_d in[i + d] * k(offset_r - d), |d| <= R, written as a grouped
+            // ConvTranspose (kernel s*(2R+1)) on the edge-padded input, cropped by its pads.
+            let rad = kernel.radius();
+            let k = scale * (2 * rad + 1);
+            let mut k1 = vec![0f64; k];
+            for r in 0..scale {
+                for (j, w) in kernel.phase_taps(scale, r).into_iter().enumerate() {
+                    // j = d + R; kernel index = r + s*(R - d) = r + s*(2R - j)
+                    k1[r + scale * (2 * rad - j)] = w;
+                }
+            }
+            let mut w = Vec::with_capacity(3 * k * k);
+            for _ in 0..3 {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        w.push((k1[ky] * k1[kx]) as f32);
+                    }
+                }
+            }
+            let w = g.weight("resample.weight", &[3, 1, k, k], &w);
+            let padded = if rad > 0 {
+                let r = rad as i64;
+                let pads = g.int64s("resample.pads", &[0, 0, r, r, 0, 0, r, r]);
+                g.op("Pad", &[&x, &pads], &[("mode", Attr::Str("edge"))])
+            } else {
+                x
+            };
+            let s = scale as i64;
+            let y = g.conv_transpose(&padded, &w, None, k as i64, s, 2 * s * rad as i64, 0, 3);
+            g.output(
+                BRANCH_OUTPUT,
+                &y,
+                &[
+                    Dim::Symbolic("batch"),
+                    Dim::Fixed(3),
+                    Dim::Symbolic("out_height"),
+                    Dim::Symbolic("out_width"),
+                ],
+            );
+        }
+        Arch::VarianceClassifier { t1, t2 } => {
+            // Per-channel variance around each channel's mean, averaged over the channels
+            // (a flat tile of any colour has zero variance).
+            let spatial = [2i64, 3];
+            let mean = g.op(
+                "ReduceMean",
+                &[&x],
+                &[("axes", Attr::Ints(&spatial)), ("keepdims", Attr::Int(1))],
+            );
+            let d = g.op("Sub", &[&x, &mean], &[]);
+            let d2 = g.op("Mul", &[&d, &d], &[]);
+            let all = [1i64, 2, 3];
+            let var = g.op(
+                "ReduceMean",
+                &[&d2],
+                &[("axes", Attr::Ints(&all)), ("keepdims", Attr::Int(1))],
+            );
+            let std = g.op("Sqrt", &[&var], &[]);
+            let flat = g.op("Flatten", &[&std], &[("axis", Attr::Int(1))]);
+            // logits = [0, std - t1, 2 std - t1 - t2]: argmax is 1 below t1, 2 up to t2, 3 above.
+            let w = g.weight("route.weight", &[1, 3], &[0.0, 1.0, 2.0]);
+            let b = g.weight("route.bias", &[3], &[0.0, -t1, -(t1 + t2)]);
+            let logits = g.op("Gemm", &[&flat, &w, &b], &[]);
+            g.output(CLASSIFIER_OUTPUT, &logits, &[Dim::Symbolic("batch"), Dim::Fixed(3)]);
+        }
+    }
+    Ok(g.finish(&arch.describe(), &[("arch", &arch.describe())]))
+}
+
+/// [`build`] and serialise.
+pub fn build_bytes(arch: &Arch, weights: &Weights) -> Result<Vec<u8>, String> {
+    build(arch, weights).map(|m| to_bytes(&m))
+}

@@ -1,0 +1,158 @@
+// ONNX Runtime: locating and loading libonnxruntime once per process, one Environment that is
+// never dropped, and building sessions on the requested device (CPU or CUDA).
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+
+use crate::Error;
+
+/// The ONNX Runtime release this build is made for (the `api-31` feature of `ort`).
+pub const ORT_VERSION: &str = "1.31.1";
+/// Where scripts/setup.sh installs the library when ORT_DYLIB_PATH is not set.
+pub const DEFAULT_ORT_DIR: &str = "/usr/local/lib/gst-classsr";
+
+/// The library file name.
+pub fn ort_library_name() -> String {
+    format!("libonnxruntime.so.{ORT_VERSION}")
+}
+
+/// The absolute path the runtime is loaded from: `ORT_DYLIB_PATH` if set, else the default
+/// install location. Relative paths are resolved against the working directory (ort itself would
+/// resolve them against the executable, which for a plugin is gst-launch).
+pub fn ort_library_path() -> PathBuf {
+    match std::env::var_os("ORT_DYLIB_PATH") {
+        Some(p) if !p.is_empty() => {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p)
+            }
+        }
+        _ => PathBuf::from(DEFAULT_ORT_DIR).join(ort_library_name()),
+    }
+}
+
+static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+
+/// The process-wide ONNX Runtime environment, created on first use. A failure to load the
+/// library is an error naming the path tried and the fix, and is remembered for the process.
+pub fn environment() -> Result<&'static Environment, Error> {
+    ENVIRONMENT
+        .get_or_init(|| {
+            let path = ort_library_path();
+            let fix = format!(
+                "install it with scripts/setup.sh (onnxruntime=={ORT_VERSION} from PyPI, into {DEFAULT_ORT_DIR}) \
+                 or set ORT_DYLIB_PATH to the absolute path of {}",
+                ort_library_name()
+            );
+            if !path.is_file() {
+                return Err(format!("ONNX Runtime library not found at '{}': {fix}", path.display()));
+            }
+            let builder = ort::init_from(&path)
+                .map_err(|e| format!("cannot load ONNX Runtime from '{}': {e}; {fix}", path.display()))?;
+            builder.with_name("gst-classsr").build().map_err(|e| {
+                format!(
+                    "cannot create the ONNX Runtime environment from '{}': {e}",
+                    path.display()
+                )
+            })
+        })
+        .as_ref()
+        .map_err(|e| Error::Runtime(e.clone()))
+}
+
+/// Where inference runs, as asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceRequest {
+    /// CUDA when its provider registers, else CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+/// Where inference actually runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActiveDevice {
+    Cpu,
+    Cuda(i32),
+}
+
+impl std::fmt::Display for ActiveDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ActiveDevice::Cpu => write!(f, "cpu"),
+            ActiveDevice::Cuda(id) => write!(f, "cuda:{id}"),
+        }
+    }
+}
+
+/// Session options shared by the four graphs of a model.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionConfig {
+    pub device: DeviceRequest,
+    pub device_id: i32,
+    /// Intra-op threads (0 = ONNX Runtime's default, one per core).
+    pub threads: usize,
+}
+
+fn builder(threads: usize) -> Result<ort::session::builder::SessionBuilder, Error> {
+    let env = environment()?;
+    let rt = |e: ort::Error| Error::Runtime(format!("ONNX Runtime session options: {e}"));
+    let mut b = Session::builder(env).map_err(rt)?;
+    b = b
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| rt(e.into()))?;
+    if threads > 0 {
+        b = b.with_intra_threads(threads).map_err(|e| rt(e.into()))?;
+    }
+    Ok(b)
+}
+
+fn commit(mut b: ort::session::builder::SessionBuilder, bytes: &[u8], what: &str) -> Result<Session, Error> {
+    b.commit_from_memory(bytes)
+        .map_err(|e| Error::Model(format!("{what} is not a valid ONNX model for ONNX Runtime: {e}")))
+}
+
+/// Builds a session for one graph. With `Auto`, a CUDA provider that fails to register falls
+/// back to CPU and the reason is returned as a warning.
+pub fn session(
+    bytes: &[u8],
+    what: &str,
+    cfg: &SessionConfig,
+) -> Result<(Session, ActiveDevice, Option<String>), Error> {
+    if cfg.device == DeviceRequest::Cpu {
+        return Ok((commit(builder(cfg.threads)?, bytes, what)?, ActiveDevice::Cpu, None));
+    }
+    let cuda = ort::ep::CUDA::default()
+        .with_device_id(cfg.device_id)
+        .with_tf32(true)
+        .build()
+        .error_on_failure();
+    let registered = builder(cfg.threads)?.with_execution_providers([cuda]);
+    match registered {
+        Ok(b) => Ok((commit(b, bytes, what)?, ActiveDevice::Cuda(cfg.device_id), None)),
+        Err(e) => {
+            let why = format!(
+                "CUDA execution provider (device {}) did not register: {e}. It needs an NVIDIA driver, \
+                 the CUDA 13 and cuDNN 9 libraries (e.g. libcublasLt.so.13) on LD_LIBRARY_PATH and the \
+                 onnxruntime-gpu build of libonnxruntime",
+                cfg.device_id
+            );
+            if cfg.device == DeviceRequest::Cuda {
+                Err(Error::Runtime(why))
+            } else {
+                Ok((
+                    commit(builder(cfg.threads)?, bytes, what)?,
+                    ActiveDevice::Cpu,
+                    Some(why),
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+// Bad input gets a clear element error and the process lives on: missing, corrupt or lying
+// model directories, unsupported or huge caps, bad property combinations, and a missing ONNX
+// Runtime library (in a child process, since the library is loaded once per process).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+const KA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/known-answer");
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("classsr-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn copy_ka(name: &str) -> PathBuf {
+    let dir = scratch(name);
+    for f in std::fs::read_dir(KA).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+fn run_with_model(dir: &Path) -> Result<(), String> {
+    run_pipeline(&format!(
+        "videotestsrc num-buffers=2 ! video/x-raw,width=64,height=48 ! classsr model=\"{}\" device=cpu ! fakesink",
+        dir.display()
+    ))
+}
+
+#[test]
+fn missing_model_directory_names_the_path() {
+    let err = run_with_model(Path::new("/nonexistent/model-dir")).unwrap_err();
+    assert!(
+        err.contains("/nonexistent/model-dir") && err.contains("manifest.json"),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_manifest_is_reported() {
+    let dir = copy_ka("corrupt-manifest");
+    std::fs::write(dir.join("manifest.json"), b"{ not json").unwrap();
+    let err = run_with_model(&dir).unwrap_err();
+    assert!(err.contains("not a valid manifest"), "{err}");
+
+    std::fs::remove_file(dir.join("manifest.json")).unwrap();
+    let err = run_with_model(&dir).unwrap_err();
+    assert!(err.contains("cannot read") && err.contains("manifest.json"), "{err}");
+}
+
+#[test]
+fn truncated_onnx_is_reported() {
+    let dir = copy_ka("truncated");
+    let bytes = std::fs::read(dir.join("branch2.onnx")).unwrap();
+    std::fs::write(dir.join("branch2.onnx"), &bytes[..bytes.len() / 2]).unwrap();
+    let err = run_with_model(&dir).unwrap_err();
+    assert!(
+        err.contains("branch2.onnx") && err.contains("not a valid ONNX model"),
+        "{err}"
+    );
+}
+
+#[test]
+fn manifest_that_lies_about_shapes_is_reported() {
+    let dir = copy_ka("lying");
+    let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    std::fs::write(dir.join("manifest.json"), text.replace("\"scale\": 4", "\"scale\": 2")).unwrap();
+    let err = run_with_model(&dir).unwrap_err();
+    assert!(err.contains("returns shape") && err.contains("scale 2"), "{err}");
+
+    let dir = copy_ka("wrong-names");
+    let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        text.replacen("\"output\": \"sr\"", "\"output\": \"hr\"", 1),
+    )
+    .unwrap();
+    let err = run_with_model(&dir).unwrap_err();
+    assert!(err.contains("'hr'"), "{err}");
+}
+
+#[test]
+fn unsupported_caps_do_not_negotiate() {
+    let err = run_pipeline(&format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=I420,width=64,height=48 ! classsr model={KA} ! fakesink"
+    ))
+    .unwrap_err();
+    assert!(err.to_lowercase().contains("negotiat") || err.contains("link"), "{err}");
+}
+
+#[test]
+fn huge_frames_get_a_clear_error() {
+    let err = run_pipeline(&format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=5000,height=16 ! classsr model={KA} ! fakesink"
+    ))
+    .unwrap_err();
+    assert!(err.contains("too large") && err.contains("5000x16"), "{err}");
+}
+
+#[test]
+fn overlap_not_below_tile_size_is_an_element_error() {
+    let err = run_pipeline(&format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,width=64,height=48 ! classsr model={KA} tile-size=16 overlap=16 ! fakesink"
+    ))
+    .unwrap_err();
+    assert!(err.contains("overlap 16 must be smaller than tile-size 16"), "{err}");
+    // The process (and GStreamer) carry on: a good pipeline still runs.
+    run_pipeline(&format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,width=64,height=48 ! classsr model={KA} ! fakesink"
+    ))
+    .unwrap();
+}
+
+/// target/<profile>, where cargo puts libgstclasssr.so and the binaries.
+fn target_dir() -> PathBuf {
+    std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+#[test]
+fn missing_onnx_runtime_is_an_element_error_not_a_crash() {
+    let plugin_dir = target_dir();
+    assert!(
+        plugin_dir.join("libgstclasssr.so").exists(),
+        "cdylib at {}",
+        plugin_dir.display()
+    );
+    let registry = scratch("registry").join("registry.bin");
+    let out = Command::new("gst-launch-1.0")
+        .args(["videotestsrc", "num-buffers=1", "!", "classsr", "!", "fakesink"])
+        .env("GST_PLUGIN_PATH", &plugin_dir)
+        .env("GST_REGISTRY", &registry)
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so.1.31.1")
+        .output()
+        .expect("gst-launch-1.0 runs");
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        matches!(out.status.code(), Some(c) if c != 0),
+        "clean failure exit, not a signal: {text}"
+    );
+    assert!(
+        text.contains("ONNX Runtime library not found at '/nonexistent/libonnxruntime.so.1.31.1'"),
+        "{text}"
+    );
+    assert!(
+        text.contains("scripts/setup.sh") && text.contains("ORT_DYLIB_PATH"),
+        "{text}"
+    );
+
+    let bogus = scratch("bogus-ort").join("libonnxruntime.so.1.31.1");
+    std::fs::write(&bogus, b"not a library").unwrap();
+    // The CLI says the same for a file that is not a shared library.
+    let img = scratch("cli-img").join("in.png");
+    image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
+        .save(&img)
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_classsr"))
+        .arg("upscale")
+        .arg(&img)
+        .arg(img.with_file_name("out.png"))
+        .env("ORT_DYLIB_PATH", &bogus)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("cannot load ONNX Runtime from") && text.contains(&bogus.display().to_string()),
+        "{text}"
+    );
+}

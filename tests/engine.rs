@@ -1,0 +1,185 @@
+// The GStreamer-free engine on real ONNX Runtime sessions: seams (tiled vs whole-frame runs of
+// one branch), batched routing (one classifier run, one run per branch group), statistics,
+// and the committed known-answer fixtures matching what the ONNX writer produces.
+
+mod common;
+
+use common::*;
+use gstclasssr::engine::{Engine, FrameConfig, Image, ImageMut, Mode, Model, PixelLayout};
+use gstclasssr::manifest::ModelSet;
+use gstclasssr::runtime::{self, DeviceRequest, SessionConfig};
+use ort::value::TensorRef;
+
+const KA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/known-answer");
+const CPU: SessionConfig = SessionConfig {
+    device: DeviceRequest::Cpu,
+    device_id: 0,
+    threads: 2,
+};
+
+fn rgb_bytes(img: &Rgba) -> Vec<u8> {
+    img.px.iter().flat_map(|p| [p[0], p[1], p[2]]).collect()
+}
+
+fn from_rgb(data: &[u8], w: usize, h: usize) -> Rgba {
+    Rgba::new(w, h, |x, y| {
+        let o = (y * w + x) * 3;
+        [data[o], data[o + 1], data[o + 2], 255]
+    })
+}
+
+fn run_engine(engine: &mut Engine, img: &Rgba, cfg: &FrameConfig) -> (Rgba, gstclasssr::engine::FrameStats) {
+    let data = rgb_bytes(img);
+    let s = engine.scale();
+    let mut out = vec![0u8; img.width * img.height * s * s * 3];
+    let input = Image {
+        data: &data,
+        width: img.width,
+        height: img.height,
+        stride: img.width * 3,
+        layout: PixelLayout::Rgb,
+    };
+    let mut output = ImageMut {
+        data: &mut out,
+        width: img.width * s,
+        height: img.height * s,
+        stride: img.width * s * 3,
+        layout: PixelLayout::Rgb,
+    };
+    let stats = engine.process(cfg, &input, &mut output).unwrap();
+    (from_rgb(&out, img.width * s, img.height * s), stats)
+}
+
+/// One branch run on the whole frame in a single call (no tiling), as u8.
+fn whole_frame(set: &ModelSet, branch: usize, img: &Rgba) -> Rgba {
+    let (mut session, _, _) = runtime::session(&set.branches[branch], "branch", &CPU).unwrap();
+    let (w, h) = (img.width, img.height);
+    let mut planar = vec![0f32; 3 * w * h];
+    for (i, p) in img.px.iter().enumerate() {
+        for c in 0..3 {
+            planar[c * w * h + i] = p[c] as f32 / 255.0;
+        }
+    }
+    let t = TensorRef::from_array_view(([1usize, 3, h, w], &planar[..])).unwrap();
+    let out = session.run(ort::inputs![t]).unwrap();
+    let (shape, data) = out["sr"].try_extract_tensor::<f32>().unwrap();
+    assert_eq!(&**shape, &[1, 3, 4 * h as i64, 4 * w as i64]);
+    let (ow, oh) = (4 * w, 4 * h);
+    Rgba::new(ow, oh, |x, y| {
+        let v = |c: usize| (data[c * ow * oh + y * ow + x] * 255.0 + 0.5).clamp(0.0, 255.0) as u8;
+        [v(0), v(1), v(2), 255]
+    })
+}
+
+#[test]
+fn tiled_branches_match_whole_frame_runs_above_45_db() {
+    let set = ModelSet::load(KA).unwrap();
+    let mut engine = Engine::new(Model::load(&set, &CPU).unwrap());
+    let img = picture(150, 90, 21);
+    for (branch, mode) in [(0, Mode::Branch(0)), (1, Mode::Branch(1)), (2, Mode::Branch(2))] {
+        let whole = whole_frame(&set, branch, &img);
+        let cfg = FrameConfig {
+            mode,
+            ..FrameConfig::default()
+        };
+        let (tiled, _) = run_engine(&mut engine, &img, &cfg);
+        let p = psnr(&tiled, &whole);
+        println!("branch{}: tiled vs whole frame {p:.2} dB", branch + 1);
+        assert!(p >= 45.0, "branch{}: {p:.2} dB", branch + 1);
+    }
+}
+
+#[test]
+fn all_tiles_classified_in_one_run_and_one_run_per_branch_group() {
+    let set = ModelSet::load(KA).unwrap();
+    let mut engine = Engine::new(Model::load(&set, &CPU).unwrap());
+    let img = zones(200, 120);
+    let cfg = FrameConfig::default();
+    let (_, stats) = run_engine(&mut engine, &img, &cfg);
+    let (grid, classes) = engine.last_classes().unwrap();
+    let n = grid.len();
+    assert_eq!(stats.tiles.iter().sum::<usize>(), n);
+    for c in 0..3 {
+        assert_eq!(stats.tiles[c], classes.iter().filter(|&&k| k as usize == c).count());
+    }
+    let groups = stats.tiles.iter().filter(|&&k| k > 0).count();
+    assert_eq!(groups, 3, "test picture should use several branches: {:?}", stats.tiles);
+    assert_eq!(
+        stats.runs,
+        1 + groups,
+        "one classifier run + one run per non-empty branch group"
+    );
+
+    // MACs add up from the manifest.
+    let m = &set.manifest;
+    let expect: u64 = m.classifier.macs_per_tile * n as u64
+        + (0..3)
+            .map(|c| m.branches[c].macs_per_tile * stats.tiles[c] as u64)
+            .sum::<u64>();
+    assert_eq!(stats.macs, expect);
+    assert_eq!(stats.original_macs, m.branches[2].macs_per_tile * n as u64);
+
+    // max-batch splits groups: ceil(count / max_batch) runs each.
+    let small = FrameConfig { max_batch: 4, ..cfg };
+    let (_, split) = run_engine(&mut engine, &img, &small);
+    let expect_runs: usize = 1 + split.tiles.iter().map(|&k| k.div_ceil(4)).sum::<usize>();
+    assert_eq!(split.runs, expect_runs);
+}
+
+#[test]
+fn bias_moves_tiles_between_branches() {
+    let set = ModelSet::load(KA).unwrap();
+    let mut engine = Engine::new(Model::load(&set, &CPU).unwrap());
+    let img = zones(160, 96);
+    let mut last = 0;
+    for bias in [-1.0f32, -0.02, 0.0, 0.02, 1.0] {
+        let cfg = FrameConfig {
+            bias,
+            ..FrameConfig::default()
+        };
+        let (_, stats) = run_engine(&mut engine, &img, &cfg);
+        assert!(stats.tiles[2] >= last, "branch3 share is monotonic in bias");
+        last = stats.tiles[2];
+        if bias == -1.0 {
+            assert_eq!(stats.tiles[2], 0);
+        }
+        if bias == 1.0 {
+            assert_eq!(stats.tiles[2], stats.tiles.iter().sum::<usize>());
+        }
+    }
+}
+
+#[test]
+fn committed_known_answer_models_are_what_the_writer_produces() {
+    let committed = ModelSet::load(KA).unwrap();
+    let fresh = gstclasssr::known_answer::model_set();
+    assert_eq!(committed.manifest, fresh.manifest);
+    assert!(
+        committed.classifier == fresh.classifier,
+        "classifier.onnx is stale: cargo run --example write_known_answer -- models/known-answer --force"
+    );
+    for i in 0..3 {
+        assert!(
+            committed.branches[i] == fresh.branches[i],
+            "branch{}.onnx is stale",
+            i + 1
+        );
+    }
+    assert!(committed.manifest.is_known_answer());
+}
+
+#[test]
+fn graph_costs_follow_the_paper_convention() {
+    use gstclasssr::onnx::Arch;
+    // The paper's FLOPs per 32x32 tile for FSRCNN d = 16 / 36 / 56: 141 / 304 / 468 M.
+    for (d, paper) in [(16, 141), (36, 304), (56, 468)] {
+        let (_, flops) = Arch::Fsrcnn {
+            d,
+            s: 12,
+            m: 4,
+            scale: 4,
+        }
+        .cost_per_tile(32);
+        assert!((flops as f64 / 1e6 - paper as f64).abs() < 1.0, "d={d}: {flops}");
+    }
+}
