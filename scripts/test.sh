@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SKIP_BUILD=1 bash scripts/setup.sh
-cargo test --all-targets "$@"
+cargo test --all-targets --features train "$@"

@@ -3,10 +3,13 @@
 
 pub mod classsr;
 pub mod engine;
+pub mod eval;
 pub mod known_answer;
 pub mod manifest;
 pub mod onnx;
 pub mod runtime;
+#[cfg(feature = "train")]
+pub mod train;
 
 use gst::glib;
 

@@ -12,8 +12,8 @@ use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 use gst_video::subclass::prelude::*;
 
-use super::{caps, ClassSrDevice, ClassSrMode};
-use crate::engine::{Engine, FrameConfig, Image, ImageMut, Mode, Model, PixelLayout};
+use super::{caps, ClassSrCache, ClassSrDevice, ClassSrMode};
+use crate::engine::{CacheMode, Engine, FrameConfig, FrameStats, Image, ImageMut, Mode, Model, PixelLayout};
 use crate::manifest::ModelSet;
 use crate::runtime::{DeviceRequest, SessionConfig};
 use crate::Error;
@@ -29,6 +29,11 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const DEFAULT_TILE: u32 = 32;
 const DEFAULT_OVERLAP: u32 = 4;
 const DEFAULT_MAX_BATCH: u32 = 256;
+const DEFAULT_CACHE_THRESHOLD: f32 = 1.0;
+const DEFAULT_CACHE_REFRESH: u32 = 30;
+/// QoS degradation steps: each lowers the bias by this much; past the last, class 1 goes bicubic.
+const QOS_BIAS_STEP: f32 = 0.5;
+const QOS_MAX_LEVEL: u32 = 4;
 
 #[derive(Debug, Clone, PartialEq)]
 struct Settings {
@@ -41,6 +46,11 @@ struct Settings {
     overlap: u32,
     max_batch: u32,
     bias: f32,
+    cache: ClassSrCache,
+    cache_threshold: f32,
+    cache_refresh: u32,
+    stats: bool,
+    qos: bool,
 }
 
 impl Default for Settings {
@@ -55,6 +65,11 @@ impl Default for Settings {
             overlap: DEFAULT_OVERLAP,
             max_batch: DEFAULT_MAX_BATCH,
             bias: 0.0,
+            cache: ClassSrCache::default(),
+            cache_threshold: DEFAULT_CACHE_THRESHOLD,
+            cache_refresh: DEFAULT_CACHE_REFRESH,
+            stats: false,
+            qos: true,
         }
     }
 }
@@ -69,11 +84,20 @@ impl Settings {
                 ClassSrMode::Branch1 => Mode::Branch(0),
                 ClassSrMode::Branch2 => Mode::Branch(1),
                 ClassSrMode::Branch3 => Mode::Branch(2),
+                ClassSrMode::ClassMap => Mode::ClassMap,
             },
             tile: self.tile_size as usize,
             overlap: self.overlap as usize,
             max_batch: self.max_batch as usize,
             bias: self.bias,
+            class1_bicubic: false,
+            cache: match self.cache {
+                ClassSrCache::Off => CacheMode::Off,
+                ClassSrCache::Class => CacheMode::Class,
+                ClassSrCache::Full => CacheMode::Full,
+            },
+            cache_threshold: self.cache_threshold,
+            cache_refresh: self.cache_refresh,
         }
     }
 
@@ -95,6 +119,8 @@ struct State {
     in_layout: Option<PixelLayout>,
     out_layout: Option<PixelLayout>,
     frames: u64,
+    /// QoS degradation level (0 = none).
+    qos_level: u32,
 }
 
 pub struct ClassSr {
@@ -213,6 +239,11 @@ impl ObjectImpl for ClassSr {
                     .blurb("Where inference actually runs: none (not started), cpu or cuda:N")
                     .read_only()
                     .build(),
+                glib::ParamSpecUInt::builder("qos-level")
+                    .nick("QoS level")
+                    .blurb("Current QoS degradation level: 0 = full quality, 1-3 = lowered bias, 4 = also the cheapest class bicubic")
+                    .read_only()
+                    .build(),
                 glib::ParamSpecUInt::builder("threads")
                     .nick("Threads")
                     .blurb("ONNX Runtime intra-op threads per graph; 0 = one per core")
@@ -241,6 +272,37 @@ impl ObjectImpl for ClassSr {
                     .minimum(1)
                     .maximum(65536)
                     .default_value(DEFAULT_MAX_BATCH)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("cache", ClassSrCache::default())
+                    .nick("Cache")
+                    .blurb("Per-tile cache across frames: off, class (unchanged tiles keep their class and skip the classifier) or full (they also keep their HR output and skip their branch)")
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecFloat::builder("cache-threshold")
+                    .nick("Cache threshold")
+                    .blurb("A tile counts as unchanged when its mean absolute difference to the cached one is below this (8-bit units); 0 = only bit-identical tiles")
+                    .minimum(0.0)
+                    .maximum(255.0)
+                    .default_value(DEFAULT_CACHE_THRESHOLD)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecUInt::builder("cache-refresh")
+                    .nick("Cache refresh")
+                    .blurb("Recompute every tile every this many frames so drift cannot build up (0 = never)")
+                    .default_value(DEFAULT_CACHE_REFRESH)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("stats")
+                    .nick("Statistics")
+                    .blurb("Post a classsr-stats element message per frame: tiles per class, cache hits, MACs used and of the original model, processing time")
+                    .default_value(false)
+                    .mutable_playing()
+                    .build(),
+                glib::ParamSpecBoolean::builder("qos")
+                    .nick("QoS")
+                    .blurb("When downstream reports lateness, degrade smoothly (lower the bias, then upscale the cheapest class bicubically) and recover when on time")
+                    .default_value(true)
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecFloat::builder("bias")
@@ -272,14 +334,29 @@ impl ObjectImpl for ClassSr {
             "overlap" => s.overlap = value.get().expect("type checked"),
             "max-batch" => s.max_batch = value.get().expect("type checked"),
             "bias" => s.bias = value.get().expect("type checked"),
+            "cache" => s.cache = value.get().expect("type checked"),
+            "cache-threshold" => s.cache_threshold = value.get().expect("type checked"),
+            "cache-refresh" => s.cache_refresh = value.get().expect("type checked"),
+            "stats" => s.stats = value.get().expect("type checked"),
+            "qos" => s.qos = value.get().expect("type checked"),
             _ => unimplemented!("property {name}"),
         }
         gst::debug!(CAT, imp = self, "{name} set to {value:?}");
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
-        if pspec.name() == "active-device" {
-            return self.active_device.lock().unwrap().to_value();
+        match pspec.name() {
+            "active-device" => return self.active_device.lock().unwrap().to_value(),
+            "qos-level" => {
+                return self
+                    .state
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .map_or(0u32, |s| s.qos_level)
+                    .to_value()
+            }
+            _ => {}
         }
         let s = self.settings.lock().unwrap();
         match pspec.name() {
@@ -292,6 +369,11 @@ impl ObjectImpl for ClassSr {
             "overlap" => s.overlap.to_value(),
             "max-batch" => s.max_batch.to_value(),
             "bias" => s.bias.to_value(),
+            "cache" => s.cache.to_value(),
+            "cache-threshold" => s.cache_threshold.to_value(),
+            "cache-refresh" => s.cache_refresh.to_value(),
+            "stats" => s.stats.to_value(),
+            "qos" => s.qos.to_value(),
             name => unimplemented!("property {name}"),
         }
     }
@@ -361,6 +443,7 @@ impl BaseTransformImpl for ClassSr {
             in_layout: None,
             out_layout: None,
             frames: 0,
+            qos_level: 0,
         });
         Ok(())
     }
@@ -386,6 +469,14 @@ impl BaseTransformImpl for ClassSr {
         })
     }
 
+    fn src_event(&self, event: gst::Event) -> bool {
+        if let gst::EventView::Qos(q) = event.view() {
+            let (_, proportion, diff, _) = q.get();
+            self.handle_qos(diff, proportion);
+        }
+        self.parent_src_event(event)
+    }
+
     fn sink_event(&self, event: gst::Event) -> bool {
         if let gst::EventView::FlushStop(_) = event.view() {
             if let Some(state) = self.state.lock().unwrap().as_mut() {
@@ -393,6 +484,69 @@ impl BaseTransformImpl for ClassSr {
             }
         }
         self.parent_sink_event(event)
+    }
+}
+
+impl ClassSr {
+    fn post_stats(&self, frame: u64, st: &FrameStats) {
+        let s = gst::Structure::builder("classsr-stats")
+            .field("frame", frame)
+            .field("width", st.width as u32)
+            .field("height", st.height as u32)
+            .field("tiles", st.tiles.iter().sum::<usize>() as u32)
+            .field("tiles-class1", st.tiles[0] as u32)
+            .field("tiles-class2", st.tiles[1] as u32)
+            .field("tiles-class3", st.tiles[2] as u32)
+            .field("class-cache-hits", st.class_cache_hits as u32)
+            .field("full-cache-hits", st.full_cache_hits as u32)
+            .field("macs", st.macs)
+            .field("original-macs", st.original_macs)
+            .field("runs", st.runs as u32)
+            .field("processing-time", (st.seconds * 1e9) as u64)
+            .build();
+        let _ = self
+            .obj()
+            .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+    }
+
+    /// Adjusts the degradation level from a downstream QoS event.
+    fn handle_qos(&self, diff: i64, proportion: f64) {
+        if !self.settings.lock().unwrap().qos {
+            return;
+        }
+        let mut guard = self.state.lock().unwrap();
+        let Some(state) = guard.as_mut() else { return };
+        let before = state.qos_level;
+        if diff > 0 || proportion > 1.05 {
+            state.qos_level = (state.qos_level + 1).min(QOS_MAX_LEVEL);
+        } else if proportion < 0.9 && state.qos_level > 0 {
+            state.qos_level -= 1;
+        }
+        let level = state.qos_level;
+        drop(guard);
+        if level > before {
+            gst::warning!(
+                CAT,
+                imp = self,
+                "downstream is late (diff {diff} ns, proportion {proportion:.2}): degrading to level {level}"
+            );
+            gst::element_imp_warning!(
+                self,
+                gst::CoreError::Clock,
+                (
+                    "Running late: degrading quality to level {} of {} (lower bias{})",
+                    level,
+                    QOS_MAX_LEVEL,
+                    if level >= QOS_MAX_LEVEL {
+                        ", cheapest class bicubic"
+                    } else {
+                        ""
+                    }
+                )
+            );
+        } else if level < before {
+            gst::info!(CAT, imp = self, "on time again: degradation level {level}");
+        }
     }
 }
 
@@ -444,9 +598,16 @@ impl VideoFilterImpl for ClassSr {
         inframe: &gst_video::VideoFrameRef<&gst::BufferRef>,
         outframe: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let cfg = self.settings.lock().unwrap().frame_config();
+        let (mut cfg, want_stats, qos) = {
+            let s = self.settings.lock().unwrap();
+            (s.frame_config(), s.stats, s.qos)
+        };
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut().ok_or(gst::FlowError::NotNegotiated)?;
+        if qos && state.qos_level > 0 {
+            cfg.bias -= QOS_BIAS_STEP * state.qos_level.min(QOS_MAX_LEVEL - 1) as f32;
+            cfg.class1_bicubic = state.qos_level >= QOS_MAX_LEVEL;
+        }
         let (Some(in_layout), Some(out_layout)) = (state.in_layout, state.out_layout) else {
             return Err(gst::FlowError::NotNegotiated);
         };
@@ -482,6 +643,11 @@ impl VideoFilterImpl for ClassSr {
             Ok(stats) => {
                 state.frames += 1;
                 gst::trace!(CAT, imp = self, "frame {}: {:?}", state.frames, stats);
+                if want_stats {
+                    let frame = state.frames;
+                    drop(guard);
+                    self.post_stats(frame, &stats);
+                }
                 Ok(gst::FlowSuccess::Ok)
             }
             Err(e) => {

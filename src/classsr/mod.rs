@@ -36,6 +36,25 @@ pub enum ClassSrMode {
     Branch2,
     #[enum_value(name = "Branch 3 (largest) on every tile", nick = "branch3")]
     Branch3,
+    #[enum_value(
+        name = "Class map: bicubic tinted by each tile's class (debug view)",
+        nick = "classmap"
+    )]
+    ClassMap,
+}
+
+/// The `cache` property.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstClassSrCache")]
+pub enum ClassSrCache {
+    #[enum_value(name = "Off: recompute every tile of every frame", nick = "off")]
+    Off,
+    #[default]
+    #[enum_value(name = "Class: unchanged tiles keep their class", nick = "class")]
+    Class,
+    #[enum_value(name = "Full: unchanged tiles keep their class and HR output", nick = "full")]
+    Full,
 }
 
 /// The `device` property.

@@ -2,6 +2,7 @@
 // frame, classifies all tiles in one batched run, runs each branch once per frame on its group
 // (split by max-batch), and merges the HR tiles with feathered weights.
 
+pub mod cache;
 pub mod model;
 pub mod pixels;
 pub mod resample;
@@ -11,12 +12,14 @@ use std::time::Instant;
 
 use ort::value::TensorRef;
 
+pub use cache::CacheMode;
 pub use model::Model;
 pub use pixels::{Image, ImageMut, PixelLayout};
 pub use tiling::TileGrid;
 
 use crate::onnx::Kernel;
 use crate::Error;
+use cache::TileCache;
 use resample::Upsampler;
 
 /// Largest accepted input frame side (the output is `scale` times larger).
@@ -36,6 +39,9 @@ pub enum Mode {
     Bicubic,
     /// One branch (0-based index) on every tile.
     Branch(usize),
+    /// Debug view: the bicubic upscale tinted by each tile's class (green, yellow, red for
+    /// branch 1, 2, 3), as in the paper's figures.
+    ClassMap,
 }
 
 impl Mode {
@@ -47,6 +53,7 @@ impl Mode {
             "branch1" => Mode::Branch(0),
             "branch2" => Mode::Branch(1),
             "branch3" => Mode::Branch(2),
+            "classmap" => Mode::ClassMap,
             _ => return None,
         })
     }
@@ -59,6 +66,16 @@ impl Mode {
             Mode::Branch(0) => "branch1",
             Mode::Branch(1) => "branch2",
             Mode::Branch(_) => "branch3",
+            Mode::ClassMap => "classmap",
+        }
+    }
+
+    fn key(self) -> u8 {
+        match self {
+            Mode::ClassSR | Mode::ClassMap => 0,
+            Mode::Original => 1,
+            Mode::Bicubic => 2,
+            Mode::Branch(b) => 3 + b as u8,
         }
     }
 }
@@ -75,6 +92,14 @@ pub struct FrameConfig {
     pub max_batch: usize,
     /// Added to branch3's logit and subtracted from branch1's before the argmax.
     pub bias: f32,
+    /// Tiles upscaled bicubically instead of by branch1 (QoS degradation).
+    pub class1_bicubic: bool,
+    pub cache: CacheMode,
+    /// A tile is unchanged when its mean absolute difference to the cached one is below this
+    /// (8-bit units); 0 caches only bit-identical tiles.
+    pub cache_threshold: f32,
+    /// Every this many frames everything is recomputed (0 = never).
+    pub cache_refresh: u32,
 }
 
 impl Default for FrameConfig {
@@ -85,6 +110,10 @@ impl Default for FrameConfig {
             overlap: 4,
             max_batch: 256,
             bias: 0.0,
+            class1_bicubic: false,
+            cache: CacheMode::Off,
+            cache_threshold: 1.0,
+            cache_refresh: 30,
         }
     }
 }
@@ -102,6 +131,10 @@ pub struct FrameStats {
     pub original_macs: u64,
     /// ONNX Runtime calls made for this frame.
     pub runs: usize,
+    /// Tiles whose class came from the cache (left out of the classifier batch).
+    pub class_cache_hits: usize,
+    /// Tiles whose HR output came from the cache (no branch run).
+    pub full_cache_hits: usize,
     pub seconds: f64,
 }
 
@@ -120,8 +153,13 @@ struct Work {
     /// NCHW staging per class for the branch runs.
     staging: [Vec<f32>; 3],
     class_of: Vec<u8>,
+    /// Tiles recomputed this frame (the others come from the cache).
+    fresh: Vec<bool>,
+    fresh_ids: Vec<u32>,
+    fresh_tiles: Vec<f32>,
     groups: [Vec<u32>; 3],
     cubic: Upsampler,
+    cache: TileCache,
 }
 
 impl Work {
@@ -135,8 +173,12 @@ impl Work {
             all_tiles: Vec::new(),
             staging: Default::default(),
             class_of: vec![0; grid.len()],
+            fresh: vec![true; grid.len()],
+            fresh_ids: Vec::new(),
+            fresh_tiles: Vec::new(),
             groups: Default::default(),
             cubic: Upsampler::new(Kernel::Bicubic, scale),
+            cache: TileCache::new(grid.len(), 3 * grid.tile * grid.tile, 3 * (grid.tile * scale).pow(2)),
             grid,
         }
     }
@@ -172,6 +214,31 @@ fn merge_tile(grid: &TileGrid, acc: &mut [f32], i: usize, src: &[f32]) {
             let wyy = wy[y];
             for ((a, &v), &w) in row.iter_mut().zip(s).zip(wx) {
                 *a += wyy * w * v;
+            }
+        }
+    }
+}
+
+/// Tints the (bicubic) accumulator by tile class where a tile owns the pixel (weight > 1/2):
+/// branch1 green, branch2 yellow, branch3 red.
+fn tint_classes(work: &mut Work) {
+    const COLORS: [[f32; 3]; 3] = [[0.1, 0.9, 0.1], [0.95, 0.85, 0.1], [0.95, 0.1, 0.1]];
+    let grid = &work.grid;
+    let th = grid.tile * grid.scale;
+    let ow = grid.padded_width * grid.scale;
+    let plane = ow * grid.padded_height * grid.scale;
+    for i in 0..grid.len() {
+        let (c0, r0) = grid.cell(i);
+        let (x0, y0) = (grid.xs[c0] * grid.scale, grid.ys[r0] * grid.scale);
+        let color = COLORS[work.class_of[i] as usize];
+        for y in 0..th {
+            for x in 0..th {
+                if grid.wy[r0][y] * grid.wx[c0][x] > 0.5 {
+                    for (c, &col) in color.iter().enumerate() {
+                        let a = &mut work.acc[c * plane + (y0 + y) * ow + x0 + x];
+                        *a = 0.6 * *a + 0.4 * col;
+                    }
+                }
             }
         }
     }
@@ -249,9 +316,10 @@ impl Engine {
         }
         self.prepare(input.width, input.height, cfg)?;
         let [lo, hi] = self.model.manifest.value_range;
+        let costs = self.model.branch_macs(cfg.tile);
+        let classifier_macs = self.model.classifier_macs(cfg.tile);
         let work = self.work.as_mut().expect("prepared");
-        let grid = &work.grid;
-        let (pw, ph) = (grid.padded_width, grid.padded_height);
+        let (pw, ph) = (work.grid.padded_width, work.grid.padded_height);
         let with_alpha = input.layout.alpha_offset().is_some() && output.layout.alpha_offset().is_some();
         if with_alpha {
             work.alpha_lr.resize(pw * ph, 0.0);
@@ -267,32 +335,54 @@ impl Engine {
             with_alpha.then_some(&mut work.alpha_lr[..]),
         );
 
+        let n = work.grid.len();
         let mut stats = FrameStats {
             width: input.width,
             height: input.height,
+            original_macs: costs[2] * n as u64,
             ..Default::default()
         };
-        let n = grid.len();
-        let costs = self.model.branch_macs(cfg.tile);
-        stats.original_macs = costs[2] * n as u64;
-        if cfg.mode == Mode::Bicubic {
+        let bicubic_all = cfg.mode == Mode::Bicubic || cfg.mode == Mode::ClassMap;
+        if bicubic_all {
             let (hw, hh) = (pw * s, ph * s);
             for c in 0..3 {
                 let plane = &work.lr[c * pw * ph..(c + 1) * pw * ph];
                 work.cubic
                     .upscale(plane, pw, ph, &mut work.acc[c * hw * hh..(c + 1) * hw * hh]);
             }
-        } else {
-            self.classify(cfg, &mut stats)?;
+        }
+        if cfg.mode != Mode::Bicubic {
+            let threshold = cfg.cache_threshold * (hi - lo) / 255.0;
+            Self::find_fresh(work, cfg, threshold);
+            self.classify(cfg, &mut stats, classifier_macs)?;
             let work = self.work.as_mut().expect("prepared");
-            work.acc.fill(0.0);
-            for (class, cost) in costs.iter().enumerate() {
-                let count = work.groups[class].len();
-                if count > 0 {
-                    stats.tiles[class] = count;
-                    stats.macs += cost * count as u64;
-                    stats.runs += Self::run_branch(&mut self.model, work, class, cfg)?;
+            if cfg.mode == Mode::ClassMap {
+                tint_classes(work);
+            } else {
+                work.acc.fill(0.0);
+                for (class, cost) in costs.iter().enumerate() {
+                    let count = work.groups[class].len();
+                    if count == 0 {
+                        continue;
+                    }
+                    if class == 0 && cfg.class1_bicubic {
+                        Self::bicubic_tiles(work, 0);
+                    } else {
+                        stats.macs += cost * count as u64;
+                        stats.runs += Self::run_branch(&mut self.model, work, class, cfg)?;
+                    }
                 }
+                if cfg.cache == CacheMode::Full {
+                    for i in 0..n {
+                        if !work.fresh[i] && work.cache.has_hr(i) {
+                            merge_tile(&work.grid, &mut work.acc, i, work.cache.hr_of(i));
+                            stats.full_cache_hits += 1;
+                        }
+                    }
+                }
+            }
+            for (c, t) in stats.tiles.iter_mut().enumerate() {
+                *t = work.class_of.iter().filter(|&&k| k as usize == c).count();
             }
         }
         let work = self.work.as_mut().expect("prepared");
@@ -312,28 +402,69 @@ impl Engine {
         Ok(stats)
     }
 
-    /// Fills `class_of` and `groups` for the frame.
-    fn classify(&mut self, cfg: &FrameConfig, stats: &mut FrameStats) -> Result<(), Error> {
+    /// Gathers every tile and decides which must be recomputed (all, without the cache).
+    fn find_fresh(work: &mut Work, cfg: &FrameConfig, threshold: f32) {
+        let n = work.grid.len();
+        let t = work.grid.tile;
+        let item = 3 * t * t;
+        work.all_tiles.resize(n * item, 0.0);
+        for i in 0..n {
+            gather_tile(&work.grid, &work.lr, i, &mut work.all_tiles[i * item..(i + 1) * item]);
+        }
+        if cfg.cache == CacheMode::Off {
+            work.fresh.fill(true);
+            return;
+        }
+        work.cache
+            .begin_frame((cfg.mode.key(), cfg.bias.to_bits()), cfg.cache_refresh);
+        for i in 0..n {
+            work.fresh[i] = !work
+                .cache
+                .unchanged(i, &work.all_tiles[i * item..(i + 1) * item], threshold);
+        }
+    }
+
+    /// Fills `class_of` and the per-branch `groups` of tiles to run for the frame.
+    fn classify(&mut self, cfg: &FrameConfig, stats: &mut FrameStats, classifier_macs: u64) -> Result<(), Error> {
         let work = self.work.as_mut().expect("prepared");
         let n = work.grid.len();
+        let t = work.grid.tile;
+        let item = 3 * t * t;
         let fixed = match cfg.mode {
             Mode::Original => Some(2),
             Mode::Branch(b) => Some(b.min(2)),
             _ => None,
         };
-        if let Some(b) = fixed {
-            work.class_of.fill(b as u8);
-        } else {
-            let t = work.grid.tile;
-            let item = 3 * t * t;
-            work.all_tiles.resize(n * item, 0.0);
-            for i in 0..n {
-                gather_tile(&work.grid, &work.lr, i, &mut work.all_tiles[i * item..(i + 1) * item]);
+        work.fresh_ids.clear();
+        work.fresh_ids.extend((0..n as u32).filter(|&i| work.fresh[i as usize]));
+        let cached = cfg.cache != CacheMode::Off;
+        for i in 0..n {
+            if !work.fresh[i] {
+                work.class_of[i] = work.cache.classes[i];
+                stats.class_cache_hits += 1;
             }
-            let logits = self.model.run_classifier(&work.all_tiles, n, t)?;
+        }
+        if let Some(b) = fixed {
+            for &i in &work.fresh_ids {
+                work.class_of[i as usize] = b as u8;
+            }
+        } else if !work.fresh_ids.is_empty() {
+            let m = work.fresh_ids.len();
+            let batch: &[f32] = if m == n {
+                &work.all_tiles
+            } else {
+                work.fresh_tiles.resize(m * item, 0.0);
+                for (k, &i) in work.fresh_ids.iter().enumerate() {
+                    let i = i as usize;
+                    work.fresh_tiles[k * item..(k + 1) * item]
+                        .copy_from_slice(&work.all_tiles[i * item..(i + 1) * item]);
+                }
+                &work.fresh_tiles
+            };
+            let logits = self.model.run_classifier(batch, m, t)?;
             stats.runs += 1;
-            stats.macs += self.model.classifier_macs(t) * n as u64;
-            for (i, l) in logits.chunks_exact(3).enumerate() {
+            stats.macs += classifier_macs * m as u64;
+            for (k, l) in logits.chunks_exact(3).enumerate() {
                 let adj = [l[0] - cfg.bias, l[1], l[2] + cfg.bias];
                 // argmax (ties go to the cheaper branch); NaN logits go to the largest branch
                 let best = if adj.iter().any(|v| v.is_nan()) {
@@ -341,31 +472,66 @@ impl Engine {
                 } else {
                     (1..3).fold(0, |b, c| if adj[c] > adj[b] { c } else { b })
                 };
-                work.class_of[i] = best as u8;
+                work.class_of[work.fresh_ids[k] as usize] = best as u8;
+            }
+        }
+        if cached {
+            for &i in &work.fresh_ids {
+                let i = i as usize;
+                work.cache
+                    .store(i, &work.all_tiles[i * item..(i + 1) * item], work.class_of[i]);
             }
         }
         for g in &mut work.groups {
             g.clear();
         }
+        let full = cfg.cache == CacheMode::Full;
         for (i, &c) in work.class_of.iter().enumerate() {
-            work.groups[c as usize].push(i as u32);
+            // In full mode an unchanged tile with a cached output needs no branch run.
+            if !(full && !work.fresh[i] && work.cache.has_hr(i)) {
+                work.groups[c as usize].push(i as u32);
+            }
         }
         Ok(())
     }
 
-    /// Runs one branch over its group in batches of at most `max_batch` and merges the results.
+    /// Upscales a group's tiles bicubically (QoS degradation of the cheapest class).
+    fn bicubic_tiles(work: &mut Work, class: usize) {
+        let t = work.grid.tile;
+        let th = t * work.grid.scale;
+        let mut hr = vec![0f32; 3 * th * th];
+        let mut lr = vec![0f32; 3 * t * t];
+        for &i in &work.groups[class] {
+            let i = i as usize;
+            lr.copy_from_slice(&work.all_tiles[i * 3 * t * t..(i + 1) * 3 * t * t]);
+            for c in 0..3 {
+                work.cubic.upscale(
+                    &lr[c * t * t..(c + 1) * t * t],
+                    t,
+                    t,
+                    &mut hr[c * th * th..(c + 1) * th * th],
+                );
+            }
+            merge_tile(&work.grid, &mut work.acc, i, &hr);
+        }
+    }
+
+    /// Runs one branch over its group in batches of at most `max_batch` and merges the results
+    /// (and, in full cache mode, keeps them).
     fn run_branch(model: &mut Model, work: &mut Work, class: usize, cfg: &FrameConfig) -> Result<usize, Error> {
         let t = work.grid.tile;
         let item = 3 * t * t;
         let th = t * work.grid.scale;
         let out_item = 3 * th * th;
         let mut runs = 0;
+        let keep = cfg.cache == CacheMode::Full;
         let group = &work.groups[class];
         for chunk in group.chunks(cfg.max_batch) {
             let staging = &mut work.staging[class];
             staging.resize(chunk.len().max(staging.len() / item) * item, 0.0);
             for (k, &i) in chunk.iter().enumerate() {
-                gather_tile(&work.grid, &work.lr, i as usize, &mut staging[k * item..(k + 1) * item]);
+                let i = i as usize;
+                staging[k * item..(k + 1) * item].copy_from_slice(&work.all_tiles[i * item..(i + 1) * item]);
             }
             let input = &staging[..chunk.len() * item];
             let session = &mut model.branches[class];
@@ -392,12 +558,11 @@ impl Engine {
                 )));
             }
             for (k, &i) in chunk.iter().enumerate() {
-                merge_tile(
-                    &work.grid,
-                    &mut work.acc,
-                    i as usize,
-                    &data[k * out_item..(k + 1) * out_item],
-                );
+                let out = &data[k * out_item..(k + 1) * out_item];
+                merge_tile(&work.grid, &mut work.acc, i as usize, out);
+                if keep && work.fresh[i as usize] {
+                    work.cache.store_hr(i as usize, out);
+                }
             }
             runs += 1;
         }

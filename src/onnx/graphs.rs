@@ -27,8 +27,12 @@ pub type Weights = BTreeMap<String, Tensor>;
 /// One network of the project.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Arch {
-    /// FSRCNN(d, s, m) with PReLU and a ×scale ConvTranspose (k9, p3, output_padding scale-1).
+    /// FSRCNN(d, s, m) with PReLU and a ×scale ConvTranspose (k9, p3, output_padding 1: exactly
+    /// ×4 for scale 4, as in the official code).
     Fsrcnn { d: usize, s: usize, m: usize, scale: usize },
+    /// MSRResNet: conv 3→nf, `nb` residual blocks (conv-ReLU-conv), 2× [conv nf→4nf,
+    /// PixelShuffle(2), LeakyReLU(0.1)], conv-LReLU-conv to 3 channels, plus a bilinear ×4 skip.
+    SrResNet { nf: usize, nb: usize, scale: usize },
     /// The ClassSR classifier: Conv 3→128 k4 s4, 3× Conv1×1, Conv1×1 128→32, GAP, Linear 32→3.
     Classifier,
     /// Known-answer branch: exact ×scale resampling with a fixed separable kernel.
@@ -121,6 +125,17 @@ impl Arch {
                 p.push(("tail.bias".into(), vec![3]));
                 let _ = scale;
             }
+            Arch::SrResNet { nf, nb, .. } => {
+                conv("conv_first", nf, 3, 3, false);
+                for i in 0..nb {
+                    conv(&format!("body{i}.conv1"), nf, nf, 3, false);
+                    conv(&format!("body{i}.conv2"), nf, nf, 3, false);
+                }
+                conv("upconv1", 4 * nf, nf, 3, false);
+                conv("upconv2", 4 * nf, nf, 3, false);
+                conv("hrconv", nf, nf, 3, false);
+                conv("conv_last", 3, nf, 3, false);
+            }
             Arch::Classifier => {
                 conv("conv0", 128, 3, 4, false);
                 for i in 1..4 {
@@ -147,6 +162,15 @@ impl Arch {
                 let tail_hr = px * (scale * scale) as u64 * d * 3 * 81;
                 (body + tail_lr, 2 * (body + tail_hr))
             }
+            Arch::SrResNet { nf, nb, .. } => {
+                let (nf, nb) = (nf as u64, nb as u64);
+                let lr = px * (27 * nf + nb * 2 * 9 * nf * nf + 9 * nf * 4 * nf);
+                let x2 = 4 * px * 9 * nf * 4 * nf;
+                let x4 = 16 * px * (9 * nf * nf + 9 * nf * 3);
+                let skip = 16 * px * 3 * 4;
+                let macs = lr + x2 + x4 + skip;
+                (macs, 2 * macs)
+            }
             Arch::Classifier => {
                 let pos = px / 16;
                 let macs = pos * 3 * 128 * 16 + 3 * pos * 128 * 128 + pos * 128 * 32 + 32 * 3;
@@ -168,7 +192,7 @@ impl Arch {
     /// Upscaling factor of a branch (1 for classifiers).
     pub fn scale(&self) -> usize {
         match *self {
-            Arch::Fsrcnn { scale, .. } | Arch::Resampler { scale, .. } => scale,
+            Arch::Fsrcnn { scale, .. } | Arch::SrResNet { scale, .. } | Arch::Resampler { scale, .. } => scale,
             _ => 1,
         }
     }
@@ -180,6 +204,7 @@ impl Arch {
     pub fn describe(&self) -> String {
         match *self {
             Arch::Fsrcnn { d, s, m, scale } => format!("FSRCNN(d={d}, s={s}, m={m}) x{scale}"),
+            Arch::SrResNet { nf, nb, scale } => format!("MSRResNet(nf={nf}, nb={nb}) x{scale}"),
             Arch::Classifier => "ClassSR classifier".to_string(),
             Arch::Resampler { kernel, scale } => {
                 format!(
@@ -201,6 +226,55 @@ fn lr_dims() -> [Dim<'static>; 4] {
         Dim::Symbolic("height"),
         Dim::Symbolic("width"),
     ]
+}
+
+fn hr_dims() -> [Dim<'static>; 4] {
+    [
+        Dim::Symbolic("batch"),
+        Dim::Fixed(3),
+        Dim::Symbolic("out_height"),
+        Dim::Symbolic("out_width"),
+    ]
+}
+
+/// The grouped 2-D ConvTranspose weight [3, 1, k, k] of an exact ×scale resampler
+/// (k = scale·(2R+1)): out[s*i + r] = sum_d in[i + d] * k(offset_r - d), |d| <= R.
+pub fn resampler_weight(kernel: Kernel, scale: usize) -> (usize, Vec<f32>) {
+    let rad = kernel.radius();
+    let k = scale * (2 * rad + 1);
+    let mut k1 = vec![0f64; k];
+    for r in 0..scale {
+        for (j, w) in kernel.phase_taps(scale, r).into_iter().enumerate() {
+            // j = d + R; kernel index = r + s*(R - d) = r + s*(2R - j)
+            k1[r + scale * (2 * rad - j)] = w;
+        }
+    }
+    let mut w = Vec::with_capacity(3 * k * k);
+    for _ in 0..3 {
+        for ky in 0..k {
+            for kx in 0..k {
+                w.push((k1[ky] * k1[kx]) as f32);
+            }
+        }
+    }
+    (k, w)
+}
+
+/// Exact resampling as a grouped ConvTranspose on the edge-padded input (padded by R, then
+/// cropped by the ConvTranspose pads 2·s·R so the output is exactly s times the input).
+fn resample(g: &mut GraphBuilder, x: &str, kernel: Kernel, scale: usize, name: &str) -> String {
+    let rad = kernel.radius();
+    let (k, w) = resampler_weight(kernel, scale);
+    let w = g.weight(&format!("{name}.weight"), &[3, 1, k, k], &w);
+    let padded = if rad > 0 {
+        let r = rad as i64;
+        let pads = g.int64s(&format!("{name}.pads"), &[0, 0, r, r, 0, 0, r, r]);
+        g.op("Pad", &[x, &pads], &[("mode", Attr::Str("edge"))])
+    } else {
+        x.to_string()
+    };
+    let s = scale as i64;
+    g.conv_transpose(&padded, &w, None, k as i64, s, 2 * s * rad as i64, 0, 3)
 }
 
 fn get<'w>(w: &'w Weights, name: &str, shape: &[usize]) -> Result<&'w Tensor, String> {
@@ -244,17 +318,8 @@ pub fn build(arch: &Arch, weights: &Weights) -> Result<ModelProto, String> {
             }
             h = layer(&mut g, &h, "expand", 1);
             let s = scale as i64;
-            let y = g.conv_transpose(&h, "tail.weight", Some("tail.bias"), 9, s, 3, s - 1, 1);
-            g.output(
-                BRANCH_OUTPUT,
-                &y,
-                &[
-                    Dim::Symbolic("batch"),
-                    Dim::Fixed(3),
-                    Dim::Symbolic("out_height"),
-                    Dim::Symbolic("out_width"),
-                ],
-            );
+            let y = g.conv_transpose(&h, "tail.weight", Some("tail.bias"), 9, s, 3, 1, 1);
+            g.output(BRANCH_OUTPUT, &y, &hr_dims());
         }
         Arch::Classifier => {
             let mut h = g.conv(&x, "conv0.weight", "conv0.bias", 4, 4, 0);
@@ -268,45 +333,36 @@ pub fn build(arch: &Arch, weights: &Weights) -> Result<ModelProto, String> {
             g.output(CLASSIFIER_OUTPUT, &logits, &[Dim::Symbolic("batch"), Dim::Fixed(3)]);
         }
         Arch::Resampler { kernel, scale } => {
-            // out[s*i + r] = sum_d in[i + d] * k(offset_r - d), |d| <= R, written as a grouped
-            // ConvTranspose (kernel s*(2R+1)) on the edge-padded input, cropped by its pads.
-            let rad = kernel.radius();
-            let k = scale * (2 * rad + 1);
-            let mut k1 = vec![0f64; k];
-            for r in 0..scale {
-                for (j, w) in kernel.phase_taps(scale, r).into_iter().enumerate() {
-                    // j = d + R; kernel index = r + s*(R - d) = r + s*(2R - j)
-                    k1[r + scale * (2 * rad - j)] = w;
-                }
-            }
-            let mut w = Vec::with_capacity(3 * k * k);
-            for _ in 0..3 {
-                for ky in 0..k {
-                    for kx in 0..k {
-                        w.push((k1[ky] * k1[kx]) as f32);
-                    }
-                }
-            }
-            let w = g.weight("resample.weight", &[3, 1, k, k], &w);
-            let padded = if rad > 0 {
-                let r = rad as i64;
-                let pads = g.int64s("resample.pads", &[0, 0, r, r, 0, 0, r, r]);
-                g.op("Pad", &[&x, &pads], &[("mode", Attr::Str("edge"))])
-            } else {
-                x
+            let y = resample(&mut g, &x, kernel, scale, "resample");
+            g.output(BRANCH_OUTPUT, &y, &hr_dims());
+        }
+        Arch::SrResNet { nb, scale, .. } => {
+            let conv3 = |g: &mut GraphBuilder, h: &str, name: &str| {
+                g.conv(h, &format!("{name}.weight"), &format!("{name}.bias"), 3, 1, 1)
             };
-            let s = scale as i64;
-            let y = g.conv_transpose(&padded, &w, None, k as i64, s, 2 * s * rad as i64, 0, 3);
-            g.output(
-                BRANCH_OUTPUT,
-                &y,
-                &[
-                    Dim::Symbolic("batch"),
-                    Dim::Fixed(3),
-                    Dim::Symbolic("out_height"),
-                    Dim::Symbolic("out_width"),
-                ],
-            );
+            let c = conv3(&mut g, &x, "conv_first");
+            let mut h = g.leaky_relu(&c, 0.1);
+            for i in 0..nb {
+                let a = conv3(&mut g, &h, &format!("body{i}.conv1"));
+                let a = g.op("Relu", &[&a], &[]);
+                let b = conv3(&mut g, &a, &format!("body{i}.conv2"));
+                h = g.op("Add", &[&h, &b], &[]);
+            }
+            for up in ["upconv1", "upconv2"] {
+                let c = conv3(&mut g, &h, up);
+                let d = g.op(
+                    "DepthToSpace",
+                    &[&c],
+                    &[("blocksize", Attr::Int(2)), ("mode", Attr::Str("CRD"))],
+                );
+                h = g.leaky_relu(&d, 0.1);
+            }
+            let c = conv3(&mut g, &h, "hrconv");
+            let c = g.leaky_relu(&c, 0.1);
+            let out = conv3(&mut g, &c, "conv_last");
+            let base = resample(&mut g, &x, Kernel::Bilinear, scale, "skip");
+            let y = g.op("Add", &[&out, &base], &[]);
+            g.output(BRANCH_OUTPUT, &y, &hr_dims());
         }
         Arch::VarianceClassifier { t1, t2 } => {
             // Per-channel variance around each channel's mean, averaged over the channels

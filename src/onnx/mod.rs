@@ -10,4 +10,6 @@ mod builder;
 mod graphs;
 
 pub use builder::{to_bytes, Attr, Dim, GraphBuilder, OPSET};
-pub use graphs::{build, build_bytes, Arch, Kernel, Tensor, Weights, BRANCH_OUTPUT, CLASSIFIER_OUTPUT, INPUT};
+pub use graphs::{
+    build, build_bytes, resampler_weight, Arch, Kernel, Tensor, Weights, BRANCH_OUTPUT, CLASSIFIER_OUTPUT, INPUT,
+};

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Fetches the training photographs: the JPEG wallpapers of Debian's plasma-workspace-wallpapers
+# package that carry camera EXIF data (photographs, not renderings), largest size of each, into
+# data/train and data/val (every third one held out for validation). data/ is git-ignored.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -d data/train ] && [ -d data/val ] && [ -n "$(ls data/val 2>/dev/null)" ]; then
+  echo "data/train: $(ls data/train | wc -l) images, data/val: $(ls data/val | wc -l) images (already there)"
+  exit 0
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+(cd "$tmp" && apt-get download plasma-workspace-wallpapers >/dev/null 2>&1) \
+  || { apt-get update -q >/dev/null 2>&1 || true; (cd "$tmp" && apt-get download plasma-workspace-wallpapers >/dev/null); }
+dpkg-deb -x "$tmp"/plasma-workspace-wallpapers_*.deb "$tmp/x"
+mkdir -p data/train data/val
+n=0
+for dir in "$tmp"/x/usr/share/wallpapers/*/; do
+  name=$(basename "$dir")
+  # largest regular JPEG of this wallpaper (the smaller sizes are symlinks)
+  best=$(find "$dir" -path '*images*' -type f \( -name '*.jpg' -o -name '*.jpeg' \) -printf '%s %p\n' | sort -n | tail -1 | cut -d' ' -f2-)
+  [ -n "$best" ] || continue
+  head -c 65536 "$best" | grep -aq Exif || continue   # photographs carry EXIF
+  n=$((n + 1))
+  if [ $((n % 3)) -eq 0 ]; then dest=data/val; else dest=data/train; fi
+  cp "$best" "$dest/$name.jpg"
+done
+echo "data/train: $(ls data/train | wc -l) images, data/val: $(ls data/val | wc -l) images"

@@ -1,0 +1,131 @@
+// classsr-train: ClassSR's staged training, writing a model directory the element loads.
+//
+//   classsr-train all --data data/train --val data/val --out models/fsrcnn [--family fsrcnn|srresnet]
+//       [--scale 4] [--iters N] [--batch B] [--device cpu|cuda] [--seed S] [--resume] [--force]
+//       [--work DIR] [--checkpoint-secs S]
+//
+// Subcommands: prepare, stage1, stage2, stage3, export, all (all in order).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use gstclasssr::train::pipeline::{Family, Options, Trainer};
+
+const USAGE: &str = "usage: classsr-train <prepare|stage1|stage2|stage3|export|all> --data DIR --val DIR --out DIR \
+[--family fsrcnn|srresnet] [--scale 4] [--iters N] [--batch B] [--device cpu|cuda] [--seed S] [--resume] [--force] \
+[--work DIR] [--checkpoint-secs S] [--aug 1.0,0.9,...]";
+
+fn parse(args: &[String]) -> Result<(String, Options), String> {
+    let cmd = args.first().ok_or("missing subcommand")?.clone();
+    if !["prepare", "stage1", "stage2", "stage3", "export", "all"].contains(&cmd.as_str()) {
+        return Err(format!("unknown subcommand '{cmd}'"));
+    }
+    let mut o = Options::new(PathBuf::new(), PathBuf::new(), PathBuf::new());
+    let (mut data, mut val, mut out, mut work) = (None, None, None, None);
+    let mut it = args[1..].iter();
+    while let Some(a) = it.next() {
+        let mut v = |n: &str| it.next().cloned().ok_or_else(|| format!("{n} needs a value"));
+        let num = |n: &str, s: String| {
+            s.parse::<usize>()
+                .map_err(|_| format!("{n}: '{s}' is not a whole number"))
+        };
+        match a.as_str() {
+            "--data" => data = Some(PathBuf::from(v("--data")?)),
+            "--val" => val = Some(PathBuf::from(v("--val")?)),
+            "--out" => out = Some(PathBuf::from(v("--out")?)),
+            "--work" => work = Some(PathBuf::from(v("--work")?)),
+            "--family" => {
+                let f = v("--family")?;
+                o.family = Family::parse(&f).ok_or_else(|| format!("unknown family '{f}' (fsrcnn or srresnet)"))?;
+            }
+            "--scale" => o.scale = num("--scale", v("--scale")?)?,
+            "--iters" => o.iters = num("--iters", v("--iters")?)?,
+            "--batch" => o.batch = num("--batch", v("--batch")?)?,
+            "--seed" => o.seed = num("--seed", v("--seed")?)? as u64,
+            "--checkpoint-secs" => o.checkpoint_secs = num("--checkpoint-secs", v("--checkpoint-secs")?)? as u64,
+            "--device" => o.device_name = v("--device")?,
+            "--aug" => {
+                o.aug = v("--aug")?
+                    .split(',')
+                    .map(|s| s.parse::<f64>().map_err(|_| format!("--aug: '{s}' is not a number")))
+                    .collect::<Result<_, _>>()?
+            }
+            "--resume" => o.resume = true,
+            "--force" => o.force = true,
+            s => return Err(format!("unknown option '{s}'")),
+        }
+    }
+    o.data = data.ok_or("--data DIR is required")?;
+    o.val = val.ok_or("--val DIR is required")?;
+    o.out = out.ok_or("--out DIR is required")?;
+    o.work = work.unwrap_or_else(|| PathBuf::from(format!("{}.work", o.out.display())));
+    if o.scale != 4 {
+        return Err("only --scale 4 is supported (the sub-image geometry is LR 32 / HR 128)".into());
+    }
+    if o.iters == 0 || o.batch == 0 {
+        return Err("--iters and --batch must be at least 1".into());
+    }
+    Ok((cmd, o))
+}
+
+fn run<B: burn::tensor::backend::AutodiffBackend>(cmd: &str, opts: Options, device: B::Device) -> Result<(), String> {
+    let mut t = Trainer::<B>::new(opts, device)?;
+    if cmd != "export" {
+        t.check_work()?;
+    }
+    let result = (|| {
+        match cmd {
+            "prepare" => t.prepare(),
+            "stage1" => t.stage1(),
+            "stage2" => t.stage23(false),
+            "stage3" => t.stage23(true),
+            "export" => Ok(()),
+            _ => {
+                t.prepare()?;
+                t.stage1()?;
+                t.stage23(false)?;
+                t.stage23(true)
+            }
+        }?;
+        t.finish_report();
+        if cmd == "export" || cmd == "all" {
+            t.export()?;
+        }
+        Ok(())
+    })();
+    t.finish_report();
+    result
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() || args[0] == "--help" || args[0] == "-h" {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    let (cmd, opts) = match parse(&args) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match opts.device_name.as_str() {
+        "cpu" => run::<gstclasssr::train::CpuBackend>(&cmd, opts, Default::default()),
+        "flex" => run::<gstclasssr::train::FlexBackend>(&cmd, opts, Default::default()),
+        #[cfg(feature = "cuda")]
+        "cuda" => run::<gstclasssr::train::CudaBackend>(&cmd, opts, Default::default()),
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => {
+            Err("this build has no CUDA backend: rebuild with --features cuda (CUDARC_CUDA_VERSION=13000)".into())
+        }
+        d => Err(format!("unknown device '{d}' (cpu or cuda)")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,112 @@
+// The per-tile cache across video frames: for each tile position, the LR tile its cached
+// results came from, its class, and (in `full` mode) its HR output, so unchanged tiles skip
+// the classifier and, in full mode, their branch.
+
+/// What the cache may reuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    /// Everything is recomputed every frame.
+    Off,
+    /// Unchanged tiles keep their class (they leave the classifier batch).
+    #[default]
+    Class,
+    /// Unchanged tiles also keep their HR output (their branch does not run).
+    Full,
+}
+
+impl CacheMode {
+    pub fn parse(s: &str) -> Option<CacheMode> {
+        match s {
+            "off" => Some(CacheMode::Off),
+            "class" => Some(CacheMode::Class),
+            "full" => Some(CacheMode::Full),
+            _ => None,
+        }
+    }
+}
+
+/// Cached state of one tile grid.
+pub struct TileCache {
+    item: usize,
+    out_item: usize,
+    /// Per tile: the LR tile (NCHW item) the cached class/output were computed from.
+    reference: Vec<f32>,
+    pub classes: Vec<u8>,
+    valid: Vec<bool>,
+    /// Per tile: HR output (full mode).
+    pub hr: Vec<f32>,
+    hr_valid: Vec<bool>,
+    /// Frames since everything was last recomputed.
+    age: u64,
+    /// Routing settings the cached classes were made with.
+    key: Option<(u8, u32)>,
+}
+
+impl TileCache {
+    pub fn new(tiles: usize, item: usize, out_item: usize) -> TileCache {
+        TileCache {
+            item,
+            out_item,
+            reference: vec![0.0; tiles * item],
+            classes: vec![0; tiles],
+            valid: vec![false; tiles],
+            hr: Vec::new(),
+            hr_valid: vec![false; tiles],
+            age: 0,
+            key: None,
+        }
+    }
+
+    /// Forgets everything (scene cut, seek, caps change).
+    pub fn reset(&mut self) {
+        self.valid.fill(false);
+        self.hr_valid.fill(false);
+        self.age = 0;
+        self.key = None;
+    }
+
+    /// Starts a frame: drops everything when the routing settings changed or a refresh is due.
+    pub fn begin_frame(&mut self, key: (u8, u32), refresh: u32) {
+        if self.key != Some(key) || (refresh > 0 && self.age >= refresh as u64) {
+            self.reset();
+            self.key = Some(key);
+        }
+        self.age += 1;
+    }
+
+    /// Whether tile `i` (the NCHW item `tile`) is within `threshold` (mean absolute difference,
+    /// in the model's value units) of the tile its cached results came from.
+    pub fn unchanged(&self, i: usize, tile: &[f32], threshold: f32) -> bool {
+        if !self.valid[i] {
+            return false;
+        }
+        let r = &self.reference[i * self.item..(i + 1) * self.item];
+        let sad: f32 = r.iter().zip(tile).map(|(a, b)| (a - b).abs()).sum();
+        sad < threshold * self.item as f32 || sad == 0.0
+    }
+
+    /// Records a freshly computed tile and its class.
+    pub fn store(&mut self, i: usize, tile: &[f32], class: u8) {
+        self.reference[i * self.item..(i + 1) * self.item].copy_from_slice(tile);
+        self.classes[i] = class;
+        self.valid[i] = true;
+        self.hr_valid[i] = false;
+    }
+
+    pub fn has_hr(&self, i: usize) -> bool {
+        self.hr_valid[i]
+    }
+
+    /// Records the HR output of tile `i` (full mode).
+    pub fn store_hr(&mut self, i: usize, hr: &[f32]) {
+        if self.hr.is_empty() {
+            self.hr = vec![0.0; self.valid.len() * self.out_item];
+        }
+        self.hr[i * self.out_item..(i + 1) * self.out_item].copy_from_slice(hr);
+        self.hr_valid[i] = true;
+    }
+
+    pub fn hr_of(&self, i: usize) -> &[f32] {
+        &self.hr[i * self.out_item..(i + 1) * self.out_item]
+    }
+}

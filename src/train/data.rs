@@ -1,0 +1,269 @@
+// Training data: HR photographs → scale augmentation (×1.0 … ×0.6, antialiased bicubic),
+// mod-4 crop, LR by antialiased bicubic ×1/4, and the index of LR 32 / HR 128 sub-images at HR
+// stride 64; batches are sampled with random flips and 90° rotations.
+
+use std::path::{Path, PathBuf};
+
+use crate::engine::resample::imresize;
+
+use super::rng::Rng;
+
+/// Sizes of the ClassSR sub-images.
+pub const LR_SIZE: usize = 32;
+pub const HR_STRIDE: usize = 64;
+/// Scale augmentation factors of the official code.
+pub const AUG_SCALES: [f64; 5] = [1.0, 0.9, 0.8, 0.7, 0.6];
+/// Longer sides are shrunk to this first (keeps memory bounded for very large photographs).
+pub const MAX_SIDE: usize = 2560;
+
+/// An 8-bit RGB image (interleaved).
+#[derive(Debug, Clone)]
+pub struct Rgb8 {
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<u8>,
+}
+
+impl Rgb8 {
+    fn planes(&self) -> [Vec<f32>; 3] {
+        let mut p: [Vec<f32>; 3] = Default::default();
+        for (c, plane) in p.iter_mut().enumerate() {
+            *plane = self.data.iter().skip(c).step_by(3).map(|&v| v as f32 / 255.0).collect();
+        }
+        p
+    }
+
+    fn from_planes(p: &[Vec<f32>; 3], width: usize, height: usize) -> Rgb8 {
+        let mut data = vec![0u8; width * height * 3];
+        for (c, plane) in p.iter().enumerate() {
+            for (i, v) in plane.iter().enumerate() {
+                data[i * 3 + c] = (v * 255.0 + 0.5).clamp(0.0, 255.0) as u8;
+            }
+        }
+        Rgb8 { width, height, data }
+    }
+
+    /// Antialiased bicubic resize (MATLAB imresize), rounded to 8 bits.
+    pub fn resize(&self, width: usize, height: usize) -> Rgb8 {
+        let p = self.planes();
+        let r = p.map(|plane| imresize(&plane, self.width, self.height, width, height));
+        Rgb8::from_planes(&r, width, height)
+    }
+
+    /// The top-left crop whose sides are multiples of `m`.
+    pub fn mod_crop(&self, m: usize) -> Rgb8 {
+        let (w, h) = (self.width / m * m, self.height / m * m);
+        let mut data = Vec::with_capacity(w * h * 3);
+        for y in 0..h {
+            data.extend_from_slice(&self.data[y * self.width * 3..(y * self.width + w) * 3]);
+        }
+        Rgb8 {
+            width: w,
+            height: h,
+            data,
+        }
+    }
+}
+
+/// Reads an image as 8-bit RGB.
+pub fn read_rgb(path: &Path) -> Result<Rgb8, String> {
+    let img = image::open(path).map_err(|e| e.to_string())?.to_rgb8();
+    Ok(Rgb8 {
+        width: img.width() as usize,
+        height: img.height() as usize,
+        data: img.into_raw(),
+    })
+}
+
+/// The LR image made from an HR one: mod-`scale` crop, then antialiased bicubic ×1/scale.
+pub fn make_lr(hr: &Rgb8, scale: usize) -> (Rgb8, Rgb8) {
+    let hr = hr.mod_crop(scale);
+    let lr = hr.resize(hr.width / scale, hr.height / scale);
+    (hr, lr)
+}
+
+/// HR/LR pair at one augmentation scale.
+pub struct Pair {
+    pub hr: Rgb8,
+    pub lr: Rgb8,
+}
+
+/// One sub-image: pair index and LR origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sub {
+    pub pair: u32,
+    pub x: u16,
+    pub y: u16,
+}
+
+/// A folder of photographs cut into sub-images.
+pub struct Dataset {
+    pub pairs: Vec<Pair>,
+    pub subs: Vec<Sub>,
+    pub scale: usize,
+    /// Images used.
+    pub images: Vec<PathBuf>,
+    /// Files skipped, with the reason.
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+fn positions(len: usize, size: usize, stride: usize) -> Vec<usize> {
+    if len < size {
+        return Vec::new();
+    }
+    let mut p: Vec<usize> = (0..=len - size).step_by(stride).collect();
+    if *p.last().unwrap() != len - size {
+        p.push(len - size);
+    }
+    p
+}
+
+/// Image files in `dir`, sorted by name.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("cannot read data folder '{}': {e}", dir.display()))?;
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+impl Dataset {
+    /// Loads `dir` with the given augmentation scales. Unreadable, corrupt or too-small images
+    /// are skipped and reported through `warn`; no usable image at all is an error.
+    pub fn load(dir: &Path, scale: usize, aug: &[f64], warn: &mut dyn FnMut(String)) -> Result<Dataset, String> {
+        let files = list_images(dir)?;
+        if files.is_empty() {
+            return Err(format!("data folder '{}' has no PNG or JPEG images", dir.display()));
+        }
+        let hr_size = LR_SIZE * scale;
+        let lr_stride = (HR_STRIDE / scale).max(1);
+        let mut ds = Dataset {
+            pairs: Vec::new(),
+            subs: Vec::new(),
+            scale,
+            images: Vec::new(),
+            skipped: Vec::new(),
+        };
+        for f in files {
+            let img = match read_rgb(&f) {
+                Ok(i) => i,
+                Err(e) => {
+                    warn(format!("skipping '{}': {e}", f.display()));
+                    ds.skipped.push((f, e));
+                    continue;
+                }
+            };
+            if img.width < hr_size || img.height < hr_size {
+                let why = format!(
+                    "too small ({}x{}, need at least {hr_size}x{hr_size})",
+                    img.width, img.height
+                );
+                warn(format!("skipping '{}': {why}", f.display()));
+                ds.skipped.push((f, why));
+                continue;
+            }
+            let big = img.width.max(img.height);
+            let img = if big > MAX_SIDE {
+                let k = MAX_SIDE as f64 / big as f64;
+                img.resize(
+                    ((img.width as f64 * k).round() as usize).max(1),
+                    ((img.height as f64 * k).round() as usize).max(1),
+                )
+            } else {
+                img
+            };
+            for &s in aug {
+                let scaled = if (s - 1.0).abs() < 1e-9 {
+                    img.clone()
+                } else {
+                    img.resize(
+                        (img.width as f64 * s).round() as usize,
+                        (img.height as f64 * s).round() as usize,
+                    )
+                };
+                if scaled.width < hr_size || scaled.height < hr_size {
+                    continue;
+                }
+                let (hr, lr) = make_lr(&scaled, scale);
+                let pair = ds.pairs.len() as u32;
+                for y in positions(lr.height, LR_SIZE, lr_stride) {
+                    for x in positions(lr.width, LR_SIZE, lr_stride) {
+                        ds.subs.push(Sub {
+                            pair,
+                            x: x as u16,
+                            y: y as u16,
+                        });
+                    }
+                }
+                ds.pairs.push(Pair { hr, lr });
+            }
+            ds.images.push(f);
+        }
+        if ds.subs.is_empty() {
+            return Err(format!(
+                "data folder '{}' has no usable images ({} skipped)",
+                dir.display(),
+                ds.skipped.len()
+            ));
+        }
+        Ok(ds)
+    }
+
+    /// Copies sub-image `sub` into NCHW item buffers (values 0..1), transformed by one of the
+    /// 8 flips/rotations (`t` = 0 is the identity). The HR item is written in space-to-depth
+    /// layout [3·s², n, n] (see `Net::forward_packed`).
+    fn write_item(&self, sub: Sub, t: usize, lr_out: &mut [f32], hr_out: &mut [f32]) {
+        let pair = &self.pairs[sub.pair as usize];
+        let s = self.scale;
+        // `p` = packing factor: HR pixel (y·p + ry, x·p + rx) goes to channel c·p² + ry·p + rx
+        let copy = |img: &Rgb8, x0: usize, y0: usize, n: usize, p: usize, out: &mut [f32]| {
+            let m = n / p;
+            for y in 0..n {
+                for x in 0..n {
+                    // (x, y) in the output ← (sx, sy) in the source, per dihedral transform
+                    let (mut sx, mut sy) = if t & 4 != 0 { (y, x) } else { (x, y) };
+                    if t & 1 != 0 {
+                        sx = n - 1 - sx;
+                    }
+                    if t & 2 != 0 {
+                        sy = n - 1 - sy;
+                    }
+                    let o = ((y0 + sy) * img.width + x0 + sx) * 3;
+                    let (ry, rx) = (y % p, x % p);
+                    for c in 0..3 {
+                        let ch = (c * p + ry) * p + rx;
+                        out[(ch * m + y / p) * m + x / p] = img.data[o + c] as f32 / 255.0;
+                    }
+                }
+            }
+        };
+        copy(&pair.lr, sub.x as usize, sub.y as usize, LR_SIZE, 1, lr_out);
+        copy(&pair.hr, sub.x as usize * s, sub.y as usize * s, LR_SIZE * s, s, hr_out);
+    }
+
+    /// A batch of the given sub-images: (LR NCHW, HR packed [N, 3·s², 32, 32]), augmented when
+    /// `rng` is given.
+    pub fn batch(&self, ids: &[usize], mut rng: Option<&mut Rng>) -> (Vec<f32>, Vec<f32>) {
+        let li = 3 * LR_SIZE * LR_SIZE;
+        let hi = li * self.scale * self.scale;
+        let mut lr = vec![0f32; ids.len() * li];
+        let mut hr = vec![0f32; ids.len() * hi];
+        for (k, &id) in ids.iter().enumerate() {
+            let t = rng.as_deref_mut().map_or(0, |r| r.below(8));
+            self.write_item(
+                self.subs[id],
+                t,
+                &mut lr[k * li..(k + 1) * li],
+                &mut hr[k * hi..(k + 1) * hi],
+            );
+        }
+        (lr, hr)
+    }
+}

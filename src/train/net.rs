@@ -1,0 +1,339 @@
+// The trainable networks in burn: one generic net per architecture holding its parameters as
+// flat tensors in the exact layout of the ONNX writer (so export is a copy), with forward
+// passes for FSRCNN, MSRResNet and the ClassSR classifier.
+
+use std::collections::HashMap;
+
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use super::rng::Rng;
+use crate::onnx::{Arch, Kernel, Tensor as OnnxTensor, Weights};
+
+/// One network: its architecture and parameters (flattened; shapes from `Arch::params`).
+#[derive(Clone, Debug)]
+pub struct Net<B: Backend> {
+    pub arch: Arch,
+    pub params: Vec<Tensor<B, 1>>,
+    names: Vec<String>,
+    shapes: Vec<Vec<usize>>,
+    index: HashMap<String, usize>,
+    /// The fixed bilinear ×scale skip of MSRResNet as a sub-pixel conv weight [3·s², 3, 3, 3].
+    skip: Option<Tensor<B, 4>>,
+    /// FSRCNN: where each sub-pixel conv weight comes from in the flat ConvTranspose weight
+    /// (the last index points at an appended zero).
+    tail_index: Option<Tensor<B, 1, Int>>,
+}
+
+/// Sub-pixel form of FSRCNN's ConvTranspose (k9, stride s, pad 3, output_padding 1): output
+/// phase (ry, rx) at LR position q is a 3×3 convolution (pad 1) of the input, with tap
+/// W[ci, co, s·(1-ky) + ry + 3, s·(1-kx) + rx + 3] (zero outside the 9×9 kernel). Returns, for
+/// the conv weight [3·s², d, 3, 3], the index of each entry in the flat ConvTranspose weight
+/// [d, 3, 9, 9] (or d·3·81 for zero). Exact, and conv2d trains much faster than ConvTranspose
+/// on the CPU backends.
+fn tail_index(d: usize, s: usize) -> Vec<i64> {
+    let zero = (d * 3 * 81) as i64;
+    let mut idx = Vec::with_capacity(3 * s * s * d * 9);
+    for co in 0..3 {
+        for ry in 0..s {
+            for rx in 0..s {
+                for ci in 0..d {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let wy = (s * (2 - ky) + ry + 3) as i64 - s as i64;
+                            let wx = (s * (2 - kx) + rx + 3) as i64 - s as i64;
+                            idx.push(if (0..9).contains(&wy) && (0..9).contains(&wx) {
+                                (((ci * 3 + co) * 9) as i64 + wy) * 9 + wx
+                            } else {
+                                zero
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    idx
+}
+
+/// The exact bilinear ×s (edge-clamped) as a sub-pixel conv weight [3·s², 3, 3, 3] for the
+/// input padded by one pixel: phase r takes input samples q-1, q, q+1.
+fn bilinear_subpixel(s: usize) -> Vec<f32> {
+    let taps: Vec<Vec<f64>> = (0..s).map(|r| Kernel::Bilinear.phase_taps(s, r)).collect();
+    let mut w = Vec::with_capacity(3 * s * s * 27);
+    for co in 0..3 {
+        for ry in 0..s {
+            for rx in 0..s {
+                for ci in 0..3 {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            w.push(if ci == co {
+                                (taps[ry][ky] * taps[rx][kx]) as f32
+                            } else {
+                                0.0
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+    w
+}
+
+fn leaky<B: Backend, const D: usize>(x: Tensor<B, D>, slope: f64) -> Tensor<B, D> {
+    x.clone().clamp_min(0.0) + x.clamp_max(0.0).mul_scalar(slope)
+}
+
+impl<B: Backend> Net<B> {
+    fn assemble(arch: Arch, params: Vec<Tensor<B, 1>>, device: &B::Device) -> Self {
+        let spec = arch.params();
+        let names: Vec<String> = spec.iter().map(|(n, _)| n.clone()).collect();
+        let shapes = spec.into_iter().map(|(_, s)| s).collect();
+        let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
+        let s = arch.scale();
+        let skip = matches!(arch, Arch::SrResNet { .. })
+            .then(|| Tensor::from_data(TensorData::new(bilinear_subpixel(s), [3 * s * s, 3, 3, 3]), device));
+        let tail_index = match arch {
+            Arch::Fsrcnn { d, .. } => {
+                let idx = tail_index(d, s);
+                let n = idx.len();
+                Some(Tensor::from_data(TensorData::new(idx, [n]), device))
+            }
+            _ => None,
+        };
+        Net {
+            arch,
+            params,
+            names,
+            shapes,
+            index,
+            skip,
+            tail_index,
+        }
+    }
+
+    /// Random initialisation, deterministic for a seed: convolutions N(0, sqrt(2/(cout·k·k))),
+    /// FSRCNN's ConvTranspose N(0, 0.001), biases 0, PReLU slopes 0.25, the classifier's Linear
+    /// U(±1/sqrt(32)).
+    pub fn init(arch: Arch, device: &B::Device, rng: &mut Rng) -> Self {
+        let params = arch
+            .params()
+            .iter()
+            .map(|(name, shape)| {
+                let n: usize = shape.iter().product();
+                let data: Vec<f32> = if name.ends_with(".bias") {
+                    vec![0.0; n]
+                } else if name.ends_with(".alpha") {
+                    vec![0.25; n]
+                } else if name == "tail.weight" {
+                    (0..n).map(|_| rng.normal() * 0.001).collect()
+                } else if name == "fc.weight" {
+                    let b = 1.0 / (shape[1] as f32).sqrt();
+                    (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) * b).collect()
+                } else {
+                    let fan = (shape[0] * shape[2] * shape[3]) as f32;
+                    let mut scale = (2.0 / fan).sqrt();
+                    if matches!(arch, Arch::SrResNet { .. }) && name.starts_with("body") {
+                        scale *= 0.1; // residual blocks start close to identity
+                    }
+                    (0..n).map(|_| rng.normal() * scale).collect()
+                };
+                Tensor::from_data(TensorData::new(data, [n]), device)
+            })
+            .collect();
+        Self::assemble(arch, params, device)
+    }
+
+    /// Builds the net from named weights (as exported or checkpointed).
+    pub fn from_weights(arch: Arch, weights: &Weights, device: &B::Device) -> Result<Self, String> {
+        let params = arch
+            .params()
+            .iter()
+            .map(|(name, shape)| {
+                let t = weights.get(name).ok_or_else(|| format!("missing weight '{name}'"))?;
+                if &t.shape != shape {
+                    return Err(format!("weight '{name}' has shape {:?}, expected {shape:?}", t.shape));
+                }
+                Ok(Tensor::from_data(
+                    TensorData::new(t.data.clone(), [t.data.len()]),
+                    device,
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self::assemble(arch, params, device))
+    }
+
+    /// The parameters as named weights in ONNX layout.
+    pub fn to_weights(&self) -> Weights {
+        self.names
+            .iter()
+            .zip(&self.shapes)
+            .zip(&self.params)
+            .map(|((name, shape), p)| {
+                let data = p.to_data().convert::<f32>().to_vec::<f32>().expect("f32 parameters");
+                (
+                    name.clone(),
+                    OnnxTensor {
+                        shape: shape.clone(),
+                        data,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Maps every parameter (e.g. to mark it trainable or move it between backends).
+    pub fn map_params(mut self, f: impl Fn(Tensor<B, 1>) -> Tensor<B, 1>) -> Self {
+        self.params = self.params.into_iter().map(f).collect();
+        self
+    }
+
+    fn p<const D: usize>(&self, name: &str) -> Tensor<B, D> {
+        let i = self.index[name];
+        let shape: [usize; D] = self.shapes[i].clone().try_into().expect("parameter rank");
+        self.params[i].clone().reshape(shape)
+    }
+
+    fn conv(&self, x: Tensor<B, 4>, name: &str, stride: usize, pad: usize) -> Tensor<B, 4> {
+        conv2d(
+            x,
+            self.p::<4>(&format!("{name}.weight")),
+            Some(self.p::<1>(&format!("{name}.bias"))),
+            ConvOptions::new([stride, stride], [pad, pad], [1, 1], 1),
+        )
+    }
+
+    fn prelu(&self, x: Tensor<B, 4>, name: &str) -> Tensor<B, 4> {
+        let a = self.p::<1>(&format!("{name}.alpha"));
+        let c = a.dims()[0];
+        x.clone().clamp_min(0.0) + x.clamp_max(0.0) * a.reshape([1, c, 1, 1])
+    }
+
+    /// Super-resolves NCHW `x` (a branch network): [N, 3, H·s, W·s].
+    pub fn forward_sr(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self.arch {
+            Arch::Fsrcnn { scale, .. } => pixel_shuffle(self.forward_packed(x), scale),
+            _ => self.forward_full(x),
+        }
+    }
+
+    /// The SR output in space-to-depth layout [N, 3·s², H, W] (channel c·s² + ry·s + rx holds
+    /// HR pixel (y·s + ry, x·s + rx)): what training compares with targets packed the same way,
+    /// which spares FSRCNN the strided PixelShuffle.
+    pub fn forward_packed(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self.arch {
+            Arch::Fsrcnn { m, scale, .. } => {
+                let mut h = self.prelu(self.conv(x, "head", 1, 2), "head");
+                h = self.prelu(self.conv(h, "shrink", 1, 0), "shrink");
+                for i in 0..m {
+                    let name = format!("map{i}");
+                    h = self.prelu(self.conv(h, &name, 1, 1), &name);
+                }
+                h = self.prelu(self.conv(h, "expand", 1, 0), "expand");
+                // ConvTranspose as a sub-pixel convolution + PixelShuffle (exactly equal)
+                let d = h.dims()[1];
+                let w = self.params[self.index["tail.weight"]].clone();
+                let flat = Tensor::cat(vec![w.clone(), w.zeros_like().narrow(0, 0, 1)], 0);
+                let s2 = scale * scale;
+                let wc = flat
+                    .select(0, self.tail_index.clone().expect("FSRCNN index"))
+                    .reshape([3 * s2, d, 3, 3]);
+                let b = self
+                    .p::<1>("tail.bias")
+                    .reshape([3, 1])
+                    .repeat_dim(1, s2)
+                    .reshape([3 * s2]);
+                conv2d(h, wc, Some(b), ConvOptions::new([1, 1], [1, 1], [1, 1], 1))
+            }
+            Arch::SrResNet { scale, .. } => space_to_depth(self.forward_full(x), scale),
+            arch => panic!("{} is not a super-resolution network", arch.describe()),
+        }
+    }
+
+    fn forward_full(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self.arch {
+            Arch::SrResNet { nb, scale, .. } => {
+                let mut h = leaky(self.conv(x.clone(), "conv_first", 1, 1), 0.1);
+                for i in 0..nb {
+                    let a = self.conv(h.clone(), &format!("body{i}.conv1"), 1, 1).clamp_min(0.0);
+                    h = h + self.conv(a, &format!("body{i}.conv2"), 1, 1);
+                }
+                for up in ["upconv1", "upconv2"] {
+                    h = leaky(pixel_shuffle(self.conv(h, up, 1, 1), 2), 0.1);
+                }
+                let out = self.conv(leaky(self.conv(h, "hrconv", 1, 1), 0.1), "conv_last", 1, 1);
+                out + self.bilinear(x, scale)
+            }
+            arch => panic!("{} is not a super-resolution network", arch.describe()),
+        }
+    }
+
+    /// Exact bilinear ×scale (edge-clamped), equal to the ONNX graph's: edge-pad by one, then a
+    /// fixed sub-pixel convolution and PixelShuffle.
+    fn bilinear(&self, x: Tensor<B, 4>, scale: usize) -> Tensor<B, 4> {
+        let [_, _, h, w] = x.dims();
+        let rows = Tensor::cat(vec![x.clone().narrow(2, 0, 1), x.clone(), x.narrow(2, h - 1, 1)], 2);
+        let padded = Tensor::cat(
+            vec![rows.clone().narrow(3, 0, 1), rows.clone(), rows.narrow(3, w - 1, 1)],
+            3,
+        );
+        let weight = self.skip.clone().expect("skip weight");
+        pixel_shuffle(
+            conv2d(padded, weight, None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1)),
+            scale,
+        )
+    }
+
+    /// Class logits [N, 3] of NCHW tiles (the classifier).
+    pub fn forward_logits(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        assert!(matches!(self.arch, Arch::Classifier), "not a classifier");
+        let mut h = self.conv(x, "conv0", 4, 0);
+        for i in 1..5 {
+            h = self.conv(leaky(h, 0.1), &format!("conv{i}"), 1, 0);
+        }
+        let [n, c, _, _] = h.dims();
+        let pooled: Tensor<B, 2> = h.mean_dim(3).mean_dim(2).reshape([n, c]);
+        let w = self.p::<2>("fc.weight"); // [3, 32]
+        pooled.matmul(w.transpose()) + self.p::<1>("fc.bias").reshape([1, 3])
+    }
+}
+
+impl<B: AutodiffBackend> Net<B> {
+    /// The same net on the inner backend: inference without autodiff bookkeeping.
+    pub fn inner(&self) -> Net<B::InnerBackend> {
+        Net {
+            arch: self.arch,
+            params: self.params.iter().map(|p| p.clone().inner()).collect(),
+            names: self.names.clone(),
+            shapes: self.shapes.clone(),
+            index: self.index.clone(),
+            skip: self.skip.clone().map(|s| s.inner()),
+            tail_index: self.tail_index.clone().map(|t| t.inner()),
+        }
+    }
+}
+
+/// PixelShuffle(r) in the "CRD" order of ONNX DepthToSpace: [N, C·r², H, W] → [N, C, H·r, W·r].
+pub fn pixel_shuffle<B: Backend>(x: Tensor<B, 4>, r: usize) -> Tensor<B, 4> {
+    let [n, c, h, w] = x.dims();
+    let oc = c / (r * r);
+    x.reshape([n, oc, r, r, h, w])
+        .permute([0, 1, 4, 2, 5, 3])
+        .reshape([n, oc, h * r, w * r])
+}
+
+/// The inverse of [`pixel_shuffle`]: [N, C, H·r, W·r] → [N, C·r², H, W].
+pub fn space_to_depth<B: Backend>(x: Tensor<B, 4>, r: usize) -> Tensor<B, 4> {
+    let [n, c, hr, wr] = x.dims();
+    let (h, w) = (hr / r, wr / r);
+    x.reshape([n, c, h, r, w, r])
+        .permute([0, 1, 3, 5, 2, 4])
+        .reshape([n, c * r * r, h, w])
+}

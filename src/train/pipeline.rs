@@ -1,0 +1,1010 @@
+// The staged ClassSR recipe: -O model on all sub-images → class split by its PSNR → each branch
+// on its class (stage 1) → classifier with frozen branches (stage 2) → joint fine-tuning
+// (stage 3) → export of the four ONNX graphs with a validated manifest. Every step checkpoints
+// to the work folder and resumes from there.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+
+use super::checkpoint;
+use super::data::{Dataset, AUG_SCALES, LR_SIZE};
+use super::losses::{average_loss, class_loss, l1, WEIGHTS};
+use super::net::Net;
+use super::optim::{cosine_lr, Adam};
+use super::report::{Progress, Row, TrainLog};
+use super::rng::Rng;
+use crate::engine::{Engine, FrameConfig, Mode, Model};
+use crate::eval::{evaluate, EvalImage};
+use crate::manifest::{GraphInfo, Manifest, ModelSet, Provenance, BRANCH_FILES, CLASSIFIER_FILE, FORMAT_VERSION};
+use crate::onnx::{build_bytes, Arch, Weights, BRANCH_OUTPUT, CLASSIFIER_OUTPUT, INPUT};
+use crate::runtime::{DeviceRequest, SessionConfig};
+
+/// Network family of the three branches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Fsrcnn,
+    SrResNet,
+}
+
+impl Family {
+    pub fn parse(s: &str) -> Option<Family> {
+        match s {
+            "fsrcnn" => Some(Family::Fsrcnn),
+            "srresnet" => Some(Family::SrResNet),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Fsrcnn => "fsrcnn",
+            Family::SrResNet => "srresnet",
+        }
+    }
+
+    /// Branch architectures, cheapest first (the last is the "-O" model).
+    pub fn branches(self, scale: usize) -> [Arch; 3] {
+        match self {
+            Family::Fsrcnn => [16, 36, 56].map(|d| Arch::Fsrcnn { d, s: 12, m: 4, scale }),
+            Family::SrResNet => [36, 52, 64].map(|nf| Arch::SrResNet { nf, nb: 16, scale }),
+        }
+    }
+
+    /// Peak learning rate of the cosine schedule.
+    pub fn lr(self) -> f64 {
+        match self {
+            Family::Fsrcnn => 1e-3,
+            Family::SrResNet => 2e-4,
+        }
+    }
+}
+
+/// Command-line options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub data: PathBuf,
+    pub val: PathBuf,
+    pub out: PathBuf,
+    pub work: PathBuf,
+    pub family: Family,
+    pub scale: usize,
+    /// Iterations of the -O model and of each branch; the classifier gets half, the joint
+    /// fine-tuning a quarter.
+    pub iters: usize,
+    pub batch: usize,
+    pub seed: u64,
+    pub resume: bool,
+    pub force: bool,
+    pub checkpoint_secs: u64,
+    pub device_name: String,
+    /// Scale augmentation factors (the official five unless changed).
+    pub aug: Vec<f64>,
+}
+
+impl Options {
+    pub fn new(data: PathBuf, val: PathBuf, out: PathBuf) -> Options {
+        let work = PathBuf::from(format!("{}.work", out.display()));
+        Options {
+            data,
+            val,
+            out,
+            work,
+            family: Family::Fsrcnn,
+            scale: 4,
+            iters: 2000,
+            batch: 16,
+            seed: 1,
+            resume: false,
+            force: false,
+            checkpoint_secs: 120,
+            device_name: "cpu".into(),
+            aug: AUG_SCALES.to_vec(),
+        }
+    }
+}
+
+const STEPS: [&str; 8] = [
+    "original",
+    "split",
+    "branch1",
+    "branch2",
+    "branch3",
+    "warmup",
+    "classifier",
+    "joint",
+];
+/// Crops of the validation images scored during training.
+const VAL_CROPS: usize = 192;
+
+/// What one training iteration produced.
+struct Losses<B: AutodiffBackend> {
+    total: Tensor<B, 1>,
+    l1: f64,
+    class: f64,
+    average: f64,
+}
+
+/// Makes a step's nets when it starts from scratch.
+type InitFn<'a, B> = dyn FnMut(&mut Trainer<B>) -> Result<Vec<Net<B>>, String> + 'a;
+/// One training iteration: samples a batch and returns the losses.
+type BatchFn<'a, B> = dyn FnMut(&Trainer<B>, &[Net<B>], &mut Rng) -> Losses<B> + 'a;
+/// Validation: PSNR (NaN when not applicable) and class shares.
+type EvalFn<'a, B> = dyn FnMut(&Trainer<B>, &[Net<B>]) -> (f64, [f64; 3]) + 'a;
+
+/// Saved progress of one step.
+struct StepState<B: AutodiffBackend> {
+    nets: Vec<Net<B>>,
+    adams: Vec<Adam<B>>,
+    iter: usize,
+    rng: Rng,
+}
+
+pub struct Trainer<B: AutodiffBackend> {
+    pub opts: Options,
+    device: B::Device,
+    train: Option<Dataset>,
+    val: Option<Dataset>,
+    val_ids: Vec<usize>,
+    log: TrainLog,
+    started: Instant,
+}
+
+fn to_tensor<B: Backend>(data: Vec<f32>, shape: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
+    Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+fn scalar<B: AutodiffBackend>(t: &Tensor<B, 1>) -> f64 {
+    t.clone().into_scalar().to_string().parse().unwrap_or(f64::NAN)
+}
+
+fn psnr_tensor<B: Backend>(sr: Tensor<B, 4>, hr: Tensor<B, 4>) -> Vec<f64> {
+    // per item, on values rounded to 8 bits as a viewer would see them
+    let n = sr.dims()[0];
+    let q = |t: Tensor<B, 4>| t.clamp(0.0, 1.0).mul_scalar(255.0).round();
+    let se = (q(sr) - q(hr)).powi_scalar(2).reshape([n as i32, -1]).mean_dim(1);
+    let v = se.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+    v.into_iter()
+        .map(|mse| {
+            if mse <= 0.0 {
+                99.0
+            } else {
+                10.0 * (255.0f64 * 255.0 / mse as f64).log10()
+            }
+        })
+        .collect()
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    pub fn new(opts: Options, device: B::Device) -> Result<Self, String> {
+        std::fs::create_dir_all(&opts.work)
+            .map_err(|e| format!("cannot create work folder '{}': {e}", opts.work.display()))?;
+        let log = TrainLog::open(&opts.work)?;
+        Ok(Trainer {
+            opts,
+            device,
+            train: None,
+            val: None,
+            val_ids: Vec::new(),
+            log,
+            started: Instant::now(),
+        })
+    }
+
+    fn ckpt(&self, step: &str, done: bool) -> PathBuf {
+        self.opts.work.join(if done {
+            format!("{step}.done.ckpt")
+        } else {
+            format!("{step}.ckpt")
+        })
+    }
+
+    /// Refuses to silently restart or mix runs: an interrupted step needs --resume or --force.
+    pub fn check_work(&self) -> Result<(), String> {
+        if self.opts.force && !self.opts.resume {
+            for s in STEPS {
+                for done in [false, true] {
+                    let _ = std::fs::remove_file(self.ckpt(s, done));
+                }
+            }
+            let _ = std::fs::remove_file(self.opts.work.join("split.json"));
+            self.log.clear()?;
+            return Ok(());
+        }
+        if !self.opts.resume {
+            let earlier: Vec<&str> = STEPS
+                .iter()
+                .copied()
+                .filter(|s| self.ckpt(s, false).exists() || self.ckpt(s, true).exists())
+                .collect();
+            if !earlier.is_empty() {
+                return Err(format!(
+                    "the work folder '{}' holds an earlier run (steps {earlier:?}); pass --resume to continue it or --force to start over",
+                    self.opts.work.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn datasets(&mut self) -> Result<(), String> {
+        if self.train.is_some() {
+            return Ok(());
+        }
+        let mut warn = |m: String| eprintln!("warning: {m}");
+        let t0 = Instant::now();
+        let train = Dataset::load(&self.opts.data, self.opts.scale, &self.opts.aug, &mut warn)?;
+        let val = Dataset::load(&self.opts.val, self.opts.scale, &[1.0], &mut warn)?;
+        let stride = (val.subs.len() / VAL_CROPS).max(1);
+        self.val_ids = (0..val.subs.len()).step_by(stride).take(VAL_CROPS).collect();
+        eprintln!(
+            "data: {} training images ({} skipped) → {} sub-images; {} validation images ({} skipped), {} crops scored ({:.1} s)",
+            train.images.len(),
+            train.skipped.len(),
+            train.subs.len(),
+            val.images.len(),
+            val.skipped.len(),
+            self.val_ids.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        self.train = Some(train);
+        self.val = Some(val);
+        Ok(())
+    }
+
+    /// `prepare`: load and index the data, report what was used and skipped.
+    pub fn prepare(&mut self) -> Result<(), String> {
+        self.datasets()?;
+        let (t, v) = (self.train.as_ref().unwrap(), self.val.as_ref().unwrap());
+        let report = serde_json::json!({
+            "train_images": t.images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "val_images": v.images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "skipped": t.skipped.iter().chain(&v.skipped).map(|(p, why)| format!("{}: {why}", p.display())).collect::<Vec<_>>(),
+            "sub_images": t.subs.len(),
+            "scales": self.opts.aug,
+        });
+        let path = self.opts.work.join("prepare.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).map_err(|e| e.to_string())?;
+        eprintln!("prepare: wrote {}", path.display());
+        Ok(())
+    }
+
+    fn save(&self, step: &str, st: &StepState<B>, done: bool) -> Result<(), String> {
+        let mut tensors = Weights::new();
+        for (k, net) in st.nets.iter().enumerate() {
+            for (name, t) in net.to_weights() {
+                tensors.insert(format!("net{k}/{name}"), t);
+            }
+            if !done {
+                for (name, t) in st.adams[k].state(net) {
+                    tensors.insert(format!("adam{k}/{name}"), t);
+                }
+            }
+        }
+        let meta = serde_json::json!({
+            "step": step,
+            "iter": st.iter,
+            "rng": st.rng.state.to_string(),
+            "adam_steps": st.adams.iter().map(|a| a.step).collect::<Vec<_>>(),
+            "archs": st.nets.iter().map(|n| n.arch.describe()).collect::<Vec<_>>(),
+        });
+        checkpoint::save(&self.ckpt(step, done), &meta, &tensors)?;
+        if done {
+            let _ = std::fs::remove_file(self.ckpt(step, false));
+        }
+        Ok(())
+    }
+
+    fn load(&self, step: &str, archs: &[Arch], trainable: &[bool], done: bool) -> Result<Option<StepState<B>>, String> {
+        let path = self.ckpt(step, done);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let (meta, tensors) = checkpoint::load(&path)?;
+        let mut nets = Vec::new();
+        let mut adams = Vec::new();
+        for (k, arch) in archs.iter().enumerate() {
+            let prefix = format!("net{k}/");
+            let w: Weights = tensors
+                .iter()
+                .filter_map(|(n, t)| n.strip_prefix(&prefix).map(|n| (n.to_string(), t.clone())))
+                .collect();
+            let mut net = Net::from_weights(*arch, &w, &self.device).map_err(|e| format!("{}: {e}", path.display()))?;
+            if trainable[k] {
+                net = net.map_params(|p| p.require_grad());
+            }
+            let adam = if done {
+                Adam::new(&net)
+            } else {
+                let prefix = format!("adam{k}/");
+                let a: Weights = tensors
+                    .iter()
+                    .filter_map(|(n, t)| n.strip_prefix(&prefix).map(|n| (n.to_string(), t.clone())))
+                    .collect();
+                let steps = meta["adam_steps"][k].as_u64().unwrap_or(0);
+                Adam::restore(&net, &a, steps)?
+            };
+            nets.push(net);
+            adams.push(adam);
+        }
+        let rng = Rng {
+            state: meta["rng"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(self.opts.seed),
+        };
+        let iter = meta["iter"].as_u64().unwrap_or(0) as usize;
+        Ok(Some(StepState { nets, adams, iter, rng }))
+    }
+
+    /// The finished nets of an earlier step.
+    fn finished(&self, step: &str, archs: &[Arch]) -> Result<Vec<Net<B>>, String> {
+        let no = vec![false; archs.len()];
+        self.load(step, archs, &no, true)?
+            .map(|s| s.nets)
+            .ok_or_else(|| format!("step '{step}' has not finished yet; run the stage that makes it first"))
+    }
+
+    /// Runs (or resumes, or skips when finished) one training step.
+    #[allow(clippy::too_many_arguments)]
+    fn run_step(
+        &mut self,
+        step: &str,
+        archs: &[Arch],
+        trainable: &[bool],
+        init: &mut InitFn<'_, B>,
+        iters: usize,
+        lr_max: f64,
+        batch_fn: &mut BatchFn<'_, B>,
+        eval_fn: &mut EvalFn<'_, B>,
+    ) -> Result<Vec<Net<B>>, String> {
+        if self.ckpt(step, true).exists() {
+            eprintln!("{step}: finished earlier, reusing it");
+            return self.finished(step, archs);
+        }
+        self.datasets()?;
+        let mut st = match self.load(step, archs, trainable, false)? {
+            Some(st) => {
+                eprintln!("{step}: resuming at iteration {}/{iters}", st.iter);
+                st
+            }
+            None => {
+                let nets: Vec<Net<B>> = init(self)?
+                    .into_iter()
+                    .zip(trainable)
+                    .map(|(n, &t)| if t { n.map_params(|p| p.require_grad()) } else { n })
+                    .collect();
+                let adams = nets.iter().map(Adam::new).collect();
+                let rng = Rng::new(self.opts.seed.wrapping_mul(31).wrapping_add(step.len() as u64 * 7919));
+                StepState {
+                    nets,
+                    adams,
+                    iter: 0,
+                    rng,
+                }
+            }
+        };
+        let eval_every = (iters / 10).max(50);
+        let mut progress = Progress::new(step, iters, st.iter);
+        let mut last_ckpt = Instant::now();
+        let mut window = (0.0, 0usize);
+        while st.iter < iters {
+            let lr = cosine_lr(st.iter, iters, lr_max, 1e-7);
+            let losses = batch_fn(self, &st.nets, &mut st.rng);
+            let total = scalar(&losses.total);
+            if !total.is_finite() {
+                return Err(format!(
+                    "{step}: the loss became {total} at iteration {}; try a lower learning rate or another --seed",
+                    st.iter
+                ));
+            }
+            let grads = losses.total.backward();
+            for (k, net) in st.nets.iter_mut().enumerate() {
+                if trainable[k] {
+                    st.adams[k].update(net, &grads, lr);
+                }
+            }
+            st.iter += 1;
+            window.0 += losses.l1;
+            window.1 += 1;
+            let mut row = Row {
+                step: step.to_string(),
+                iter: st.iter,
+                loss: total,
+                l1: losses.l1,
+                class_loss: losses.class,
+                average_loss: losses.average,
+                lr,
+                ..Default::default()
+            };
+            let evaluate_now = st.iter % eval_every == 0 || st.iter == iters;
+            if evaluate_now {
+                let (psnr, shares) = eval_fn(self, &st.nets);
+                row.val_psnr = psnr.is_finite().then_some(psnr);
+                row.shares = Some(shares);
+                let psnr_text = if psnr.is_finite() {
+                    format!("{psnr:.2} dB")
+                } else {
+                    "-".into()
+                };
+                progress.note(&format!(
+                    "iter {}: loss {:.4}, L1 {:.4}, val PSNR {psnr_text}, shares {:.2}/{:.2}/{:.2}",
+                    st.iter,
+                    total,
+                    window.0 / window.1 as f64,
+                    shares[0],
+                    shares[1],
+                    shares[2]
+                ));
+                window = (0.0, 0);
+            }
+            if st.iter % 10 == 0 || evaluate_now {
+                self.log.append(&row)?;
+            }
+            progress.tick(losses.l1);
+            if last_ckpt.elapsed().as_secs() >= self.opts.checkpoint_secs && st.iter < iters {
+                self.save(step, &st, false)?;
+                last_ckpt = Instant::now();
+            }
+        }
+        progress.finish();
+        self.save(step, &st, true)?;
+        Ok(st.nets)
+    }
+
+    fn lr_hr(&self, ids: &[usize], rng: Option<&mut Rng>, val: bool) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        self.lr_hr_on::<B>(ids, rng, val)
+    }
+
+    /// A batch as tensors of any backend on this device (the inner one for inference).
+    fn lr_hr_on<C: Backend<Device = B::Device>>(
+        &self,
+        ids: &[usize],
+        rng: Option<&mut Rng>,
+        val: bool,
+    ) -> (Tensor<C, 4>, Tensor<C, 4>) {
+        let ds = if val { self.val.as_ref() } else { self.train.as_ref() }.expect("data loaded");
+        let (lr, hr) = ds.batch(ids, rng);
+        let (n, s) = (ids.len(), self.opts.scale);
+        (
+            to_tensor::<C>(lr, [n, 3, LR_SIZE, LR_SIZE], &self.device),
+            to_tensor::<C>(hr, [n, 3 * s * s, LR_SIZE, LR_SIZE], &self.device),
+        )
+    }
+
+    /// PSNR of one SR net on the validation crops.
+    fn val_branch(&self, net: &Net<B>) -> f64 {
+        let net = net.inner();
+        let mut all = Vec::new();
+        for ids in self.val_ids.chunks(32) {
+            let (lr, hr) = self.lr_hr_on::<B::InnerBackend>(ids, None, true);
+            all.extend(psnr_tensor(net.forward_packed(lr), hr));
+        }
+        all.iter().sum::<f64>() / all.len().max(1) as f64
+    }
+
+    /// PSNR of hard-routed ClassSR on the validation crops, and the class shares.
+    fn val_classsr(&self, nets: &[Net<B>]) -> (f64, [f64; 3]) {
+        let nets: Vec<Net<B::InnerBackend>> = nets.iter().map(|n| n.inner()).collect();
+        let mut all = Vec::new();
+        let mut counts = [0usize; 3];
+        for ids in self.val_ids.chunks(32) {
+            let (lr, hr) = self.lr_hr_on::<B::InnerBackend>(ids, None, true);
+            let cls = nets[0]
+                .forward_logits(lr.clone())
+                .argmax(1)
+                .into_data()
+                .convert::<i64>()
+                .to_vec::<i64>()
+                .unwrap();
+            let srs: Vec<Tensor<B::InnerBackend, 4>> = (0..3).map(|j| nets[1 + j].forward_packed(lr.clone())).collect();
+            let mut picked = Vec::with_capacity(ids.len());
+            for (i, &c) in cls.iter().enumerate() {
+                counts[c as usize] += 1;
+                picked.push(srs[c as usize].clone().narrow(0, i, 1));
+            }
+            all.extend(psnr_tensor(Tensor::cat(picked, 0), hr));
+        }
+        let n = counts.iter().sum::<usize>().max(1) as f64;
+        (
+            all.iter().sum::<f64>() / all.len().max(1) as f64,
+            counts.map(|c| c as f64 / n),
+        )
+    }
+
+    fn sample(&self, rng: &mut Rng, pool: &[usize], n: usize) -> Vec<usize> {
+        (0..n).map(|_| pool[rng.below(pool.len())]).collect()
+    }
+
+    /// Stage 1: the -O model, the class split, then each branch on its class.
+    pub fn stage1(&mut self) -> Result<(), String> {
+        let archs = self.opts.family.branches(self.opts.scale);
+        let (iters, batch, lr) = (self.opts.iters, self.opts.batch, self.opts.family.lr());
+        let seed = self.opts.seed;
+        let device = self.device.clone();
+        let o_arch = archs[2];
+        let original = self.run_step(
+            "original",
+            &[o_arch],
+            &[true],
+            &mut |_| Ok(vec![Net::init(o_arch, &device, &mut Rng::new(seed))]),
+            iters,
+            lr,
+            &mut |t, nets, rng| {
+                let all: Vec<usize> = (0..t.train.as_ref().unwrap().subs.len()).collect();
+                let ids = t.sample(rng, &all, batch);
+                let (x, y) = t.lr_hr(&ids, Some(rng), false);
+                let loss = l1(nets[0].forward_packed(x), y);
+                let v = scalar(&loss);
+                Losses {
+                    total: loss,
+                    l1: v,
+                    class: 0.0,
+                    average: 0.0,
+                }
+            },
+            &mut |t, nets| (t.val_branch(&nets[0]), [0.0, 0.0, 1.0]),
+        )?;
+        let classes = self.split(&original[0])?;
+        for (j, arch) in archs.iter().enumerate() {
+            let pool: Vec<usize> = classes
+                .iter()
+                .enumerate()
+                .filter(|(_, &c)| c as usize == j)
+                .map(|(i, _)| i)
+                .collect();
+            let o = original[0].clone();
+            let arch = *arch;
+            let step = format!("branch{}", j + 1);
+            self.run_step(
+                &step,
+                &[arch],
+                &[true],
+                &mut |_| {
+                    // branch3 is the -O architecture and starts from its weights
+                    Ok(vec![if j == 2 {
+                        o.clone()
+                    } else {
+                        Net::init(arch, &device, &mut Rng::new(seed + 1 + j as u64))
+                    }])
+                },
+                iters,
+                lr,
+                &mut |t, nets, rng| {
+                    let ids = t.sample(rng, &pool, batch);
+                    let (x, y) = t.lr_hr(&ids, Some(rng), false);
+                    let loss = l1(nets[0].forward_packed(x), y);
+                    let v = scalar(&loss);
+                    Losses {
+                        total: loss,
+                        l1: v,
+                        class: 0.0,
+                        average: 0.0,
+                    }
+                },
+                &mut |t, nets| {
+                    let mut sh = [0.0; 3];
+                    sh[j] = 1.0;
+                    (t.val_branch(&nets[0]), sh)
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Cuts the sub-images into three classes by the -O model's PSNR on them (highest third →
+    /// class 1). The split is stored and reused by later stages and re-runs.
+    fn split(&mut self, original: &Net<B>) -> Result<Vec<u8>, String> {
+        let path = self.opts.work.join("split.json");
+        let n = self.train.as_ref().unwrap().subs.len();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            let classes: Vec<u8> = serde_json::from_value(v["classes"].clone()).map_err(|e| e.to_string())?;
+            if classes.len() == n {
+                return Ok(classes);
+            }
+            eprintln!(
+                "split: {} no longer matches the data ({} vs {n} sub-images), recomputing",
+                path.display(),
+                classes.len()
+            );
+        }
+        let net = original.inner();
+        let mut psnr = Vec::with_capacity(n);
+        let mut progress = Progress::new("split", n.div_ceil(64), 0);
+        let ids: Vec<usize> = (0..n).collect();
+        for chunk in ids.chunks(64) {
+            let (x, y) = self.lr_hr_on::<B::InnerBackend>(chunk, None, false);
+            psnr.extend(psnr_tensor(net.forward_packed(x), y));
+            progress.tick(0.0);
+        }
+        progress.finish();
+        let mut sorted = psnr.clone();
+        sorted.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
+        let (hi, lo) = (sorted[n / 3], sorted[(2 * n) / 3]);
+        // rank-based so ties cannot unbalance the classes
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| {
+            psnr[b]
+                .partial_cmp(&psnr[a])
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.cmp(&b))
+        });
+        let mut classes = vec![0u8; n];
+        for (rank, &i) in order.iter().enumerate() {
+            classes[i] = (3 * rank / n).min(2) as u8;
+        }
+        let counts = [0u8, 1, 2].map(|c| classes.iter().filter(|&&k| k == c).count());
+        let json = serde_json::json!({ "thresholds_db": [hi, lo], "counts": counts, "classes": classes });
+        std::fs::write(&path, json.to_string()).map_err(|e| e.to_string())?;
+        eprintln!(
+            "split: class PSNR thresholds {hi:.2} / {lo:.2} dB, counts {counts:?} → {}",
+            path.display()
+        );
+        Ok(classes)
+    }
+
+    fn classsr_losses(&self, nets: &[Net<B>], x: Tensor<B, 4>, y: Tensor<B, 4>, frozen_branches: bool) -> Losses<B> {
+        let logits = nets[0].forward_logits(x.clone());
+        let p = softmax(logits, 1);
+        let n = p.dims()[0];
+        let mut out: Option<Tensor<B, 4>> = None;
+        for j in 0..3 {
+            let sr = if frozen_branches {
+                Tensor::from_inner(nets[1 + j].inner().forward_packed(x.clone().inner()))
+            } else {
+                nets[1 + j].forward_packed(x.clone())
+            };
+            let w = p.clone().narrow(1, j, 1).reshape([n, 1, 1, 1]);
+            let term = sr * w;
+            out = Some(match out {
+                Some(o) => o + term,
+                None => term,
+            });
+        }
+        let rec = l1(out.expect("three branches"), y);
+        let cl = class_loss(p.clone());
+        let av = average_loss(p);
+        let (v1, v2, v3) = (scalar(&rec), scalar(&cl), scalar(&av));
+        let total = rec.mul_scalar(WEIGHTS.0) + cl.mul_scalar(WEIGHTS.1) + av.mul_scalar(WEIGHTS.2);
+        Losses {
+            total,
+            l1: v1,
+            class: v2,
+            average: v3,
+        }
+    }
+
+    /// Stage 2 (classifier, branches frozen) or 3 (everything jointly).
+    pub fn stage23(&mut self, joint: bool) -> Result<(), String> {
+        let archs = self.opts.family.branches(self.opts.scale);
+        let all_archs = [Arch::Classifier, archs[0], archs[1], archs[2]];
+        let (step, iters, trainable, lr) = if joint {
+            (
+                "joint",
+                (self.opts.iters / 4).max(1),
+                vec![true; 4],
+                self.opts.family.lr() / 10.0,
+            )
+        } else {
+            (
+                "classifier",
+                (self.opts.iters / 2).max(1),
+                vec![true, false, false, false],
+                self.opts.family.lr(),
+            )
+        };
+        let batch = if joint {
+            self.opts.batch
+        } else {
+            (self.opts.batch * 2).max(8)
+        };
+        if !joint {
+            self.warmup(iters / 3, batch)?;
+        }
+        self.run_step(
+            step,
+            &all_archs,
+            &trainable,
+            &mut |t| {
+                if joint {
+                    return t.finished("classifier", &all_archs);
+                }
+                let mut nets = t.finished("warmup", &[Arch::Classifier])?;
+                for (j, arch) in archs.iter().enumerate() {
+                    nets.extend(t.finished(&format!("branch{}", j + 1), &[*arch])?);
+                }
+                Ok(nets)
+            },
+            iters,
+            lr,
+            &mut |t, nets, rng| {
+                let all: Vec<usize> = (0..t.train.as_ref().unwrap().subs.len()).collect();
+                let ids = t.sample(rng, &all, batch);
+                let (x, y) = t.lr_hr(&ids, Some(rng), false);
+                t.classsr_losses(nets, x, y, !joint)
+            },
+            &mut |t, nets| t.val_classsr(nets),
+        )?;
+        Ok(())
+    }
+
+    /// Warm start of the classifier: cross-entropy on the stage-1 class split, so stage 2 starts
+    /// from balanced routing instead of collapsing onto the largest branch while it is still
+    /// random (the official code's known failure).
+    fn warmup(&mut self, iters: usize, batch: usize) -> Result<(), String> {
+        let labels = self.load_split()?;
+        let (seed, device, lr) = (self.opts.seed, self.device.clone(), self.opts.family.lr());
+        self.run_step(
+            "warmup",
+            &[Arch::Classifier],
+            &[true],
+            &mut |_| Ok(vec![Net::init(Arch::Classifier, &device, &mut Rng::new(seed + 10))]),
+            iters.max(1),
+            lr,
+            &mut |t, nets, rng| {
+                let all: Vec<usize> = (0..labels.len()).collect();
+                let ids = t.sample(rng, &all, batch);
+                let (x, _) = t.lr_hr(&ids, Some(rng), false);
+                let mut onehot = vec![0f32; ids.len() * 3];
+                for (k, &i) in ids.iter().enumerate() {
+                    onehot[k * 3 + labels[i] as usize] = 1.0;
+                }
+                let target = Tensor::<B, 2>::from_data(TensorData::new(onehot, [ids.len(), 3]), &t.device);
+                let logp = log_softmax(nets[0].forward_logits(x), 1);
+                let loss = (logp * target).sum().neg().div_scalar(ids.len() as f64);
+                let v = scalar(&loss);
+                Losses {
+                    total: loss,
+                    l1: 0.0,
+                    class: v,
+                    average: 0.0,
+                }
+            },
+            &mut |t, nets| {
+                let (_, shares) = t.val_classsr_shares(&nets[0]);
+                (f64::NAN, shares)
+            },
+        )?;
+        Ok(())
+    }
+
+    fn load_split(&self) -> Result<Vec<u8>, String> {
+        let path = self.opts.work.join("split.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}; run stage1 first", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_value(v["classes"].clone()).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Class shares of the classifier alone on the validation crops.
+    fn val_classsr_shares(&self, classifier: &Net<B>) -> (f64, [f64; 3]) {
+        let net = classifier.inner();
+        let mut counts = [0usize; 3];
+        for ids in self.val_ids.chunks(64) {
+            let (lr, _) = self.lr_hr_on::<B::InnerBackend>(ids, None, true);
+            for c in net
+                .forward_logits(lr)
+                .argmax(1)
+                .into_data()
+                .convert::<i64>()
+                .to_vec::<i64>()
+                .unwrap()
+            {
+                counts[c as usize] += 1;
+            }
+        }
+        let n = counts.iter().sum::<usize>().max(1) as f64;
+        (f64::NAN, counts.map(|c| c as f64 / n))
+    }
+
+    /// The final four nets: the joint fine-tuning if it ran, else the classifier stage.
+    fn final_nets(&self) -> Result<(Vec<Net<B>>, &'static str), String> {
+        let archs = self.opts.family.branches(self.opts.scale);
+        let all = [Arch::Classifier, archs[0], archs[1], archs[2]];
+        if self.ckpt("joint", true).exists() {
+            Ok((self.finished("joint", &all)?, "joint"))
+        } else {
+            Ok((self.finished("classifier", &all)?, "classifier"))
+        }
+    }
+
+    /// Writes the model directory: the four graphs and a manifest validated through ONNX
+    /// Runtime on the full validation images.
+    pub fn export(&mut self) -> Result<(), String> {
+        let out = self.opts.out.clone();
+        if out.join(crate::manifest::MANIFEST_FILE).exists() && !self.opts.force {
+            return Err(format!(
+                "'{}' already holds a model; pass --force to overwrite it",
+                out.display()
+            ));
+        }
+        let (nets, from) = self.final_nets()?;
+        let tile = LR_SIZE;
+        let info = |arch: &Arch, file: &str, output: &str| {
+            let (macs, flops) = arch.cost_per_tile(tile);
+            GraphInfo {
+                file: file.into(),
+                arch: arch.describe(),
+                input: INPUT.into(),
+                output: output.into(),
+                macs_per_tile: macs,
+                paper_flops_per_tile: flops,
+                val_psnr: None,
+            }
+        };
+        let bytes = |net: &Net<B>| build_bytes(&net.arch, &net.to_weights());
+        let iterations = serde_json::json!({
+            "original": self.opts.iters, "branch": self.opts.iters,
+            "classifier": (self.opts.iters / 2).max(1),
+            "joint": if from == "joint" { (self.opts.iters / 4).max(1) } else { 0 },
+        });
+        let mut set = ModelSet {
+            manifest: Manifest {
+                format: FORMAT_VERSION,
+                family: self.opts.family.name().into(),
+                scale: self.opts.scale as u32,
+                tile_size: tile as u32,
+                layout: "NCHW".into(),
+                channels: 3,
+                value_range: [0.0, 1.0],
+                classifier: info(&nets[0].arch, CLASSIFIER_FILE, CLASSIFIER_OUTPUT),
+                branches: [0, 1, 2].map(|j| info(&nets[1 + j].arch, BRANCH_FILES[j], BRANCH_OUTPUT)),
+                provenance: Provenance {
+                    kind: "trained".into(),
+                    description: format!(
+                        "ClassSR {} x{} trained by classsr-train (burn) on {}",
+                        self.opts.family.name(),
+                        self.opts.scale,
+                        self.opts.data.display()
+                    ),
+                    details: serde_json::json!({
+                        "data": self.opts.data.display().to_string(),
+                        "val": self.opts.val.display().to_string(),
+                        "train_images": list_count(&self.opts.data),
+                        "val_images": list_count(&self.opts.val),
+                        "iterations": iterations,
+                        "final_stage": from,
+                        "batch": self.opts.batch,
+                        "seed": self.opts.seed,
+                        "scale_augmentation": self.opts.aug,
+                        "device": self.opts.device_name,
+                        "date": today(),
+                        "loss_weights": [WEIGHTS.0, WEIGHTS.1, WEIGHTS.2],
+                    })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+                },
+                validation: Default::default(),
+            },
+            classifier: bytes(&nets[0])?,
+            branches: [bytes(&nets[1])?, bytes(&nets[2])?, bytes(&nets[3])?],
+            origin: "classsr-train export".into(),
+        };
+        validate_set(&mut set, &self.opts.val)?;
+        set.save_dir(&out, self.opts.force).map_err(|e| e.to_string())?;
+        for f in ["training.csv", "training.png"] {
+            let src = self.opts.work.join(f);
+            if src.exists() {
+                let _ = std::fs::copy(&src, out.join(f));
+            }
+        }
+        eprintln!(
+            "export: wrote {} ({} s since start)",
+            out.display(),
+            self.started.elapsed().as_secs()
+        );
+        Ok(())
+    }
+
+    pub fn finish_report(&self) {
+        if let Err(e) = self.log.plot(&self.opts.work.join("training.png")) {
+            eprintln!("warning: no plot: {e}");
+        }
+    }
+}
+
+fn list_count(dir: &Path) -> usize {
+    super::data::list_images(dir).map(|v| v.len()).unwrap_or(0)
+}
+
+/// Scores a model set on full validation images through ONNX Runtime and records the results
+/// in its manifest: PSNR per mode, per-branch PSNR, class shares and MACs.
+pub fn validate_set(set: &mut ModelSet, val: &Path) -> Result<(), String> {
+    let scale = set.manifest.scale as usize;
+    let images: Vec<EvalImage> = super::data::list_images(val)?
+        .iter()
+        .filter_map(|p| EvalImage::load(p, scale).map_err(|e| eprintln!("warning: {e}")).ok())
+        .collect();
+    if images.is_empty() {
+        return Err(format!("no usable validation images in '{}'", val.display()));
+    }
+    let cfg = SessionConfig {
+        device: DeviceRequest::Cpu,
+        device_id: 0,
+        threads: 0,
+    };
+    let model = Model::load(set, &cfg).map_err(|e| e.to_string())?;
+    let mut engine = Engine::new(model);
+    let frame = FrameConfig::default();
+    let mut psnr = serde_json::Map::new();
+    let mut lines = Vec::new();
+    for mode in [
+        Mode::Bicubic,
+        Mode::Original,
+        Mode::ClassSR,
+        Mode::Branch(0),
+        Mode::Branch(1),
+        Mode::Branch(2),
+    ] {
+        let r = evaluate(&mut engine, &images, mode, &frame).map_err(|e| e.to_string())?;
+        psnr.insert(
+            mode.name().into(),
+            serde_json::json!((r.psnr * 1000.0).round() / 1000.0),
+        );
+        if let Mode::Branch(j) = mode {
+            set.manifest.branches[j].val_psnr = Some((r.psnr * 1000.0).round() / 1000.0);
+        }
+        if mode == Mode::ClassSR {
+            let m = &set.manifest;
+            let paper_o = m.branches[2].paper_flops_per_tile as f64;
+            let sh = r.shares();
+            let paper: f64 = (0..3)
+                .map(|j| sh[j] * m.branches[j].paper_flops_per_tile as f64)
+                .sum::<f64>()
+                + m.classifier.paper_flops_per_tile as f64;
+            let mut v = serde_json::Map::new();
+            v.insert(
+                "class_shares".into(),
+                serde_json::json!(sh.map(|s| (s * 1000.0).round() / 1000.0)),
+            );
+            v.insert(
+                "macs_percent_of_original".into(),
+                serde_json::json!((r.macs_percent() * 10.0).round() / 10.0),
+            );
+            v.insert(
+                "paper_flops_percent_of_original".into(),
+                serde_json::json!((1000.0 * paper / paper_o).round() / 10.0),
+            );
+            set.manifest
+                .validation
+                .insert("classsr".into(), serde_json::Value::Object(v));
+        }
+        lines.push(format!("{:>9}: {:.3} dB", mode.name(), r.psnr));
+    }
+    set.manifest
+        .validation
+        .insert("psnr_db".into(), serde_json::Value::Object(psnr));
+    set.manifest.validation.insert(
+        "protocol".into(),
+        serde_json::json!(format!(
+            "{} images of {}: mod-{scale} crop, antialiased bicubic x1/{scale} LR, RGB PSNR with {scale}-pixel border shaved",
+            images.len(),
+            val.display()
+        )),
+    );
+    eprintln!("validation:\n  {}", lines.join("\n  "));
+    Ok(())
+}
+
+/// Today's date (UTC) as YYYY-MM-DD.
+fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86400)
+        .unwrap_or(0) as i64;
+    // civil-from-days (Howard Hinnant)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}

@@ -1,0 +1,321 @@
+// classsr-train (feature `train`): exported ONNX equals burn's forward pass for all graphs of
+// both families, the ClassSR losses against hand-computed values, and a short real run that
+// lowers L1, logs class shares, exports a model the runtime loads, refuses to overwrite
+// it without --force, and resumes after being killed.
+#![cfg(feature = "train")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use burn::tensor::{Tensor, TensorData};
+use gstclasssr::onnx::{build_bytes, Arch, Tensor as OnnxTensor, Weights};
+use gstclasssr::runtime::{self, DeviceRequest, SessionConfig};
+use gstclasssr::train::losses::{average_loss, class_loss};
+use gstclasssr::train::net::Net;
+use gstclasssr::train::rng::Rng;
+use ort::value::TensorRef;
+
+#[allow(deprecated)]
+type B = burn::backend::Candle;
+
+const CPU: SessionConfig = SessionConfig {
+    device: DeviceRequest::Cpu,
+    device_id: 0,
+    threads: 2,
+};
+
+/// Random weights of a realistic scale for `arch`.
+fn random_weights(arch: &Arch, rng: &mut Rng) -> Weights {
+    arch.params()
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = if name.ends_with(".bias") {
+                (0..n).map(|_| rng.normal() * 0.05).collect()
+            } else if name.ends_with(".alpha") {
+                (0..n).map(|_| 0.1 + 0.2 * rng.uniform()).collect()
+            } else {
+                let fan = if shape.len() == 4 {
+                    shape[1] * shape[2] * shape[3]
+                } else {
+                    shape[1]
+                } as f32;
+                let fan = if name == "tail.weight" {
+                    (shape[0] * 81 / 16) as f32
+                } else {
+                    fan
+                };
+                (0..n).map(|_| rng.normal() / fan.sqrt()).collect()
+            };
+            (name, OnnxTensor { shape, data })
+        })
+        .collect()
+}
+
+fn ort_run(bytes: &[u8], input: &[f32], shape: [usize; 4]) -> (Vec<i64>, Vec<f32>) {
+    let (mut s, _, _) = runtime::session(bytes, "test graph", &CPU).unwrap();
+    let t = TensorRef::from_array_view((shape, input)).unwrap();
+    let out = s.run(ort::inputs![t]).unwrap();
+    let (shape, data) = out[0].try_extract_tensor::<f32>().unwrap();
+    (shape.to_vec(), data.to_vec())
+}
+
+#[test]
+fn exported_onnx_equals_burn_forward_for_both_families() {
+    let device = Default::default();
+    let mut rng = Rng::new(5);
+    let shape = [2usize, 3, 32, 32];
+    let input: Vec<f32> = (0..shape.iter().product()).map(|_| rng.uniform()).collect();
+    let x = || Tensor::<B, 4>::from_data(TensorData::new(input.clone(), shape), &device);
+    let mut archs = vec![Arch::Classifier];
+    archs.extend([16, 36, 56].map(|d| Arch::Fsrcnn {
+        d,
+        s: 12,
+        m: 4,
+        scale: 4,
+    }));
+    archs.extend([36, 52, 64].map(|nf| Arch::SrResNet { nf, nb: 16, scale: 4 }));
+    for arch in archs {
+        let w = random_weights(&arch, &mut rng);
+        let net = Net::<B>::from_weights(arch, &w, &device).unwrap();
+        let (burn_shape, burn_out): (Vec<usize>, Vec<f32>) = if arch.is_classifier() {
+            let y = net.forward_logits(x());
+            (y.dims().to_vec(), y.into_data().to_vec().unwrap())
+        } else {
+            let y = net.forward_sr(x());
+            (y.dims().to_vec(), y.into_data().to_vec().unwrap())
+        };
+        let (ort_shape, ort_out) = ort_run(&build_bytes(&arch, &w).unwrap(), &input, shape);
+        assert_eq!(
+            ort_shape,
+            burn_shape.iter().map(|&d| d as i64).collect::<Vec<_>>(),
+            "{}",
+            arch.describe()
+        );
+        let diff = burn_out
+            .iter()
+            .zip(&ort_out)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let scale = burn_out.iter().map(|v| v.abs()).fold(0f32, f32::max);
+        println!(
+            "{}: max |burn - onnx| = {diff:.2e} (outputs up to {scale:.2})",
+            arch.describe()
+        );
+        assert!(
+            scale > 0.05,
+            "{}: outputs should not be trivially small",
+            arch.describe()
+        );
+        assert!(diff <= 1e-4, "{}: max abs diff {diff}", arch.describe());
+    }
+}
+
+#[test]
+fn classsr_losses_match_hand_computed_values() {
+    let device = Default::default();
+    let p = Tensor::<B, 2>::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0, 0.5, 0.3, 0.2], [2, 3]), &device);
+    // row 1 one-hot: 2 - (1 + 1 + 0) = 0; row 2: 2 - (0.2 + 0.3 + 0.1) = 1.4; mean 0.7
+    let c: f32 = class_loss(p.clone()).into_scalar();
+    assert!((c - 0.7).abs() < 1e-6, "{c}");
+    // column sums 1.5, 0.3, 0.2 against n/3 = 2/3: (5/6 + 11/30 + 7/15) / (8/3) = 0.625
+    let a: f32 = average_loss(p).into_scalar();
+    assert!((a - 0.625).abs() < 1e-6, "{a}");
+    // a perfectly even batch costs nothing
+    let even = Tensor::<B, 2>::from_data(
+        TensorData::new(vec![1.0f32, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0], [3, 3]),
+        &device,
+    );
+    assert!(average_loss(even.clone()).into_scalar().abs() < 1e-6);
+    assert!(class_loss(even).into_scalar().abs() < 1e-6);
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("classsr-train-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A few photo-like images: smooth areas, edges and texture, so the classes differ.
+fn make_images(dir: &Path, n: usize, size: u32, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut rng = Rng::new(seed);
+    for i in 0..n {
+        let noise: Vec<u8> = (0..size * size).map(|_| (rng.uniform() * 90.0) as u8).collect();
+        let img = image::RgbImage::from_fn(size, size, |x, y| {
+            let smooth = x < size / 3;
+            let edge = (x / (7 + i as u32) + y / 5).is_multiple_of(3);
+            let t = if x > 2 * size / 3 {
+                noise[(y * size + x) as usize]
+            } else {
+                0
+            };
+            let base = (x * 120 / size + y * 60 / size) as u8;
+            if smooth {
+                image::Rgb([40 + base / 4, 90, 140])
+            } else {
+                let e = if edge { 90 } else { 0 };
+                image::Rgb([
+                    base.saturating_add(e).saturating_add(t),
+                    120u8.saturating_add(t / 2),
+                    200 - base / 2,
+                ])
+            }
+        });
+        img.save(dir.join(format!("img{i}.png"))).unwrap();
+    }
+    std::fs::write(dir.join("corrupt.jpg"), b"\xff\xd8 truncated").unwrap();
+}
+
+fn train_cmd(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_classsr-train"))
+        .args(args)
+        .output()
+        .expect("classsr-train runs")
+}
+
+fn csv_rows(path: &Path) -> Vec<Vec<String>> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(String::from).collect())
+        .collect()
+}
+
+#[test]
+fn short_run_learns_uses_all_classes_exports_and_protects_the_model() {
+    let root = scratch("run");
+    make_images(&root.join("train"), 3, 192, 1);
+    make_images(&root.join("val"), 1, 128, 9);
+    let out = root.join("model");
+    let (data, val, out_s) = (root.join("train"), root.join("val"), out.display().to_string());
+    let common = [
+        "--data",
+        data.to_str().unwrap(),
+        "--val",
+        val.to_str().unwrap(),
+        "--out",
+        &out_s,
+        "--iters",
+        "120",
+        "--batch",
+        "4",
+        "--aug",
+        "1.0",
+        "--seed",
+        "3",
+    ];
+    let mut args = vec!["all"];
+    args.extend_from_slice(&common);
+    let r = train_cmd(&args);
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "{log}");
+    assert!(
+        log.contains("skipping") && log.contains("corrupt.jpg"),
+        "corrupt images are skipped with a warning: {log}"
+    );
+
+    // L1 went down during the -O model's training.
+    let rows = csv_rows(&PathBuf::from(format!("{out_s}.work")).join("training.csv"));
+    let l1: Vec<f64> = rows
+        .iter()
+        .filter(|r| r[0] == "original")
+        .map(|r| r[3].parse().unwrap())
+        .collect();
+    assert!(l1.len() >= 6, "{rows:?}");
+    let (first, last) = (l1[..3].iter().sum::<f64>(), l1[l1.len() - 3..].iter().sum::<f64>());
+    assert!(last < first * 0.8, "L1 should fall: {l1:?}");
+    // Every stage logs its class shares on the validation crops (to spot collapse onto one
+    // branch). With branches this under-trained, stage 2 may still route everything to branch3:
+    // that is the loss doing its job (see the issue notes), so only the logging is asserted.
+    for step in ["warmup", "classifier", "joint"] {
+        let row = rows
+            .iter()
+            .rev()
+            .find(|r| r[0] == step && !r[8].is_empty())
+            .expect("an eval row per step");
+        let shares: Vec<f64> = row[8..11].iter().map(|v| v.parse().unwrap()).collect();
+        assert!((shares.iter().sum::<f64>() - 1.0).abs() < 0.01, "{step}: {shares:?}");
+    }
+
+    // The exported model loads in the runtime and says how it was made.
+    let set = gstclasssr::manifest::ModelSet::load_dir(&out).unwrap();
+    assert_eq!(set.manifest.provenance.kind, "trained");
+    assert_eq!(set.manifest.family, "fsrcnn");
+    assert!(set.manifest.validation.contains_key("psnr_db"));
+    gstclasssr::engine::Model::load(&set, &CPU).unwrap();
+
+    // Never overwritten without --force.
+    let mut args = vec!["export"];
+    args.extend_from_slice(&common);
+    let r = train_cmd(&args);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--force"));
+    args.push("--force");
+    assert!(train_cmd(&args).status.success());
+}
+
+#[test]
+fn killed_training_resumes_where_it_stopped() {
+    let root = scratch("resume");
+    make_images(&root.join("train"), 2, 160, 4);
+    make_images(&root.join("val"), 1, 128, 5);
+    let out = root.join("model").display().to_string();
+    let work = PathBuf::from(format!("{out}.work"));
+    let (data, val) = (root.join("train"), root.join("val"));
+    let args = [
+        "stage1",
+        "--data",
+        data.to_str().unwrap(),
+        "--val",
+        val.to_str().unwrap(),
+        "--out",
+        &out,
+        "--iters",
+        "150",
+        "--batch",
+        "2",
+        "--aug",
+        "1.0",
+        "--checkpoint-secs",
+        "1",
+    ];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_classsr-train"))
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpt = work.join("original.ckpt");
+    let t0 = std::time::Instant::now();
+    while !ckpt.exists() && t0.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(ckpt.exists(), "a checkpoint was written before the kill");
+    assert!(!work.join("original.done.ckpt").exists(), "killed before finishing");
+
+    // Without --resume it refuses to silently start over.
+    let r = train_cmd(&args);
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--resume"));
+
+    let mut resumed = args.to_vec();
+    resumed.push("--resume");
+    let r = train_cmd(&resumed);
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "{log}");
+    let at: usize = log
+        .split("resuming at iteration ")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("resumed from a checkpoint: {log}"));
+    assert!(at > 0 && at < 150, "{at}");
+    for step in ["original", "branch1", "branch2", "branch3"] {
+        assert!(work.join(format!("{step}.done.ckpt")).exists(), "{step} finished");
+    }
+}

@@ -1,0 +1,224 @@
+// Video behaviour of `classsr` through real GStreamer and ONNX Runtime: the per-tile cache
+// (hits on static scenes, identical output, scene cuts, caps changes), per-frame statistics,
+// the class-map view and QoS degradation.
+
+mod common;
+
+use common::*;
+use gst::prelude::*;
+use gst_video::VideoFormat;
+
+const KA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/known-answer");
+
+fn element(props: &[(&str, &str)]) -> (gst_check::Harness, gst::Bus) {
+    let mut all = vec![("model", KA), ("device", "cpu"), ("stats", "true")];
+    all.extend_from_slice(props);
+    let h = harness(&all);
+    let bus = gst::Bus::new();
+    h.element().unwrap().set_bus(Some(&bus));
+    (h, bus)
+}
+
+/// The classsr-stats structures posted so far.
+fn stats(bus: &gst::Bus) -> Vec<gst::Structure> {
+    let mut v = Vec::new();
+    while let Some(m) = bus.pop_filtered(&[gst::MessageType::Element]) {
+        if let Some(s) = m.structure() {
+            if s.name() == "classsr-stats" {
+                v.push(s.to_owned());
+            }
+        }
+    }
+    v
+}
+
+fn u(s: &gst::Structure, f: &str) -> u64 {
+    s.get::<u32>(f).map(u64::from).or_else(|_| s.get::<u64>(f)).unwrap()
+}
+
+fn push(h: &mut gst_check::Harness, img: &Rgba) -> Rgba {
+    h.push(to_buffer(img, VideoFormat::Rgb)).unwrap();
+    from_buffer(&h.pull().unwrap(), VideoFormat::Rgb, img.width * 4, img.height * 4)
+}
+
+#[test]
+fn static_scene_hits_the_cache_and_full_cache_is_exact() {
+    let img = zones(160, 96);
+    let (mut off, _) = element(&[("cache", "off")]);
+    let (mut full, bus) = element(&[("cache", "full"), ("cache-threshold", "0")]);
+    off.set_src_caps_str(&caps_str(VideoFormat::Rgb, 160, 96));
+    full.set_src_caps_str(&caps_str(VideoFormat::Rgb, 160, 96));
+    let reference = push(&mut off, &img);
+    for frame in 0..5 {
+        assert_eq!(
+            push(&mut full, &img),
+            reference,
+            "frame {frame}: full cache must equal cache=off"
+        );
+    }
+    let st = stats(&bus);
+    assert_eq!(st.len(), 5);
+    let tiles = u(&st[0], "tiles");
+    assert_eq!(u(&st[0], "full-cache-hits"), 0, "first frame computes everything");
+    for s in &st[1..] {
+        assert!(u(s, "full-cache-hits") * 10 > tiles * 9, "> 90% hits: {s:?}");
+        assert!(u(s, "class-cache-hits") * 10 > tiles * 9);
+        assert_eq!(u(s, "runs"), 0, "nothing left to run on a static frame");
+    }
+}
+
+#[test]
+fn moving_ball_full_cache_matches_cache_off_frame_by_frame() {
+    init();
+    let run = |cache: &str| -> (Vec<Vec<u8>>, Vec<u64>) {
+        let p = gst::parse::launch(&format!(
+            "videotestsrc pattern=ball num-buffers=8 ! video/x-raw,format=RGB,width=128,height=96 \
+             ! classsr name=c model={KA} device=cpu cache={cache} cache-threshold=0 stats=true ! appsink name=s sync=false"
+        ))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let sink = p.by_name("s").unwrap().downcast::<gst_app::AppSink>().unwrap();
+        let bus = p.bus().unwrap();
+        p.set_state(gst::State::Playing).unwrap();
+        let mut frames = Vec::new();
+        while let Ok(sample) = sink.pull_sample() {
+            frames.push(sample.buffer().unwrap().map_readable().unwrap().to_vec());
+        }
+        let hits = stats(&bus).iter().map(|s| u(s, "full-cache-hits")).collect();
+        p.set_state(gst::State::Null).unwrap();
+        (frames, hits)
+    };
+    let (off, _) = run("off");
+    let (full, hits) = run("full");
+    assert_eq!(off.len(), 8);
+    assert!(off == full, "cache=full must be pixel-identical to cache=off");
+    assert!(
+        hits[1..].iter().all(|&h| h > 0),
+        "the still background is reused: {hits:?}"
+    );
+}
+
+#[test]
+fn scene_cut_and_caps_change_invalidate_the_cache() {
+    let (mut h, bus) = element(&[("cache", "class")]);
+    let a = zones(96, 64);
+    let b = picture(96, 64, 77);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 96, 64));
+    push(&mut h, &a);
+    push(&mut h, &a);
+    push(&mut h, &b); // cut
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 64, 64));
+    let c = zones(64, 64);
+    push(&mut h, &c);
+    let st = stats(&bus);
+    let hits: Vec<u64> = st.iter().map(|s| u(s, "class-cache-hits")).collect();
+    assert_eq!(hits[0], 0);
+    assert_eq!(hits[1], u(&st[1], "tiles"), "an identical frame is all hits");
+    assert!(hits[2] < u(&st[2], "tiles") / 4, "a scene cut recomputes: {hits:?}");
+    assert_eq!(hits[3], 0, "a caps change resets the cache");
+}
+
+#[test]
+fn cache_refresh_recomputes_everything_periodically() {
+    let (mut h, bus) = element(&[("cache", "full"), ("cache-refresh", "3")]);
+    let img = zones(96, 64);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 96, 64));
+    for _ in 0..7 {
+        push(&mut h, &img);
+    }
+    let hits: Vec<u64> = stats(&bus).iter().map(|s| u(s, "full-cache-hits")).collect();
+    assert_eq!(
+        hits.iter().map(|&h| h == 0).collect::<Vec<_>>(),
+        [true, false, false, true, false, false, true]
+    );
+}
+
+#[test]
+fn stats_add_up() {
+    let (mut h, bus) = element(&[("cache", "off")]);
+    let img = zones(150, 90);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 150, 90));
+    push(&mut h, &img);
+    let st = &stats(&bus)[0];
+    let m = gstclasssr::manifest::ModelSet::load(KA).unwrap().manifest;
+    let t = [u(st, "tiles-class1"), u(st, "tiles-class2"), u(st, "tiles-class3")];
+    let n = u(st, "tiles");
+    assert_eq!(t.iter().sum::<u64>(), n);
+    assert!(t.iter().all(|&k| k > 0), "{t:?}");
+    let expect = m.classifier.macs_per_tile * n + (0..3).map(|c| m.branches[c].macs_per_tile * t[c]).sum::<u64>();
+    assert_eq!(u(st, "macs"), expect);
+    assert_eq!(u(st, "original-macs"), m.branches[2].macs_per_tile * n);
+    assert_eq!(u(st, "frame"), 1);
+    assert!(u(st, "processing-time") > 0);
+}
+
+#[test]
+fn branch3_share_is_monotonic_in_bias_through_the_element() {
+    let img = zones(160, 96);
+    let mut last = 0;
+    for bias in ["-1", "-0.03", "0", "0.03", "1"] {
+        let (mut h, bus) = element(&[("bias", bias)]);
+        h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 160, 96));
+        push(&mut h, &img);
+        let k = u(&stats(&bus)[0], "tiles-class3");
+        assert!(k >= last, "bias {bias}: {k} < {last}");
+        last = k;
+    }
+}
+
+#[test]
+fn classmap_tints_tiles_by_class() {
+    let img = zones(96, 32);
+    let (mut h, _) = element(&[("mode", "classmap"), ("overlap", "0")]);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 96, 32));
+    let out = push(&mut h, &img);
+    // Tile centres: flat → green tint, mild → yellow, busy → red.
+    let flat = out.at(64, 64);
+    assert!(flat[1] > flat[0] && flat[1] > flat[2], "flat tile is green: {flat:?}");
+    let busy = out.at(320, 64);
+    let bicubic = upscale(&img, &[("model", KA), ("mode", "bicubic")]);
+    let b = bicubic.at(320, 64);
+    assert!(
+        busy[0] as i32 - b[0] as i32 > 20,
+        "busy tile is tinted red: {busy:?} vs {b:?}"
+    );
+}
+
+#[test]
+fn qos_lateness_degrades_with_a_warning_and_recovers() {
+    let (mut h, bus) = element(&[]);
+    let img = zones(96, 64);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 96, 64));
+    push(&mut h, &img);
+    let e = h.element().unwrap();
+    let late = gst::event::Qos::new(
+        gst::QOSType::Overflow,
+        1.5,
+        40_000_000,
+        gst::ClockTime::from_mseconds(33),
+    );
+    for _ in 0..5 {
+        assert!(h.push_upstream_event(late.clone()));
+    }
+    assert_eq!(e.property::<u32>("qos-level"), 4);
+    let warned = std::iter::from_fn(|| bus.pop_filtered(&[gst::MessageType::Warning])).count();
+    assert!(warned > 0, "a warning is posted when degrading");
+    // Degraded frames use fewer MACs than full quality.
+    stats(&bus);
+    push(&mut h, &img);
+    let degraded = u(&stats(&bus)[0], "macs");
+    let on_time = gst::event::Qos::new(
+        gst::QOSType::Underflow,
+        0.5,
+        -20_000_000,
+        gst::ClockTime::from_mseconds(66),
+    );
+    for _ in 0..5 {
+        h.push_upstream_event(on_time.clone());
+    }
+    assert_eq!(e.property::<u32>("qos-level"), 0, "recovers when on time");
+    push(&mut h, &img);
+    let full = u(&stats(&bus)[0], "macs");
+    assert!(degraded < full, "{degraded} < {full}");
+}
