@@ -33,6 +33,12 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+# numpy, for the independent PSNR check of `classsr eval` in the tests
+if ! python3 -c "import numpy" 2>/dev/null; then
+  python3 -m pip install -q numpy 2>/dev/null || python3 -m pip install -q --break-system-packages numpy \
+    || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q python3-numpy
+fi
+
 lib="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
 if [ ! -f "$lib" ]; then
   echo ">> fetching onnxruntime==$ORT_VERSION from PyPI"

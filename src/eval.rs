@@ -84,12 +84,58 @@ pub fn psnr(a: &[u8], b: &[u8], w: usize, h: usize, shave: usize) -> f64 {
     10.0 * (255.0 * 255.0 / (se / n as f64)).log10()
 }
 
+/// SSIM (Wang et al. 2004: 11×11 Gaussian window, σ = 1.5, K = 0.01/0.03) on the BT.601 luma
+/// of two interleaved RGB images, `shave` pixels left out at each border.
+pub fn ssim_y(a: &[u8], b: &[u8], w: usize, h: usize, shave: usize) -> f64 {
+    let luma = |img: &[u8]| -> Vec<f64> {
+        img.chunks_exact(3)
+            .map(|p| 16.0 + (65.481 * p[0] as f64 + 128.553 * p[1] as f64 + 24.966 * p[2] as f64) / 255.0)
+            .collect()
+    };
+    let (ya, yb) = (luma(a), luma(b));
+    let (x0, y0) = (shave, shave);
+    let (cw, ch) = (w.saturating_sub(2 * shave), h.saturating_sub(2 * shave));
+    if cw < 11 || ch < 11 {
+        return f64::NAN;
+    }
+    let g: Vec<f64> = (0..11)
+        .map(|i| (-((i as f64 - 5.0).powi(2)) / (2.0 * 1.5 * 1.5)).exp())
+        .collect();
+    let gs: f64 = g.iter().sum();
+    let g: Vec<f64> = g.iter().map(|v| v / gs).collect();
+    let (c1, c2) = ((0.01f64 * 255.0).powi(2), (0.03f64 * 255.0).powi(2));
+    let at = |img: &[f64], x: usize, y: usize| img[(y0 + y) * w + x0 + x];
+    let mut total = 0.0;
+    let mut n = 0usize;
+    for y in 0..=ch - 11 {
+        for x in 0..=cw - 11 {
+            let (mut ma, mut mb, mut saa, mut sbb, mut sab) = (0.0, 0.0, 0.0, 0.0, 0.0);
+            for j in 0..11 {
+                for i in 0..11 {
+                    let k = g[i] * g[j];
+                    let (p, q) = (at(&ya, x + i, y + j), at(&yb, x + i, y + j));
+                    ma += k * p;
+                    mb += k * q;
+                    saa += k * p * p;
+                    sbb += k * q * q;
+                    sab += k * p * q;
+                }
+            }
+            let (va, vb, cov) = (saa - ma * ma, sbb - mb * mb, sab - ma * mb);
+            total += ((2.0 * ma * mb + c1) * (2.0 * cov + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2));
+            n += 1;
+        }
+    }
+    total / n as f64
+}
+
 /// Results of one mode over a set of images.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct ModeResult {
     pub mode: String,
     pub psnr: f64,
     pub per_image: Vec<f64>,
+    pub ssim: f64,
     pub tiles: [usize; 3],
     pub macs: u64,
     pub original_macs: u64,
@@ -110,6 +156,18 @@ impl ModeResult {
 
 /// Upscales every image in `mode` and scores it against its HR.
 pub fn evaluate(engine: &mut Engine, images: &[EvalImage], mode: Mode, cfg: &FrameConfig) -> Result<ModeResult, Error> {
+    evaluate_with(engine, images, mode, cfg, false, &mut |_, _| {})
+}
+
+/// [`evaluate`], optionally with SSIM, handing each SR image to `sink` (name, RGB bytes).
+pub fn evaluate_with(
+    engine: &mut Engine,
+    images: &[EvalImage],
+    mode: Mode,
+    cfg: &FrameConfig,
+    with_ssim: bool,
+    sink: &mut dyn FnMut(&EvalImage, &[u8]),
+) -> Result<ModeResult, Error> {
     let s = engine.scale();
     let cfg = FrameConfig { mode, ..*cfg };
     let mut r = ModeResult {
@@ -137,6 +195,10 @@ pub fn evaluate(engine: &mut Engine, images: &[EvalImage], mode: Mode, cfg: &Fra
         let stats = engine.process(&cfg, &input, &mut output)?;
         let p = psnr(&out, &img.hr, img.width, img.height, s);
         r.per_image.push(p);
+        if with_ssim {
+            r.ssim += ssim_y(&out, &img.hr, img.width, img.height, s) / images.len() as f64;
+        }
+        sink(img, &out);
         for c in 0..3 {
             r.tiles[c] += stats.tiles[c];
         }

@@ -1,7 +1,8 @@
-// The `classsr` command line: upscale PNG/JPEG images with the same engine as the element.
+// The `classsr` command line, on the same engine as the element:
 //
 //   classsr upscale IN OUT [--model DIR] [--mode M] [--device D] [--tile N] [--overlap N]
 //                          [--max-batch N] [--threads N] [--bias B]
+//   classsr eval --hr DIR [--model DIR] [--modes classsr,original,bicubic,...] [--json] [--save DIR]
 
 use std::process::ExitCode;
 
@@ -10,13 +11,19 @@ use gstclasssr::manifest::ModelSet;
 use gstclasssr::runtime::{DeviceRequest, SessionConfig};
 
 const USAGE: &str =
-    "usage: classsr upscale IN OUT [--model DIR] [--mode classsr|original|bicubic|branch1|branch2|branch3] \
+    "usage: classsr eval --hr DIR [--model DIR] [--modes classsr,original,bicubic,branch1,branch2,branch3] \
+[--json] [--save DIR] [--device auto|cpu|cuda] [--tile N] [--overlap N] [--bias B]
+       classsr upscale IN OUT [--model DIR] [--mode classsr|original|bicubic|branch1|branch2|branch3] \
 [--device auto|cpu|cuda] [--tile N] [--overlap N] [--max-batch N] [--threads N] [--bias B]";
 
 struct Args {
     input: String,
     output: String,
     model: String,
+    hr: String,
+    modes: Vec<Mode>,
+    json: bool,
+    save: String,
     frame: FrameConfig,
     session: SessionConfig,
 }
@@ -27,6 +34,10 @@ fn parse(args: &[String]) -> Result<Args, String> {
         input: String::new(),
         output: String::new(),
         model: String::new(),
+        hr: String::new(),
+        modes: vec![Mode::Bicubic, Mode::Original, Mode::ClassSR],
+        json: false,
+        save: String::new(),
         frame: FrameConfig::default(),
         session: SessionConfig {
             device: DeviceRequest::Auto,
@@ -43,6 +54,15 @@ fn parse(args: &[String]) -> Result<Args, String> {
         };
         match arg.as_str() {
             "--model" => a.model = value("--model")?,
+            "--hr" => a.hr = value("--hr")?,
+            "--save" => a.save = value("--save")?,
+            "--json" => a.json = true,
+            "--modes" => {
+                a.modes = value("--modes")?
+                    .split(',')
+                    .map(|m| Mode::parse(m).ok_or_else(|| format!("unknown mode '{m}'")))
+                    .collect::<Result<_, _>>()?
+            }
             "--mode" => {
                 let v = value("--mode")?;
                 a.frame.mode = Mode::parse(&v).ok_or_else(|| format!("unknown mode '{v}'"))?;
@@ -73,8 +93,140 @@ fn parse(args: &[String]) -> Result<Args, String> {
             a.output = o.clone();
             Ok(a)
         }
-        _ => Err("upscale needs an input and an output file".into()),
+        [] if !a.hr.is_empty() => Ok(a),
+        _ => Err("upscale needs an input and an output file; eval needs --hr DIR".into()),
     }
+}
+
+/// Writes interleaved RGB as a binary PPM (readable by any tool, numpy included).
+fn write_ppm(path: &std::path::Path, w: usize, h: usize, rgb: &[u8]) {
+    let mut bytes = format!("P6\n{w} {h}\n255\n").into_bytes();
+    bytes.extend_from_slice(rgb);
+    if let Err(e) = std::fs::write(path, bytes) {
+        eprintln!("warning: cannot write '{}': {e}", path.display());
+    }
+}
+
+fn eval(a: &Args) -> Result<String, String> {
+    use gstclasssr::eval::{evaluate_with, EvalImage, ModeResult};
+    let set = ModelSet::load(&a.model).map_err(|e| e.to_string())?;
+    let scale = set.manifest.scale as usize;
+    let mut files: Vec<_> = std::fs::read_dir(&a.hr)
+        .map_err(|e| format!("cannot read '{}': {e}", a.hr))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+        })
+        .collect();
+    files.sort();
+    let images: Vec<EvalImage> = files
+        .iter()
+        .filter_map(|p| {
+            EvalImage::load(p, scale)
+                .map_err(|e| eprintln!("warning: skipping: {e}"))
+                .ok()
+        })
+        .collect();
+    if images.is_empty() {
+        return Err(format!("no usable PNG/JPEG images in '{}'", a.hr));
+    }
+    let model = Model::load(&set, &a.session).map_err(|e| e.to_string())?;
+    let manifest = model.manifest.clone();
+    let mut engine = Engine::new(model);
+    let save_dir = (!a.save.is_empty()).then(|| std::path::PathBuf::from(&a.save));
+    if let Some(d) = &save_dir {
+        std::fs::create_dir_all(d).map_err(|e| format!("cannot create '{}': {e}", d.display()))?;
+    }
+    let stem = |img: &EvalImage| {
+        img.name
+            .rsplit_once('.')
+            .map_or(img.name.clone(), |(s, _)| s.to_string())
+    };
+    let mut results = Vec::new();
+    for &mode in &a.modes {
+        let mut save = |img: &EvalImage, rgb: &[u8]| {
+            if let Some(d) = &save_dir {
+                write_ppm(
+                    &d.join(format!("{}_{}.ppm", stem(img), mode.name())),
+                    img.width,
+                    img.height,
+                    rgb,
+                );
+            }
+        };
+        results.push(evaluate_with(&mut engine, &images, mode, &a.frame, true, &mut save).map_err(|e| e.to_string())?);
+    }
+    if let Some(d) = &save_dir {
+        for img in &images {
+            write_ppm(&d.join(format!("{}_hr.ppm", stem(img))), img.width, img.height, &img.hr);
+        }
+    }
+    let paper_o = manifest.branches[2].paper_flops_per_tile as f64;
+    let paper_pct = |r: &ModeResult| -> f64 {
+        if r.tiles.iter().sum::<usize>() == 0 {
+            return 0.0;
+        }
+        let classifier = if r.mode == "classsr" {
+            manifest.classifier.paper_flops_per_tile as f64
+        } else {
+            0.0
+        };
+        let sh = r.shares();
+        100.0
+            * ((0..3)
+                .map(|j| sh[j] * manifest.branches[j].paper_flops_per_tile as f64)
+                .sum::<f64>()
+                + classifier)
+            / paper_o
+    };
+    if a.json {
+        let v: Vec<serde_json::Value> = results
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "mode": r.mode, "psnr": r.psnr, "ssim": r.ssim, "per_image_psnr": r.per_image,
+                    "tiles": r.tiles, "shares": r.shares(), "macs": r.macs, "original_macs": r.original_macs,
+                    "macs_percent": r.macs_percent(), "paper_flops_percent": paper_pct(r), "seconds": r.seconds,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "model": set.origin, "family": manifest.family, "provenance": manifest.provenance.kind,
+            "images": images.iter().map(|i| i.name.clone()).collect::<Vec<_>>(), "results": v,
+        });
+        return Ok(serde_json::to_string_pretty(&doc).expect("json"));
+    }
+    let mut t = format!(
+        "{} images of {}, model {} ({}, {}); PSNR on RGB and SSIM on Y, {scale}-pixel border shaved\n\n",
+        images.len(),
+        a.hr,
+        set.origin,
+        manifest.family,
+        manifest.provenance.kind
+    );
+    t += "| mode | PSNR (dB) | SSIM | MACs % of original | paper FLOPs % | tiles class1/2/3 | time (s) |\n";
+    t += "|---|---|---|---|---|---|---|\n";
+    for r in &results {
+        let sh = r.shares();
+        let (macs, paper) = if r.mode == "bicubic" {
+            ("0".to_string(), "0".to_string())
+        } else {
+            (format!("{:.1}", r.macs_percent()), format!("{:.1}", paper_pct(r)))
+        };
+        t += &format!(
+            "| {} | {:.3} | {:.4} | {macs} | {paper} | {:.0}% / {:.0}% / {:.0}% | {:.2} |\n",
+            r.mode,
+            r.psnr,
+            r.ssim,
+            100.0 * sh[0],
+            100.0 * sh[1],
+            100.0 * sh[2],
+            r.seconds
+        );
+    }
+    Ok(t)
 }
 
 fn upscale(a: &Args) -> Result<String, String> {
@@ -138,6 +290,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("upscale") => parse(&args[1..]).and_then(|a| upscale(&a)),
+        Some("eval") => parse(&args[1..]).and_then(|a| eval(&a)),
         Some("-h") | Some("--help") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -1,0 +1,83 @@
+// `classsr eval` on the paper's protocol: its PSNR matches an independent numpy computation
+// (scripts/psnr_check.py) to 0.01 dB, and its JSON carries the table's numbers.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn eval_psnr_matches_an_independent_computation() {
+    let dir = std::env::temp_dir().join(format!("classsr-eval-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let hr = dir.join("hr");
+    std::fs::create_dir_all(&hr).unwrap();
+    for (i, (w, h)) in [(130usize, 98usize), (97, 61)].into_iter().enumerate() {
+        let img = picture(w, h, i as u64 + 3);
+        let rgb: Vec<u8> = img.px.iter().flat_map(|p| [p[0], p[1], p[2]]).collect();
+        image::RgbImage::from_raw(w as u32, h as u32, rgb)
+            .unwrap()
+            .save(hr.join(format!("img{i}.png")))
+            .unwrap();
+    }
+    let save = dir.join("sr");
+    let out = Command::new(env!("CARGO_BIN_EXE_classsr"))
+        .args([
+            "eval",
+            "--hr",
+            hr.to_str().unwrap(),
+            "--modes",
+            "bicubic,classsr,branch1",
+            "--json",
+            "--device",
+            "cpu",
+        ])
+        .arg("--model")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/models/known-answer"))
+        .arg("--save")
+        .arg(&save)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let images: Vec<String> = serde_json::from_value(doc["images"].clone()).unwrap();
+    assert_eq!(images, ["img0.png", "img1.png"]);
+
+    let check = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/psnr_check.py"))
+        .arg(&save)
+        .arg("4")
+        .output()
+        .expect("python3 with numpy (scripts/setup.sh installs it)");
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let text = String::from_utf8_lossy(&check.stdout);
+    let mut compared = 0;
+    for r in doc["results"].as_array().unwrap() {
+        let mode = r["mode"].as_str().unwrap();
+        let per: Vec<f64> = serde_json::from_value(r["per_image_psnr"].clone()).unwrap();
+        for (k, name) in images.iter().enumerate() {
+            let stem = name.trim_end_matches(".png");
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{stem} {mode} ")))
+                .unwrap_or_else(|| panic!("numpy result for {stem} {mode}: {text}"));
+            let numpy: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            assert!(
+                (numpy - per[k]).abs() < 0.01,
+                "{stem} {mode}: classsr eval {} vs numpy {numpy}",
+                per[k]
+            );
+            compared += 1;
+        }
+        let mean = per.iter().sum::<f64>() / per.len() as f64;
+        assert!((r["psnr"].as_f64().unwrap() - mean).abs() < 1e-9);
+        let ssim = r["ssim"].as_f64().unwrap();
+        assert!(ssim > 0.5 && ssim <= 1.0, "{mode}: SSIM {ssim}");
+    }
+    assert_eq!(compared, 6);
+    // nearest (branch1) is worse than bicubic on a smooth picture; the MAC accounting says so too
+    let res = doc["results"].as_array().unwrap();
+    assert!(res[2]["psnr"].as_f64().unwrap() < res[0]["psnr"].as_f64().unwrap());
+    assert!(res[2]["macs_percent"].as_f64().unwrap() < 10.0);
+}
