@@ -1,6 +1,7 @@
 // Benchmarks through the real element (used by scripts/bench.sh to write BENCHMARKS.md):
 // fps of cache off/class/full on a static-camera clip with each run's PSNR against cache=off,
-// and fps of classsr/original/bicubic on the clip and on videotestsrc. Runs are alternated and
+// fps of classsr/original/bicubic on the clip and on videotestsrc, and branch tiles/s batched
+// against one tile per ONNX Runtime call (the official test code's way). Runs are alternated and
 // the median of several repetitions is reported, with ratios from the same run.
 //
 //   cargo run --release --example bench -- CLIP [--frames N] [--reps R] [--model DIR]
@@ -163,6 +164,50 @@ fn main() -> Result<(), String> {
             let fps = median(t[k].clone());
             println!("| {name} | {size} | {mode} | {fps:.1} | {:.2} |", fps / orig);
         }
+    }
+
+    println!("\n## Batched branch runs against one tile per call\n");
+    println!("Each branch of the model on the same 256 random 32x32 tiles, ONNX Runtime on the CPU, median of {reps} runs.\n");
+    println!("| branch | tiles/s, one tile per call | tiles/s, one batch of 256 | x |");
+    println!("|---|---|---|---|");
+    let set = gstclasssr::manifest::ModelSet::load(&model).map_err(|e| e.to_string())?;
+    let cfg = gstclasssr::runtime::SessionConfig {
+        device: gstclasssr::runtime::DeviceRequest::Cpu,
+        device_id: 0,
+        threads: 0,
+    };
+    let mut m = gstclasssr::engine::Model::load(&set, &cfg).map_err(|e| e.to_string())?;
+    let t = set.manifest.tile_size as usize;
+    let n = 256;
+    let mut seed = 1u64;
+    let tiles: Vec<f32> = (0..n * 3 * t * t)
+        .map(|_| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 40) as f32 / (1u64 << 24) as f32
+        })
+        .collect();
+    for j in 0..3 {
+        let session = &mut m.branches[j];
+        let mut single = Vec::new();
+        let mut batched = Vec::new();
+        for _ in 0..reps {
+            let t0 = Instant::now();
+            for k in 0..n {
+                let x = ort::value::TensorRef::from_array_view((
+                    [1usize, 3, t, t],
+                    &tiles[k * 3 * t * t..(k + 1) * 3 * t * t],
+                ))
+                .map_err(|e| e.to_string())?;
+                session.run(ort::inputs![x]).map_err(|e| e.to_string())?;
+            }
+            single.push(n as f64 / t0.elapsed().as_secs_f64());
+            let t0 = Instant::now();
+            let x = ort::value::TensorRef::from_array_view(([n, 3, t, t], &tiles[..])).map_err(|e| e.to_string())?;
+            session.run(ort::inputs![x]).map_err(|e| e.to_string())?;
+            batched.push(n as f64 / t0.elapsed().as_secs_f64());
+        }
+        let (a, b) = (median(single), median(batched));
+        println!("| branch{} | {a:.0} | {b:.0} | {:.1} |", j + 1, b / a);
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
 // The known-answer model set: branches that compute exact nearest / bilinear / bicubic ×4
-// with fixed ConvTranspose weights and a classifier that routes by tile variance. They are
+// with fixed sub-pixel convolution weights and a classifier that routes by tile variance. They are
 // written by our ONNX writer, labelled as known-answer in the manifest, and used by the tests
 // (and as the embedded default until trained weights ship).
 

@@ -105,8 +105,12 @@ fn builder(threads: usize) -> Result<ort::session::builder::SessionBuilder, Erro
     let env = environment()?;
     let rt = |e: ort::Error| Error::Runtime(format!("ONNX Runtime session options: {e}"));
     let mut b = Session::builder(env).map_err(rt)?;
+    // Batch sizes change from frame to frame (tiles per class): memory patterns, which ONNX
+    // Runtime plans per input shape, would only be re-planned over and over.
     b = b
         .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| rt(e.into()))?
+        .with_memory_pattern(false)
         .map_err(|e| rt(e.into()))?;
     if threads > 0 {
         b = b.with_intra_threads(threads).map_err(|e| rt(e.into()))?;

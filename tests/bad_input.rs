@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
+use gst::prelude::*;
 
 const KA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/known-answer");
 
@@ -179,4 +180,21 @@ fn missing_onnx_runtime_is_an_element_error_not_a_crash() {
         text.contains("cannot load ONNX Runtime from") && text.contains(&bogus.display().to_string()),
         "{text}"
     );
+}
+
+#[test]
+fn cuda_without_a_gpu_fails_clearly_and_auto_falls_back_to_cpu() {
+    let err = run_pipeline(&format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,width=64,height=48 ! classsr model={KA} device=cuda ! fakesink"
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("CUDA execution provider") && err.contains("libcublasLt.so.13"),
+        "{err}"
+    );
+
+    let mut h = harness(&[("model", KA), ("device", "auto")]);
+    let img = picture(40, 30, 1);
+    run_one(&mut h, &img, gst_video::VideoFormat::Rgb);
+    assert_eq!(h.element().unwrap().property::<String>("active-device"), "cpu");
 }

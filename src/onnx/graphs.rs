@@ -177,9 +177,9 @@ impl Arch {
                 (macs, 2 * macs)
             }
             Arch::Resampler { kernel, scale } => {
-                let k = (scale * (2 * kernel.radius() + 1)) as u64;
-                let padded = (tile + 2 * kernel.radius()) as u64;
-                let macs = padded * padded * 3 * k * k;
+                // grouped sub-pixel conv: s² phases per colour, (2R+1)² taps each
+                let k = (2 * kernel.radius() + 1) as u64;
+                let macs = px * 3 * (scale * scale) as u64 * k * k;
                 (macs, 2 * macs)
             }
             Arch::VarianceClassifier { .. } => {
@@ -208,7 +208,7 @@ impl Arch {
             Arch::Classifier => "ClassSR classifier".to_string(),
             Arch::Resampler { kernel, scale } => {
                 format!(
-                    "known-answer: exact {} x{scale} (fixed ConvTranspose weights)",
+                    "known-answer: exact {} x{scale} (fixed sub-pixel convolution weights)",
                     kernel.name()
                 )
             }
@@ -237,35 +237,33 @@ fn hr_dims() -> [Dim<'static>; 4] {
     ]
 }
 
-/// The grouped 2-D ConvTranspose weight [3, 1, k, k] of an exact ×scale resampler
-/// (k = scale·(2R+1)): out[s*i + r] = sum_d in[i + d] * k(offset_r - d), |d| <= R.
+/// The grouped sub-pixel convolution weight [3·s², 1, 2R+1, 2R+1] of an exact ×s resampler:
+/// output channel c·s² + ry·s + rx holds phase (ry, rx) of colour c, i.e.
+/// out[s·i + r] = Σ_d in[i + d] · k(offset_r − d), |d| ≤ R, on the input edge-padded by R.
 pub fn resampler_weight(kernel: Kernel, scale: usize) -> (usize, Vec<f32>) {
-    let rad = kernel.radius();
-    let k = scale * (2 * rad + 1);
-    let mut k1 = vec![0f64; k];
-    for r in 0..scale {
-        for (j, w) in kernel.phase_taps(scale, r).into_iter().enumerate() {
-            // j = d + R; kernel index = r + s*(R - d) = r + s*(2R - j)
-            k1[r + scale * (2 * rad - j)] = w;
-        }
-    }
-    let mut w = Vec::with_capacity(3 * k * k);
+    let taps: Vec<Vec<f64>> = (0..scale).map(|r| kernel.phase_taps(scale, r)).collect();
+    let k = 2 * kernel.radius() + 1;
+    let mut w = Vec::with_capacity(3 * scale * scale * k * k);
     for _ in 0..3 {
-        for ky in 0..k {
-            for kx in 0..k {
-                w.push((k1[ky] * k1[kx]) as f32);
+        for ry in 0..scale {
+            for rx in 0..scale {
+                for ky in 0..k {
+                    for kx in 0..k {
+                        w.push((taps[ry][ky] * taps[rx][kx]) as f32);
+                    }
+                }
             }
         }
     }
     (k, w)
 }
 
-/// Exact resampling as a grouped ConvTranspose on the edge-padded input (padded by R, then
-/// cropped by the ConvTranspose pads 2·s·R so the output is exactly s times the input).
+/// Exact resampling as Pad(edge, R) → grouped Conv (3 groups of s² phases) → DepthToSpace(s, CRD):
+/// exactly s times the input, and far faster in ONNX Runtime than a grouped ConvTranspose.
 fn resample(g: &mut GraphBuilder, x: &str, kernel: Kernel, scale: usize, name: &str) -> String {
     let rad = kernel.radius();
     let (k, w) = resampler_weight(kernel, scale);
-    let w = g.weight(&format!("{name}.weight"), &[3, 1, k, k], &w);
+    let w = g.weight(&format!("{name}.weight"), &[3 * scale * scale, 1, k, k], &w);
     let padded = if rad > 0 {
         let r = rad as i64;
         let pads = g.int64s(&format!("{name}.pads"), &[0, 0, r, r, 0, 0, r, r]);
@@ -273,8 +271,17 @@ fn resample(g: &mut GraphBuilder, x: &str, kernel: Kernel, scale: usize, name: &
     } else {
         x.to_string()
     };
-    let s = scale as i64;
-    g.conv_transpose(&padded, &w, None, k as i64, s, 2 * s * rad as i64, 0, 3)
+    let k = k as i64;
+    let phases = g.op(
+        "Conv",
+        &[&padded, &w],
+        &[("kernel_shape", Attr::Ints(&[k, k])), ("group", Attr::Int(3))],
+    );
+    g.op(
+        "DepthToSpace",
+        &[&phases],
+        &[("blocksize", Attr::Int(scale as i64)), ("mode", Attr::Str("CRD"))],
+    )
 }
 
 fn get<'w>(w: &'w Weights, name: &str, shape: &[usize]) -> Result<&'w Tensor, String> {

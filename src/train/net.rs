@@ -10,7 +10,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::rng::Rng;
-use crate::onnx::{Arch, Kernel, Tensor as OnnxTensor, Weights};
+use crate::onnx::{resampler_weight, Arch, Kernel, Tensor as OnnxTensor, Weights};
 
 /// One network: its architecture and parameters (flattened; shapes from `Arch::params`).
 #[derive(Clone, Debug)]
@@ -58,27 +58,16 @@ fn tail_index(d: usize, s: usize) -> Vec<i64> {
     idx
 }
 
-/// The exact bilinear ×s (edge-clamped) as a sub-pixel conv weight [3·s², 3, 3, 3] for the
-/// input padded by one pixel: phase r takes input samples q-1, q, q+1.
+/// The exact bilinear ×s (edge-clamped) as a dense sub-pixel conv weight [3·s², 3, 3, 3] for
+/// the input padded by one pixel: the ONNX writer's grouped weight, spread over all input
+/// channels with zeros (Candle's conv has no groups).
 fn bilinear_subpixel(s: usize) -> Vec<f32> {
-    let taps: Vec<Vec<f64>> = (0..s).map(|r| Kernel::Bilinear.phase_taps(s, r)).collect();
-    let mut w = Vec::with_capacity(3 * s * s * 27);
-    for co in 0..3 {
-        for ry in 0..s {
-            for rx in 0..s {
-                for ci in 0..3 {
-                    for ky in 0..3 {
-                        for kx in 0..3 {
-                            w.push(if ci == co {
-                                (taps[ry][ky] * taps[rx][kx]) as f32
-                            } else {
-                                0.0
-                            });
-                        }
-                    }
-                }
-            }
-        }
+    let (k, grouped) = resampler_weight(Kernel::Bilinear, s);
+    let per = k * k;
+    let mut w = vec![0f32; 3 * s * s * 3 * per];
+    for co in 0..3 * s * s {
+        let ci = co / (s * s);
+        w[(co * 3 + ci) * per..(co * 3 + ci + 1) * per].copy_from_slice(&grouped[co * per..(co + 1) * per]);
     }
     w
 }

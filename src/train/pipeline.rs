@@ -519,6 +519,26 @@ impl<B: AutodiffBackend> Trainer<B> {
         (0..n).map(|_| pool[rng.below(pool.len())]).collect()
     }
 
+    /// Every training sub-image index (loads the data if needed).
+    fn all_ids(&mut self) -> Result<Vec<usize>, String> {
+        self.datasets()?;
+        Ok((0..self.train.as_ref().expect("loaded").subs.len()).collect())
+    }
+
+    /// L1 of one SR net on a batch drawn from `pool`.
+    fn sr_losses(&self, net: &Net<B>, rng: &mut Rng, pool: &[usize], batch: usize) -> Losses<B> {
+        let ids = self.sample(rng, pool, batch);
+        let (x, y) = self.lr_hr(&ids, Some(rng), false);
+        let loss = l1(net.forward_packed(x), y);
+        let v = scalar(&loss);
+        Losses {
+            total: loss,
+            l1: v,
+            class: 0.0,
+            average: 0.0,
+        }
+    }
+
     /// Stage 1: the -O model, the class split, then each branch on its class.
     pub fn stage1(&mut self) -> Result<(), String> {
         let archs = self.opts.family.branches(self.opts.scale);
@@ -526,6 +546,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let seed = self.opts.seed;
         let device = self.device.clone();
         let o_arch = archs[2];
+        let all = self.all_ids()?;
         let original = self.run_step(
             "original",
             &[o_arch],
@@ -533,19 +554,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             &mut |_| Ok(vec![Net::init(o_arch, &device, &mut Rng::new(seed))]),
             iters,
             lr,
-            &mut |t, nets, rng| {
-                let all: Vec<usize> = (0..t.train.as_ref().unwrap().subs.len()).collect();
-                let ids = t.sample(rng, &all, batch);
-                let (x, y) = t.lr_hr(&ids, Some(rng), false);
-                let loss = l1(nets[0].forward_packed(x), y);
-                let v = scalar(&loss);
-                Losses {
-                    total: loss,
-                    l1: v,
-                    class: 0.0,
-                    average: 0.0,
-                }
-            },
+            &mut |t, nets, rng| t.sr_losses(&nets[0], rng, &all, batch),
             &mut |t, nets| (t.val_branch(&nets[0]), [0.0, 0.0, 1.0]),
         )?;
         let classes = self.split(&original[0])?;
@@ -573,18 +582,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 },
                 iters,
                 lr,
-                &mut |t, nets, rng| {
-                    let ids = t.sample(rng, &pool, batch);
-                    let (x, y) = t.lr_hr(&ids, Some(rng), false);
-                    let loss = l1(nets[0].forward_packed(x), y);
-                    let v = scalar(&loss);
-                    Losses {
-                        total: loss,
-                        l1: v,
-                        class: 0.0,
-                        average: 0.0,
-                    }
-                },
+                &mut |t, nets, rng| t.sr_losses(&nets[0], rng, &pool, batch),
                 &mut |t, nets| {
                     let mut sh = [0.0; 3];
                     sh[j] = 1.0;
@@ -705,6 +703,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         if !joint {
             self.warmup(iters / 3, batch)?;
         }
+        let all = self.all_ids()?;
         self.run_step(
             step,
             &all_archs,
@@ -722,7 +721,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             iters,
             lr,
             &mut |t, nets, rng| {
-                let all: Vec<usize> = (0..t.train.as_ref().unwrap().subs.len()).collect();
                 let ids = t.sample(rng, &all, batch);
                 let (x, y) = t.lr_hr(&ids, Some(rng), false);
                 t.classsr_losses(nets, x, y, !joint)
@@ -737,6 +735,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// random (the official code's known failure).
     fn warmup(&mut self, iters: usize, batch: usize) -> Result<(), String> {
         let labels = self.load_split()?;
+        let all: Vec<usize> = (0..labels.len()).collect();
         let (seed, device, lr) = (self.opts.seed, self.device.clone(), self.opts.family.lr());
         self.run_step(
             "warmup",
@@ -746,7 +745,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             iters.max(1),
             lr,
             &mut |t, nets, rng| {
-                let all: Vec<usize> = (0..labels.len()).collect();
                 let ids = t.sample(rng, &all, batch);
                 let (x, _) = t.lr_hr(&ids, Some(rng), false);
                 let mut onehot = vec![0f32; ids.len() * 3];
