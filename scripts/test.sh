@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SKIP_BUILD=1 bash scripts/setup.sh
+# The gst-launch tests load target/debug/libgstclasssr.so, which `cargo test` alone does not link.
+cargo build --lib --bins --features train
 cargo test --all-targets --features train "$@"

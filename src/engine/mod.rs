@@ -157,6 +157,10 @@ struct Work {
     fresh: Vec<bool>,
     fresh_ids: Vec<u32>,
     fresh_tiles: Vec<f32>,
+    logits: Vec<f32>,
+    /// One LR and one HR tile (QoS bicubic path).
+    tile_lr: Vec<f32>,
+    tile_hr: Vec<f32>,
     groups: [Vec<u32>; 3],
     cubic: Upsampler,
     cache: TileCache,
@@ -176,6 +180,9 @@ impl Work {
             fresh: vec![true; grid.len()],
             fresh_ids: Vec::new(),
             fresh_tiles: Vec::new(),
+            logits: Vec::new(),
+            tile_lr: Vec::new(),
+            tile_hr: Vec::new(),
             groups: Default::default(),
             cubic: Upsampler::new(Kernel::Bicubic, scale),
             cache: TileCache::new(grid.len(), 3 * grid.tile * grid.tile, 3 * (grid.tile * scale).pow(2)),
@@ -461,10 +468,10 @@ impl Engine {
                 }
                 &work.fresh_tiles
             };
-            let logits = self.model.run_classifier(batch, m, t)?;
+            self.model.run_classifier(batch, m, t, &mut work.logits)?;
             stats.runs += 1;
             stats.macs += classifier_macs * m as u64;
-            for (k, l) in logits.chunks_exact(3).enumerate() {
+            for (k, l) in work.logits.chunks_exact(3).enumerate() {
                 let adj = [l[0] - cfg.bias, l[1], l[2] + cfg.bias];
                 // argmax (ties go to the cheaper branch); NaN logits go to the largest branch
                 let best = if adj.iter().any(|v| v.is_nan()) {
@@ -499,20 +506,18 @@ impl Engine {
     fn bicubic_tiles(work: &mut Work, class: usize) {
         let t = work.grid.tile;
         let th = t * work.grid.scale;
-        let mut hr = vec![0f32; 3 * th * th];
-        let mut lr = vec![0f32; 3 * t * t];
+        work.tile_hr.resize(3 * th * th, 0.0);
+        work.tile_lr.resize(3 * t * t, 0.0);
         for &i in &work.groups[class] {
             let i = i as usize;
-            lr.copy_from_slice(&work.all_tiles[i * 3 * t * t..(i + 1) * 3 * t * t]);
+            work.tile_lr
+                .copy_from_slice(&work.all_tiles[i * 3 * t * t..(i + 1) * 3 * t * t]);
             for c in 0..3 {
-                work.cubic.upscale(
-                    &lr[c * t * t..(c + 1) * t * t],
-                    t,
-                    t,
-                    &mut hr[c * th * th..(c + 1) * th * th],
-                );
+                let src = &work.tile_lr[c * t * t..(c + 1) * t * t];
+                work.cubic
+                    .upscale(src, t, t, &mut work.tile_hr[c * th * th..(c + 1) * th * th]);
             }
-            merge_tile(&work.grid, &mut work.acc, i, &hr);
+            merge_tile(&work.grid, &mut work.acc, i, &work.tile_hr);
         }
     }
 

@@ -35,15 +35,16 @@ fn check_names(session: &Session, input: &str, output: &str, what: &str) -> Resu
     Ok(())
 }
 
-/// Runs `session` on `n` tiles and returns the named output's shape and values.
-fn run_f32(
+/// Runs `session` on `n` tiles; returns the named output's shape and puts its values in `out`.
+fn run_into(
     session: &mut Session,
     output: &str,
     data: &[f32],
     n: usize,
     t: usize,
     what: &str,
-) -> Result<(Vec<i64>, Vec<f32>), Error> {
+    out: &mut Vec<f32>,
+) -> Result<Vec<i64>, Error> {
     let tensor =
         TensorRef::from_array_view(([n, 3, t, t], data)).map_err(|e| Error::Runtime(format!("{what} input: {e}")))?;
     let outputs = session
@@ -55,7 +56,23 @@ fn run_f32(
     let (shape, values) = value
         .try_extract_tensor::<f32>()
         .map_err(|e| Error::Model(format!("{what} output '{output}' is not an f32 tensor: {e}")))?;
-    Ok((shape.to_vec(), values.to_vec()))
+    out.clear();
+    out.extend_from_slice(values);
+    Ok(shape.to_vec())
+}
+
+/// [`run_into`] into a fresh vector (model loading only).
+fn run_f32(
+    session: &mut Session,
+    output: &str,
+    data: &[f32],
+    n: usize,
+    t: usize,
+    what: &str,
+) -> Result<(Vec<i64>, Vec<f32>), Error> {
+    let mut values = Vec::new();
+    let shape = run_into(session, output, data, n, t, what, &mut values)?;
+    Ok((shape, values))
 }
 
 impl Model {
@@ -124,16 +141,25 @@ impl Model {
         })
     }
 
-    /// Runs the classifier on `n` NCHW tiles of side `t`; returns n×3 logits.
-    pub fn run_classifier(&mut self, tiles: &[f32], n: usize, t: usize) -> Result<Vec<f32>, Error> {
-        let out = self.manifest.classifier.output.clone();
-        let (shape, logits) = run_f32(&mut self.classifier, &out, &tiles[..n * 3 * t * t], n, t, "classifier")?;
+    /// Runs the classifier on `n` NCHW tiles of side `t`; puts n×3 logits in `logits` (a buffer
+    /// reused from frame to frame).
+    pub fn run_classifier(&mut self, tiles: &[f32], n: usize, t: usize, logits: &mut Vec<f32>) -> Result<(), Error> {
+        let out = &self.manifest.classifier.output;
+        let shape = run_into(
+            &mut self.classifier,
+            out,
+            &tiles[..n * 3 * t * t],
+            n,
+            t,
+            "classifier",
+            logits,
+        )?;
         if shape != [n as i64, 3] {
             return Err(Error::Model(format!(
                 "classifier returned shape {shape:?} for {n} tiles; expected [{n}, 3]"
             )));
         }
-        Ok(logits)
+        Ok(())
     }
 
     /// True MACs per tile of side `tile` for each branch (the manifest's figures scaled by area).
