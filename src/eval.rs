@@ -2,10 +2,10 @@
 // upscale with the engine → PSNR on RGB with a 4-pixel border shaved, per mode, with MACs and
 // class shares. Used by `classsr eval` and by `classsr-train export`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::engine::pixels::{Image, ImageMut, PixelLayout};
-use crate::engine::resample::imresize;
+use crate::engine::resample::imresize_rgb8;
 use crate::engine::{Engine, FrameConfig, Mode};
 use crate::Error;
 
@@ -53,16 +53,23 @@ impl EvalImage {
 
 /// Antialiased bicubic (MATLAB imresize) ×1/scale of interleaved RGB8, rounded to 8 bits.
 pub fn downscale(rgb: &[u8], w: usize, h: usize, scale: usize) -> Vec<u8> {
-    let (lw, lh) = (w / scale, h / scale);
-    let mut out = vec![0u8; lw * lh * 3];
-    for c in 0..3 {
-        let plane: Vec<f32> = rgb.iter().skip(c).step_by(3).map(|&v| v as f32 / 255.0).collect();
-        let small = imresize(&plane, w, h, lw, lh);
-        for (i, v) in small.iter().enumerate() {
-            out[i * 3 + c] = (v * 255.0 + 0.5).clamp(0.0, 255.0) as u8;
-        }
-    }
-    out
+    imresize_rgb8(rgb, w, h, w / scale, h / scale)
+}
+
+/// PNG and JPEG files in `dir`, sorted by name.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let rd = std::fs::read_dir(dir).map_err(|e| format!("cannot read folder '{}': {e}", dir.display()))?;
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
 }
 
 /// PSNR (dB) over RGB of two interleaved images, `shave` pixels left out at each border.

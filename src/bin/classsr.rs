@@ -111,16 +111,7 @@ fn eval(a: &Args) -> Result<String, String> {
     use gstclasssr::eval::{evaluate_with, EvalImage, ModeResult};
     let set = ModelSet::load(&a.model).map_err(|e| e.to_string())?;
     let scale = set.manifest.scale as usize;
-    let mut files: Vec<_> = std::fs::read_dir(&a.hr)
-        .map_err(|e| format!("cannot read '{}': {e}", a.hr))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
-        })
-        .collect();
-    files.sort();
+    let files = gstclasssr::eval::list_images(std::path::Path::new(&a.hr))?;
     let images: Vec<EvalImage> = files
         .iter()
         .filter_map(|p| {

@@ -10,8 +10,6 @@ pub mod tiling;
 
 use std::time::Instant;
 
-use ort::value::TensorRef;
-
 pub use cache::CacheMode;
 pub use model::Model;
 pub use pixels::{Image, ImageMut, PixelLayout};
@@ -539,36 +537,33 @@ impl Engine {
                 staging[k * item..(k + 1) * item].copy_from_slice(&work.all_tiles[i * item..(i + 1) * item]);
             }
             let input = &staging[..chunk.len() * item];
-            let session = &mut model.branches[class];
-            let tensor = TensorRef::from_array_view(([chunk.len(), 3, t, t], input))
-                .map_err(|e| Error::Runtime(format!("branch{} input: {e}", class + 1)))?;
-            let outputs = session
-                .run(ort::inputs![tensor])
-                .map_err(|e| Error::Runtime(format!("branch{} failed on {} tiles: {e}", class + 1, chunk.len())))?;
+            let what = format!("branch{}", class + 1);
             let name = &model.manifest.branches[class].output;
-            let value = outputs
-                .get(name)
-                .ok_or_else(|| Error::Model(format!("branch{} has no output '{name}'", class + 1)))?;
-            let (shape, data) = value
-                .try_extract_tensor::<f32>()
-                .map_err(|e| Error::Model(format!("branch{} output '{name}' is not f32: {e}", class + 1)))?;
-            let want = [chunk.len() as i64, 3, th as i64, th as i64];
-            if **shape != want || data.len() != chunk.len() * out_item {
-                return Err(Error::Model(format!(
-                    "branch{} returned shape {:?} for {} tiles of {t}x{t}; the manifest (scale {}) needs {want:?}",
-                    class + 1,
-                    &**shape,
-                    chunk.len(),
-                    work.grid.scale
-                )));
-            }
-            for (k, &i) in chunk.iter().enumerate() {
-                let out = &data[k * out_item..(k + 1) * out_item];
-                merge_tile(&work.grid, &mut work.acc, i as usize, out);
-                if keep && work.fresh[i as usize] {
-                    work.cache.store_hr(i as usize, out);
-                }
-            }
+            let scale = work.grid.scale;
+            model::run_with(
+                &mut model.branches[class],
+                name,
+                input,
+                (chunk.len(), t),
+                &what,
+                |shape, data| {
+                    let want = [chunk.len() as i64, 3, th as i64, th as i64];
+                    if shape != want || data.len() != chunk.len() * out_item {
+                        return Err(Error::Model(format!(
+                        "{what} returned shape {shape:?} for {} tiles of {t}x{t}; the manifest (scale {scale}) needs {want:?}",
+                        chunk.len()
+                    )));
+                    }
+                    for (k, &i) in chunk.iter().enumerate() {
+                        let out = &data[k * out_item..(k + 1) * out_item];
+                        merge_tile(&work.grid, &mut work.acc, i as usize, out);
+                        if keep && work.fresh[i as usize] {
+                            work.cache.store_hr(i as usize, out);
+                        }
+                    }
+                    Ok(())
+                },
+            )?;
             runs += 1;
         }
         Ok(runs)

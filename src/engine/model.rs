@@ -35,44 +35,36 @@ fn check_names(session: &Session, input: &str, output: &str, what: &str) -> Resu
     Ok(())
 }
 
-/// Runs `session` on `n` tiles; returns the named output's shape and puts its values in `out`.
-fn run_into(
+/// Runs `session` on `n` NCHW tiles of side `t` and hands the named f32 output (shape, values)
+/// to `f`, borrowing ONNX Runtime's buffer (no copy). Run failures are runtime errors.
+pub(crate) fn run_with<R>(
     session: &mut Session,
     output: &str,
     data: &[f32],
-    n: usize,
-    t: usize,
+    (n, t): (usize, usize),
     what: &str,
-    out: &mut Vec<f32>,
-) -> Result<Vec<i64>, Error> {
+    f: impl FnOnce(&[i64], &[f32]) -> Result<R, Error>,
+) -> Result<R, Error> {
     let tensor =
         TensorRef::from_array_view(([n, 3, t, t], data)).map_err(|e| Error::Runtime(format!("{what} input: {e}")))?;
     let outputs = session
         .run(ort::inputs![tensor])
-        .map_err(|e| Error::Model(format!("{what} failed on {n} tiles of {t}x{t}: {e}")))?;
+        .map_err(|e| Error::Runtime(format!("{what} failed on {n} tiles of {t}x{t}: {e}")))?;
     let value = outputs
         .get(output)
         .ok_or_else(|| Error::Model(format!("{what} has no output '{output}'")))?;
     let (shape, values) = value
         .try_extract_tensor::<f32>()
         .map_err(|e| Error::Model(format!("{what} output '{output}' is not an f32 tensor: {e}")))?;
-    out.clear();
-    out.extend_from_slice(values);
-    Ok(shape.to_vec())
+    f(shape, values)
 }
 
-/// [`run_into`] into a fresh vector (model loading only).
-fn run_f32(
-    session: &mut Session,
-    output: &str,
-    data: &[f32],
-    n: usize,
-    t: usize,
-    what: &str,
-) -> Result<(Vec<i64>, Vec<f32>), Error> {
-    let mut values = Vec::new();
-    let shape = run_into(session, output, data, n, t, what, &mut values)?;
-    Ok((shape, values))
+/// The output shape of a dry run on one zero tile; a graph that cannot run is a model error.
+fn dry_run_shape(session: &mut Session, output: &str, zeros: &[f32], t: usize, what: &str) -> Result<Vec<i64>, Error> {
+    run_with(session, output, zeros, (1, t), what, |shape, _| Ok(shape.to_vec())).map_err(|e| match e {
+        Error::Runtime(m) => Error::Model(m),
+        e => e,
+    })
 }
 
 impl Model {
@@ -105,11 +97,10 @@ impl Model {
         )?;
         let t = m.tile_size as usize;
         let zeros = vec![m.value_range[0]; 3 * t * t];
-        let (shape, _) = run_f32(
+        let shape = dry_run_shape(
             &mut classifier,
             &m.classifier.output,
             &zeros,
-            1,
             t,
             &what(&m.classifier.file),
         )?;
@@ -122,7 +113,7 @@ impl Model {
         let ht = (t * m.scale as usize) as i64;
         for (session, info) in branches.iter_mut().zip(&m.branches) {
             check_names(session, &info.input, &info.output, &what(&info.file))?;
-            let (shape, _) = run_f32(session, &info.output, &zeros, 1, t, &what(&info.file))?;
+            let shape = dry_run_shape(session, &info.output, &zeros, t, &what(&info.file))?;
             if shape != [1, 3, ht, ht] {
                 return Err(Error::Model(format!(
                     "{} returns shape {shape:?} for one {t}x{t} tile but the manifest says scale {} (expected [1, 3, {ht}, {ht}])",
@@ -145,21 +136,24 @@ impl Model {
     /// reused from frame to frame).
     pub fn run_classifier(&mut self, tiles: &[f32], n: usize, t: usize, logits: &mut Vec<f32>) -> Result<(), Error> {
         let out = &self.manifest.classifier.output;
-        let shape = run_into(
+        let tiles = &tiles[..n * 3 * t * t];
+        run_with(
             &mut self.classifier,
             out,
-            &tiles[..n * 3 * t * t],
-            n,
-            t,
+            tiles,
+            (n, t),
             "classifier",
-            logits,
-        )?;
-        if shape != [n as i64, 3] {
-            return Err(Error::Model(format!(
-                "classifier returned shape {shape:?} for {n} tiles; expected [{n}, 3]"
-            )));
-        }
-        Ok(())
+            |shape, values| {
+                if shape != [n as i64, 3] {
+                    return Err(Error::Model(format!(
+                        "classifier returned shape {shape:?} for {n} tiles; expected [{n}, 3]"
+                    )));
+                }
+                logits.clear();
+                logits.extend_from_slice(values);
+                Ok(())
+            },
+        )
     }
 
     /// True MACs per tile of side `tile` for each branch (the manifest's figures scaled by area).

@@ -95,6 +95,18 @@ pub fn imresize(src: &[f32], w: usize, h: usize, ow: usize, oh: usize) -> Vec<f3
     out
 }
 
+/// [`imresize`] of interleaved 8-bit RGB (`w`×`h` → `ow`×`oh`), per channel, rounded to 8 bits.
+pub fn imresize_rgb8(rgb: &[u8], w: usize, h: usize, ow: usize, oh: usize) -> Vec<u8> {
+    let mut out = vec![0u8; ow * oh * 3];
+    for c in 0..3 {
+        let plane: Vec<f32> = rgb.iter().skip(c).step_by(3).map(|&v| v as f32 / 255.0).collect();
+        for (i, v) in imresize(&plane, w, h, ow, oh).iter().enumerate() {
+            out[i * 3 + c] = (v * 255.0 + 0.5).clamp(0.0, 255.0) as u8;
+        }
+    }
+    out
+}
+
 /// For each output sample: the input indices and normalised weights that make it.
 #[allow(clippy::type_complexity)]
 fn contributions(n_in: usize, n_out: usize) -> Vec<(Vec<usize>, Vec<f32>)> {

@@ -4,7 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::engine::resample::imresize;
+use crate::engine::resample::imresize_rgb8;
+use crate::eval::list_images;
 
 use super::rng::Rng;
 
@@ -25,29 +26,13 @@ pub struct Rgb8 {
 }
 
 impl Rgb8 {
-    fn planes(&self) -> [Vec<f32>; 3] {
-        let mut p: [Vec<f32>; 3] = Default::default();
-        for (c, plane) in p.iter_mut().enumerate() {
-            *plane = self.data.iter().skip(c).step_by(3).map(|&v| v as f32 / 255.0).collect();
-        }
-        p
-    }
-
-    fn from_planes(p: &[Vec<f32>; 3], width: usize, height: usize) -> Rgb8 {
-        let mut data = vec![0u8; width * height * 3];
-        for (c, plane) in p.iter().enumerate() {
-            for (i, v) in plane.iter().enumerate() {
-                data[i * 3 + c] = (v * 255.0 + 0.5).clamp(0.0, 255.0) as u8;
-            }
-        }
-        Rgb8 { width, height, data }
-    }
-
     /// Antialiased bicubic resize (MATLAB imresize), rounded to 8 bits.
     pub fn resize(&self, width: usize, height: usize) -> Rgb8 {
-        let p = self.planes();
-        let r = p.map(|plane| imresize(&plane, self.width, self.height, width, height));
-        Rgb8::from_planes(&r, width, height)
+        Rgb8 {
+            width,
+            height,
+            data: imresize_rgb8(&self.data, self.width, self.height, width, height),
+        }
     }
 
     /// The top-left crop whose sides are multiples of `m`.
@@ -116,22 +101,6 @@ fn positions(len: usize, size: usize, stride: usize) -> Vec<usize> {
         p.push(len - size);
     }
     p
-}
-
-/// Image files in `dir`, sorted by name.
-pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, String> {
-    let rd = std::fs::read_dir(dir).map_err(|e| format!("cannot read data folder '{}': {e}", dir.display()))?;
-    let mut files: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
-        })
-        .collect();
-    files.sort();
-    Ok(files)
 }
 
 impl Dataset {

@@ -598,9 +598,8 @@ impl<B: AutodiffBackend> Trainer<B> {
     fn split(&mut self, original: &Net<B>) -> Result<Vec<u8>, String> {
         let path = self.opts.work.join("split.json");
         let n = self.train.as_ref().unwrap().subs.len();
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-            let classes: Vec<u8> = serde_json::from_value(v["classes"].clone()).map_err(|e| e.to_string())?;
+        if path.exists() {
+            let classes = self.load_split()?;
             if classes.len() == n {
                 return Ok(classes);
             }
@@ -906,14 +905,14 @@ impl<B: AutodiffBackend> Trainer<B> {
 }
 
 fn list_count(dir: &Path) -> usize {
-    super::data::list_images(dir).map(|v| v.len()).unwrap_or(0)
+    crate::eval::list_images(dir).map(|v| v.len()).unwrap_or(0)
 }
 
 /// Scores a model set on full validation images through ONNX Runtime and records the results
 /// in its manifest: PSNR per mode, per-branch PSNR, class shares and MACs.
 pub fn validate_set(set: &mut ModelSet, val: &Path) -> Result<(), String> {
     let scale = set.manifest.scale as usize;
-    let images: Vec<EvalImage> = super::data::list_images(val)?
+    let images: Vec<EvalImage> = crate::eval::list_images(val)?
         .iter()
         .filter_map(|p| EvalImage::load(p, scale).map_err(|e| eprintln!("warning: {e}")).ok())
         .collect();
