@@ -1,38 +1,52 @@
 #!/usr/bin/env bash
 # Regenerates BENCHMARKS.md: machine, commands and results of the element benchmarks
-# (examples/bench.rs) on vtest.avi and videotestsrc. Not a test: numbers depend on the machine.
+# (examples/bench.rs) on vtest.avi and videotestsrc, and the quality / bias tables of
+# `classsr eval` on the held-out photographs. Not a test: numbers depend on the machine.
 #   bash scripts/bench.sh [--frames N] [--reps R] [--model DIR]
+#   BIASES="-1 0 1" bash scripts/bench.sh     # the bias values of the bias table
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SKIP_BUILD=1 bash scripts/setup.sh >/dev/null
 clip=$(bash scripts/fetch-clip.sh)
-cargo build --release --example bench 2>/dev/null
-args=("$@")
-out=$(mktemp)
-./target/release/examples/bench "$clip" "${args[@]}" > "$out"
-# The bias knob on real photographs (the held-out wallpapers), through `classsr eval`.
 bash scripts/fetch-training-data.sh >/dev/null
-cargo build --release --bin classsr 2>/dev/null
+cargo build -q --release --example bench --bin classsr
+args=("$@")
 model_arg=()
 for ((i = 0; i < ${#args[@]}; i++)); do [ "${args[$i]}" = "--model" ] && model_arg=(--model "${args[$((i + 1))]}"); done
+eval_json() { ./target/release/classsr eval --hr data/val "${model_arg[@]}" --json "$@"; }
+model=$(eval_json --modes bicubic | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+print("%s (family %s, %s)" % (d["model"], d["family"], d["provenance"]))')
+case "$model" in
+  *known-answer*) biases=${BIASES:-"-0.04 -0.02 0 0.02 0.04"} ;;
+  *) biases=${BIASES:-"-4 -2 0 2 4"} ;;
+esac
+out=$(mktemp)
+./target/release/examples/bench "$clip" "${args[@]}" > "$out"
 {
+  echo
+  echo "## Quality on real photographs"
+  echo
+  echo "\`classsr eval --hr data/val --modes bicubic,branch1,branch2,branch3,original,classsr\` ($(ls data/val | wc -l) held-out photographs of \`scripts/fetch-training-data.sh\`, x4 from antialiased bicubic LR, RGB PSNR with a 4-pixel border shaved, SSIM on Y):"
+  echo
+  ./target/release/classsr eval --hr data/val "${model_arg[@]}" --modes bicubic,branch1,branch2,branch3,original,classsr \
+    | grep '^|'
   echo
   echo "## The bias knob on real photographs"
   echo
-  echo "\`classsr eval --hr data/val --modes classsr --bias B\` ($(ls data/val | wc -l) held-out photographs, x4 from antialiased bicubic LR, RGB PSNR with 4-pixel border shaved); original = $(./target/release/classsr eval --hr data/val --modes original "${model_arg[@]}" --json | python3 -c 'import json,sys; print("%.3f dB" % json.load(sys.stdin)["results"][0]["psnr"])')."
+  echo "\`classsr eval --hr data/val --modes classsr --bias B\` on the same photographs; original = $(eval_json --modes original | python3 -c 'import json,sys; print("%.3f dB" % json.load(sys.stdin)["results"][0]["psnr"])')."
   echo
   echo "| bias | tiles class1/2/3 | MACs % of original | PSNR (dB) |"
   echo "|---|---|---|---|"
-  for b in -0.04 -0.02 0 0.02 0.04; do
-    ./target/release/classsr eval --hr data/val --modes classsr --bias "$b" "${model_arg[@]}" --json | python3 -c '
+  for b in $biases; do
+    eval_json --modes classsr --bias "$b" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)["results"][0]
 s = r["shares"]
 print("| %s | %.0f%% / %.0f%% / %.0f%% | %.1f | %.3f |" % (sys.argv[1], 100*s[0], 100*s[1], 100*s[2], r["macs_percent"], r["psnr"]))' "$b"
   done
 } >> "$out"
-model="embedded default (known-answer: nearest / bilinear / bicubic branches, variance classifier)"
-for ((i = 0; i < ${#args[@]}; i++)); do [ "${args[$i]}" = "--model" ] && model="${args[$((i + 1))]}"; done
 {
   echo "# Benchmarks"
   echo

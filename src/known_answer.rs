@@ -1,7 +1,6 @@
 // The known-answer model set: branches that compute exact nearest / bilinear / bicubic ×4
 // with fixed sub-pixel convolution weights and a classifier that routes by tile variance. They are
-// written by our ONNX writer, labelled as known-answer in the manifest, and used by the tests
-// (and as the embedded default until trained weights ship).
+// written by our ONNX writer, labelled as known-answer in the manifest, and used by the tests.
 
 use crate::manifest::{GraphInfo, Manifest, ModelSet, Provenance, BRANCH_FILES, CLASSIFIER_FILE, FORMAT_VERSION};
 use crate::onnx::{build_bytes, Arch, Kernel, Weights, BRANCH_OUTPUT, CLASSIFIER_OUTPUT, INPUT};

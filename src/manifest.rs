@@ -185,17 +185,17 @@ impl ModelSet {
         write(MANIFEST_FILE, format!("{json}\n").as_bytes())
     }
 
-    /// The model set compiled into the plugin (models/known-answer until trained weights ship).
+    /// The model set compiled into the plugin: the trained FSRCNN-family ClassSR in models/fsrcnn.
     pub fn embedded() -> ModelSet {
-        let manifest: Manifest = serde_json::from_slice(include_bytes!("../models/known-answer/manifest.json"))
+        let manifest: Manifest = serde_json::from_slice(include_bytes!("../models/fsrcnn/manifest.json"))
             .expect("embedded manifest is valid JSON");
         ModelSet {
             manifest,
-            classifier: include_bytes!("../models/known-answer/classifier.onnx").to_vec(),
+            classifier: include_bytes!("../models/fsrcnn/classifier.onnx").to_vec(),
             branches: [
-                include_bytes!("../models/known-answer/branch1.onnx").to_vec(),
-                include_bytes!("../models/known-answer/branch2.onnx").to_vec(),
-                include_bytes!("../models/known-answer/branch3.onnx").to_vec(),
+                include_bytes!("../models/fsrcnn/branch1.onnx").to_vec(),
+                include_bytes!("../models/fsrcnn/branch2.onnx").to_vec(),
+                include_bytes!("../models/fsrcnn/branch3.onnx").to_vec(),
             ],
             origin: "embedded default".to_string(),
         }

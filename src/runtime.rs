@@ -112,6 +112,9 @@ fn builder(threads: usize) -> Result<ort::session::builder::SessionBuilder, Erro
         .map_err(|e| rt(e.into()))?
         .with_memory_pattern(false)
         .map_err(|e| rt(e.into()))?;
+    // Four sessions (classifier, three branches) run one after another each frame: threads of
+    // one that spin-wait after its run would steal the cores from the next.
+    b = b.with_intra_op_spinning(false).map_err(|e| rt(e.into()))?;
     if threads > 0 {
         b = b.with_intra_threads(threads).map_err(|e| rt(e.into()))?;
     }

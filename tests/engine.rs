@@ -178,6 +178,7 @@ fn graph_costs_follow_the_paper_convention() {
             s: 12,
             m: 4,
             scale: 4,
+            skip: false,
         }
         .cost_per_tile(32);
         assert!((flops as f64 / 1e6 - paper as f64).abs() < 1.0, "d={d}: {flops}");

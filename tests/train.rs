@@ -73,6 +73,7 @@ fn exported_onnx_equals_burn_forward_for_both_families() {
         s: 12,
         m: 4,
         scale: 4,
+        skip: d != 36,
     }));
     archs.extend([36, 52, 64].map(|nf| Arch::SrResNet { nf, nb: 16, scale: 4 }));
     for arch in archs {
@@ -206,6 +207,9 @@ fn short_run_learns_uses_all_classes_exports_and_protects_the_model() {
         "1.0",
         "--seed",
         "3",
+        // the paper's FSRCNN from random weights, so the L1 has far to fall in a short run (the
+        // default bicubic skip starts at bicubic's L1; its graphs are checked above)
+        "--plain",
     ];
     let mut args = vec!["all"];
     args.extend_from_slice(&common);

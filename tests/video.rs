@@ -100,6 +100,45 @@ fn moving_ball_full_cache_matches_cache_off_frame_by_frame() {
 }
 
 #[test]
+fn a_small_change_inside_a_static_tile_is_recomputed() {
+    // An 8x8 patch (a person stepping into a corner of a tile) moves the tile-wide mean absolute
+    // difference by < 1 level, but the default threshold compares 8x8 blocks, so the tiles that
+    // hold it are recomputed and their output equals cache=off's.
+    let (w, h) = (160, 96);
+    let a = picture(w, h, 5);
+    let mut b = a.clone();
+    for y in 36..44 {
+        for x in 52..60 {
+            for v in &mut b.px[y * w + x][..3] {
+                *v = v.saturating_add(14);
+            }
+        }
+    }
+    let (mut off, _) = element(&[("cache", "off")]);
+    let (mut full, bus) = element(&[("cache", "full")]);
+    off.set_src_caps_str(&caps_str(VideoFormat::Rgb, w, h));
+    full.set_src_caps_str(&caps_str(VideoFormat::Rgb, w, h));
+    push(&mut full, &a);
+    let got = push(&mut full, &b);
+    let want = push(&mut off, &b);
+    for y in 4 * 36..4 * 44 {
+        for x in 4 * 52..4 * 60 {
+            let i = y * 4 * w + x;
+            assert_eq!(
+                got.px[i], want.px[i],
+                "HR pixel ({x}, {y}) of the changed patch is stale"
+            );
+        }
+    }
+    let st = stats(&bus);
+    let hits = u(&st[1], "full-cache-hits");
+    assert!(
+        hits > 0 && hits < u(&st[1], "tiles"),
+        "only the changed tiles rerun: {hits}"
+    );
+}
+
+#[test]
 fn scene_cut_and_caps_change_invalidate_the_cache() {
     let (mut h, bus) = element(&[("cache", "class")]);
     let a = zones(96, 64);
@@ -183,6 +222,21 @@ fn classmap_tints_tiles_by_class() {
         busy[0] as i32 - b[0] as i32 > 20,
         "busy tile is tinted red: {busy:?} vs {b:?}"
     );
+}
+
+#[test]
+fn classmap_tints_every_pixel_with_overlapping_tiles() {
+    // With the default overlap every HR pixel belongs to some tile, corners of overlaps included.
+    let (w, h) = (100, 70);
+    let img = Rgba::new(w, h, |_, _| [40, 90, 160, 255]);
+    let (mut hn, _) = element(&[("mode", "classmap")]);
+    hn.set_src_caps_str(&caps_str(VideoFormat::Rgb, w, h));
+    let out = push(&mut hn, &img);
+    for y in 0..4 * h {
+        for x in 0..4 * w {
+            assert_ne!(out.at(x, y)[..3], [40, 90, 160], "HR pixel ({x}, {y}) is not tinted");
+        }
+    }
 }
 
 #[test]

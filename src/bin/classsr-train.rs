@@ -2,7 +2,10 @@
 //
 //   classsr-train all --data data/train --val data/val --out models/fsrcnn [--family fsrcnn|srresnet]
 //       [--scale 4] [--iters N] [--batch B] [--device cpu|cuda] [--seed S] [--resume] [--force]
-//       [--work DIR] [--checkpoint-secs S]
+//       [--work DIR] [--checkpoint-secs S] [--iters-original N] [--plain]
+//
+// --plain trains FSRCNN exactly as in the paper; by default the fsrcnn family adds a fixed
+// bicubic global skip (the branches learn only the residual over bicubic).
 //
 // Subcommands: prepare, stage1, stage2, stage3, export, all (all in order).
 
@@ -13,7 +16,7 @@ use gstclasssr::train::pipeline::{Family, Options, Trainer};
 
 const USAGE: &str = "usage: classsr-train <prepare|stage1|stage2|stage3|export|all> --data DIR --val DIR --out DIR \
 [--family fsrcnn|srresnet] [--scale 4] [--iters N] [--batch B] [--device cpu|cuda] [--seed S] [--resume] [--force] \
-[--work DIR] [--checkpoint-secs S] [--aug 1.0,0.9,...]";
+[--work DIR] [--checkpoint-secs S] [--aug 1.0,0.9,...] [--iters-original N] [--plain]";
 
 fn parse(args: &[String]) -> Result<(String, Options), String> {
     let cmd = args.first().ok_or("missing subcommand")?.clone();
@@ -40,6 +43,8 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
             }
             "--scale" => o.scale = num("--scale", v("--scale")?)?,
             "--iters" => o.iters = num("--iters", v("--iters")?)?,
+            "--iters-original" => o.iters_original = num("--iters-original", v("--iters-original")?)?,
+            "--plain" => o.plain = true,
             "--batch" => o.batch = num("--batch", v("--batch")?)?,
             "--seed" => o.seed = num("--seed", v("--seed")?)? as u64,
             "--checkpoint-secs" => o.checkpoint_secs = num("--checkpoint-secs", v("--checkpoint-secs")?)? as u64,

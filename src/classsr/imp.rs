@@ -281,7 +281,7 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecFloat::builder("cache-threshold")
                     .nick("Cache threshold")
-                    .blurb("A tile counts as unchanged when its mean absolute difference to the cached one is below this (8-bit units); 0 = only bit-identical tiles")
+                    .blurb("A tile counts as unchanged when, in each of its 8x8 blocks, the mean absolute difference to the cached tile is below this (8-bit units); 0 = only bit-identical tiles")
                     .minimum(0.0)
                     .maximum(255.0)
                     .default_value(DEFAULT_CACHE_THRESHOLD)

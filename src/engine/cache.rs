@@ -25,8 +25,14 @@ impl CacheMode {
     }
 }
 
+/// Side of the blocks compared by [`TileCache::unchanged`]: small enough that a person
+/// entering a corner of a tile changes at least one block by much more than noise does.
+pub const BLOCK: usize = 8;
+
 /// Cached state of one tile grid.
 pub struct TileCache {
+    /// Side of a tile (LR pixels).
+    tile: usize,
     item: usize,
     out_item: usize,
     /// Per tile: the LR tile (NCHW item) the cached class/output were computed from.
@@ -43,8 +49,11 @@ pub struct TileCache {
 }
 
 impl TileCache {
-    pub fn new(tiles: usize, item: usize, out_item: usize) -> TileCache {
+    /// A cache for `tiles` tiles of `tile`×`tile` RGB (NCHW) with `out_item` HR values each.
+    pub fn new(tiles: usize, tile: usize, out_item: usize) -> TileCache {
+        let item = 3 * tile * tile;
         TileCache {
+            tile,
             item,
             out_item,
             reference: vec![0.0; tiles * item],
@@ -74,15 +83,40 @@ impl TileCache {
         self.age += 1;
     }
 
-    /// Whether tile `i` (the NCHW item `tile`) is within `threshold` (mean absolute difference,
-    /// in the model's value units) of the tile its cached results came from.
+    /// Whether tile `i` (the NCHW item `tile`) is unchanged: in every 8×8 block (all three
+    /// channels) the mean absolute difference to the tile its cached results came from is below
+    /// `threshold` (in the model's value units), or the block is bit-identical. Comparing blocks
+    /// rather than the whole tile keeps a small change (a hand, a face entering a corner) from
+    /// being averaged away by an otherwise static tile.
     pub fn unchanged(&self, i: usize, tile: &[f32], threshold: f32) -> bool {
         if !self.valid[i] {
             return false;
         }
+        let t = self.tile;
+        let plane = t * t;
         let r = &self.reference[i * self.item..(i + 1) * self.item];
-        let sad: f32 = r.iter().zip(tile).map(|(a, b)| (a - b).abs()).sum();
-        sad < threshold * self.item as f32 || sad == 0.0
+        for by in (0..t).step_by(BLOCK) {
+            let rows = by..(by + BLOCK).min(t);
+            for bx in (0..t).step_by(BLOCK) {
+                let cols = bx..(bx + BLOCK).min(t);
+                let mut sad = 0f32;
+                for c in 0..3 {
+                    for y in rows.clone() {
+                        let at = c * plane + y * t;
+                        sad += r[at + cols.start..at + cols.end]
+                            .iter()
+                            .zip(&tile[at + cols.start..at + cols.end])
+                            .map(|(a, b)| (a - b).abs())
+                            .sum::<f32>();
+                    }
+                }
+                let n = (3 * rows.len() * cols.len()) as f32;
+                if sad != 0.0 && sad >= threshold * n {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Records a freshly computed tile and its class.

@@ -93,8 +93,8 @@ pub struct FrameConfig {
     /// Tiles upscaled bicubically instead of by branch1 (QoS degradation).
     pub class1_bicubic: bool,
     pub cache: CacheMode,
-    /// A tile is unchanged when its mean absolute difference to the cached one is below this
-    /// (8-bit units); 0 caches only bit-identical tiles.
+    /// A tile is unchanged when, in every 8×8 block, its mean absolute difference to the
+    /// cached one is below this (8-bit units); 0 caches only bit-identical tiles.
     pub cache_threshold: f32,
     /// Every this many frames everything is recomputed (0 = never).
     pub cache_refresh: u32,
@@ -183,7 +183,7 @@ impl Work {
             tile_hr: Vec::new(),
             groups: Default::default(),
             cubic: Upsampler::new(Kernel::Bicubic, scale),
-            cache: TileCache::new(grid.len(), 3 * grid.tile * grid.tile, 3 * (grid.tile * scale).pow(2)),
+            cache: TileCache::new(grid.len(), grid.tile, 3 * (grid.tile * scale).pow(2)),
             grid,
         }
     }
@@ -224,8 +224,9 @@ fn merge_tile(grid: &TileGrid, acc: &mut [f32], i: usize, src: &[f32]) {
     }
 }
 
-/// Tints the (bicubic) accumulator by tile class where a tile owns the pixel (weight > 1/2):
-/// branch1 green, branch2 yellow, branch3 red.
+/// Tints the (bicubic) accumulator by tile class where a tile owns the pixel (its feather weight
+/// is at least 1/2 along both axes, so corners of overlaps are owned too): branch1 green,
+/// branch2 yellow, branch3 red.
 fn tint_classes(work: &mut Work) {
     const COLORS: [[f32; 3]; 3] = [[0.1, 0.9, 0.1], [0.95, 0.85, 0.1], [0.95, 0.1, 0.1]];
     let grid = &work.grid;
@@ -238,7 +239,7 @@ fn tint_classes(work: &mut Work) {
         let color = COLORS[work.class_of[i] as usize];
         for y in 0..th {
             for x in 0..th {
-                if grid.wy[r0][y] * grid.wx[c0][x] > 0.5 {
+                if grid.wy[r0][y] >= 0.4999 && grid.wx[c0][x] >= 0.4999 {
                     for (c, &col) in color.iter().enumerate() {
                         let a = &mut work.acc[c * plane + (y0 + y) * ow + x0 + x];
                         *a = 0.6 * *a + 0.4 * col;

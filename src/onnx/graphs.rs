@@ -28,8 +28,16 @@ pub type Weights = BTreeMap<String, Tensor>;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Arch {
     /// FSRCNN(d, s, m) with PReLU and a ×scale ConvTranspose (k9, p3, output_padding 1: exactly
-    /// ×4 for scale 4, as in the official code).
-    Fsrcnn { d: usize, s: usize, m: usize, scale: usize },
+    /// ×4 for scale 4, as in the official code). With `skip`, a fixed bicubic ×scale upscale of
+    /// the input is added to the output (global residual learning: the net only learns the
+    /// detail bicubic misses, which trains many times faster).
+    Fsrcnn {
+        d: usize,
+        s: usize,
+        m: usize,
+        scale: usize,
+        skip: bool,
+    },
     /// MSRResNet: conv 3→nf, `nb` residual blocks (conv-ReLU-conv), 2× [conv nf→4nf,
     /// PixelShuffle(2), LeakyReLU(0.1)], conv-LReLU-conv to 3 channels, plus a bilinear ×4 skip.
     SrResNet { nf: usize, nb: usize, scale: usize },
@@ -114,7 +122,7 @@ impl Arch {
             }
         };
         match *self {
-            Arch::Fsrcnn { d, s, m, scale } => {
+            Arch::Fsrcnn { d, s, m, .. } => {
                 conv("head", d, 3, 5, true);
                 conv("shrink", s, d, 1, true);
                 for i in 0..m {
@@ -123,7 +131,6 @@ impl Arch {
                 conv("expand", d, s, 1, true);
                 p.push(("tail.weight".into(), vec![d, 3, 9, 9]));
                 p.push(("tail.bias".into(), vec![3]));
-                let _ = scale;
             }
             Arch::SrResNet { nf, nb, .. } => {
                 conv("conv_first", nf, 3, 3, false);
@@ -155,12 +162,22 @@ impl Arch {
     pub fn cost_per_tile(&self, tile: usize) -> (u64, u64) {
         let px = (tile * tile) as u64;
         match *self {
-            Arch::Fsrcnn { d, s, m, scale } => {
+            Arch::Fsrcnn { d, s, m, scale, skip } => {
                 let (d, s, m) = (d as u64, s as u64, m as u64);
                 let body = px * (25 * 3 * d + d * s + m * 9 * s * s + s * d);
                 let tail_lr = px * d * 3 * 81;
                 let tail_hr = px * (scale * scale) as u64 * d * 3 * 81;
-                (body + tail_lr, 2 * (body + tail_hr))
+                let skip = if skip {
+                    Arch::Resampler {
+                        kernel: Kernel::Bicubic,
+                        scale,
+                    }
+                    .cost_per_tile(tile)
+                    .0
+                } else {
+                    0
+                };
+                (body + tail_lr + skip, 2 * (body + tail_hr + skip))
             }
             Arch::SrResNet { nf, nb, .. } => {
                 let (nf, nb) = (nf as u64, nb as u64);
@@ -203,7 +220,10 @@ impl Arch {
 
     pub fn describe(&self) -> String {
         match *self {
-            Arch::Fsrcnn { d, s, m, scale } => format!("FSRCNN(d={d}, s={s}, m={m}) x{scale}"),
+            Arch::Fsrcnn { d, s, m, scale, skip } => format!(
+                "FSRCNN(d={d}, s={s}, m={m}) x{scale}{}",
+                if skip { " + bicubic skip" } else { "" }
+            ),
             Arch::SrResNet { nf, nb, scale } => format!("MSRResNet(nf={nf}, nb={nb}) x{scale}"),
             Arch::Classifier => "ClassSR classifier".to_string(),
             Arch::Resampler { kernel, scale } => {
@@ -312,8 +332,8 @@ pub fn build(arch: &Arch, weights: &Weights) -> Result<ModelProto, String> {
     }
     let x = g.input(INPUT, &lr_dims());
     match *arch {
-        Arch::Fsrcnn { m, scale, .. } => {
-            let mut h = x;
+        Arch::Fsrcnn { m, scale, skip, .. } => {
+            let mut h = x.clone();
             let layer = |g: &mut GraphBuilder, h: &str, name: &str, k: i64| {
                 let c = g.conv(h, &format!("{name}.weight"), &format!("{name}.bias"), k, 1, k / 2);
                 g.op("PRelu", &[&c, &format!("{name}.alpha")], &[])
@@ -325,7 +345,11 @@ pub fn build(arch: &Arch, weights: &Weights) -> Result<ModelProto, String> {
             }
             h = layer(&mut g, &h, "expand", 1);
             let s = scale as i64;
-            let y = g.conv_transpose(&h, "tail.weight", Some("tail.bias"), 9, s, 3, 1, 1);
+            let mut y = g.conv_transpose(&h, "tail.weight", Some("tail.bias"), 9, s, 3, 1, 1);
+            if skip {
+                let base = resample(&mut g, &x, Kernel::Bicubic, scale, "skip");
+                y = g.op("Add", &[&y, &base], &[]);
+            }
             g.output(BRANCH_OUTPUT, &y, &hr_dims());
         }
         Arch::Classifier => {

@@ -20,7 +20,8 @@ pub struct Net<B: Backend> {
     names: Vec<String>,
     shapes: Vec<Vec<usize>>,
     index: HashMap<String, usize>,
-    /// The fixed bilinear ×scale skip of MSRResNet as a sub-pixel conv weight [3·s², 3, 3, 3].
+    /// The fixed global skip (MSRResNet: bilinear ×s; FSRCNN with skip: bicubic ×s) as a dense
+    /// sub-pixel conv weight [3·s², 3, k, k] for the input edge-padded by k/2.
     skip: Option<Tensor<B, 4>>,
     /// FSRCNN: where each sub-pixel conv weight comes from in the flat ConvTranspose weight
     /// (the last index points at an appended zero).
@@ -58,18 +59,44 @@ fn tail_index(d: usize, s: usize) -> Vec<i64> {
     idx
 }
 
-/// The exact bilinear ×s (edge-clamped) as a dense sub-pixel conv weight [3·s², 3, 3, 3] for
-/// the input padded by one pixel: the ONNX writer's grouped weight, spread over all input
-/// channels with zeros (Candle's conv has no groups).
-fn bilinear_subpixel(s: usize) -> Vec<f32> {
-    let (k, grouped) = resampler_weight(Kernel::Bilinear, s);
+/// The exact ×s resampler (edge-clamped) as a dense sub-pixel conv weight [3·s², 3, k, k] for
+/// the input padded by k/2: the ONNX writer's grouped weight, spread over all input channels
+/// with zeros (Candle's conv has no groups).
+fn dense_subpixel(kernel: Kernel, s: usize) -> (usize, Vec<f32>) {
+    let (k, grouped) = resampler_weight(kernel, s);
     let per = k * k;
     let mut w = vec![0f32; 3 * s * s * 3 * per];
     for co in 0..3 * s * s {
         let ci = co / (s * s);
         w[(co * 3 + ci) * per..(co * 3 + ci + 1) * per].copy_from_slice(&grouped[co * per..(co + 1) * per]);
     }
-    w
+    (k, w)
+}
+
+/// Exact ×s resampling of NCHW `x` with a fixed kernel, in space-to-depth layout (e.g. the
+/// bicubic baseline of the validation crops).
+pub fn resample_packed<B: Backend>(x: Tensor<B, 4>, kernel: Kernel, s: usize) -> Tensor<B, 4> {
+    let (k, w) = dense_subpixel(kernel, s);
+    let weight = Tensor::from_data(TensorData::new(w, [3 * s * s, 3, k, k]), &x.device());
+    conv2d(
+        edge_pad(x, k / 2),
+        weight,
+        None,
+        ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+    )
+}
+
+/// Replicates the border of NCHW `x` by `r` pixels on every side.
+fn edge_pad<B: Backend>(x: Tensor<B, 4>, r: usize) -> Tensor<B, 4> {
+    let [_, _, h, w] = x.dims();
+    let mut rows = vec![x.clone().narrow(2, 0, 1); r];
+    rows.push(x.clone());
+    rows.extend(vec![x.narrow(2, h - 1, 1); r]);
+    let rows = Tensor::cat(rows, 2);
+    let mut cols = vec![rows.clone().narrow(3, 0, 1); r];
+    cols.push(rows.clone());
+    cols.extend(vec![rows.narrow(3, w - 1, 1); r]);
+    Tensor::cat(cols, 3)
 }
 
 fn leaky<B: Backend, const D: usize>(x: Tensor<B, D>, slope: f64) -> Tensor<B, D> {
@@ -83,8 +110,15 @@ impl<B: Backend> Net<B> {
         let shapes = spec.into_iter().map(|(_, s)| s).collect();
         let index = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
         let s = arch.scale();
-        let skip = matches!(arch, Arch::SrResNet { .. })
-            .then(|| Tensor::from_data(TensorData::new(bilinear_subpixel(s), [3 * s * s, 3, 3, 3]), device));
+        let kernel = match arch {
+            Arch::SrResNet { .. } => Some(Kernel::Bilinear),
+            Arch::Fsrcnn { skip: true, .. } => Some(Kernel::Bicubic),
+            _ => None,
+        };
+        let skip = kernel.map(|kernel| {
+            let (k, w) = dense_subpixel(kernel, s);
+            Tensor::from_data(TensorData::new(w, [3 * s * s, 3, k, k]), device)
+        });
         let tail_index = match arch {
             Arch::Fsrcnn { d, .. } => {
                 let idx = tail_index(d, s);
@@ -218,7 +252,8 @@ impl<B: Backend> Net<B> {
     /// which spares FSRCNN the strided PixelShuffle.
     pub fn forward_packed(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match self.arch {
-            Arch::Fsrcnn { m, scale, .. } => {
+            Arch::Fsrcnn { m, scale, skip, .. } => {
+                let base = skip.then(|| self.skip_packed(x.clone()));
                 let mut h = self.prelu(self.conv(x, "head", 1, 2), "head");
                 h = self.prelu(self.conv(h, "shrink", 1, 0), "shrink");
                 for i in 0..m {
@@ -239,7 +274,11 @@ impl<B: Backend> Net<B> {
                     .reshape([3, 1])
                     .repeat_dim(1, s2)
                     .reshape([3 * s2]);
-                conv2d(h, wc, Some(b), ConvOptions::new([1, 1], [1, 1], [1, 1], 1))
+                let out = conv2d(h, wc, Some(b), ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
+                match base {
+                    Some(base) => out + base,
+                    None => out,
+                }
             }
             Arch::SrResNet { scale, .. } => space_to_depth(self.forward_full(x), scale),
             arch => panic!("{} is not a super-resolution network", arch.describe()),
@@ -258,25 +297,22 @@ impl<B: Backend> Net<B> {
                     h = leaky(pixel_shuffle(self.conv(h, up, 1, 1), 2), 0.1);
                 }
                 let out = self.conv(leaky(self.conv(h, "hrconv", 1, 1), 0.1), "conv_last", 1, 1);
-                out + self.bilinear(x, scale)
+                out + pixel_shuffle(self.skip_packed(x), scale)
             }
             arch => panic!("{} is not a super-resolution network", arch.describe()),
         }
     }
 
-    /// Exact bilinear ×scale (edge-clamped), equal to the ONNX graph's: edge-pad by one, then a
-    /// fixed sub-pixel convolution and PixelShuffle.
-    fn bilinear(&self, x: Tensor<B, 4>, scale: usize) -> Tensor<B, 4> {
-        let [_, _, h, w] = x.dims();
-        let rows = Tensor::cat(vec![x.clone().narrow(2, 0, 1), x.clone(), x.narrow(2, h - 1, 1)], 2);
-        let padded = Tensor::cat(
-            vec![rows.clone().narrow(3, 0, 1), rows.clone(), rows.narrow(3, w - 1, 1)],
-            3,
-        );
+    /// The fixed skip upscale (exact, edge-clamped, equal to the ONNX graph's) in
+    /// space-to-depth layout: edge-pad by k/2, then the fixed sub-pixel convolution.
+    fn skip_packed(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let weight = self.skip.clone().expect("skip weight");
-        pixel_shuffle(
-            conv2d(padded, weight, None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1)),
-            scale,
+        let r = weight.dims()[2] / 2;
+        conv2d(
+            edge_pad(x, r),
+            weight,
+            None,
+            ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
         )
     }
 

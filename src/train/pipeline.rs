@@ -13,14 +13,14 @@ use burn::tensor::{Tensor, TensorData};
 use super::checkpoint;
 use super::data::{Dataset, AUG_SCALES, LR_SIZE};
 use super::losses::{average_loss, class_loss, l1, WEIGHTS};
-use super::net::Net;
+use super::net::{resample_packed, Net};
 use super::optim::{cosine_lr, Adam};
 use super::report::{Progress, Row, TrainLog};
 use super::rng::Rng;
 use crate::engine::{Engine, FrameConfig, Mode, Model};
 use crate::eval::{evaluate, EvalImage};
 use crate::manifest::{GraphInfo, Manifest, ModelSet, Provenance, BRANCH_FILES, CLASSIFIER_FILE, FORMAT_VERSION};
-use crate::onnx::{build_bytes, Arch, Weights, BRANCH_OUTPUT, CLASSIFIER_OUTPUT, INPUT};
+use crate::onnx::{build_bytes, Arch, Kernel, Weights, BRANCH_OUTPUT, CLASSIFIER_OUTPUT, INPUT};
 use crate::runtime::{DeviceRequest, SessionConfig};
 
 /// Network family of the three branches.
@@ -47,9 +47,15 @@ impl Family {
     }
 
     /// Branch architectures, cheapest first (the last is the "-O" model).
-    pub fn branches(self, scale: usize) -> [Arch; 3] {
+    pub fn branches(self, scale: usize, skip: bool) -> [Arch; 3] {
         match self {
-            Family::Fsrcnn => [16, 36, 56].map(|d| Arch::Fsrcnn { d, s: 12, m: 4, scale }),
+            Family::Fsrcnn => [16, 36, 56].map(|d| Arch::Fsrcnn {
+                d,
+                s: 12,
+                m: 4,
+                scale,
+                skip,
+            }),
             Family::SrResNet => [36, 52, 64].map(|nf| Arch::SrResNet { nf, nb: 16, scale }),
         }
     }
@@ -75,6 +81,11 @@ pub struct Options {
     /// Iterations of the -O model and of each branch; the classifier gets half, the joint
     /// fine-tuning a quarter.
     pub iters: usize,
+    /// Iterations of the -O model when it should differ from `iters` (0 = `iters`): it is the
+    /// class split's judge and branch3's starting point, so it is worth training longest.
+    pub iters_original: usize,
+    /// FSRCNN exactly as in the paper, without the bicubic global skip.
+    pub plain: bool,
     pub batch: usize,
     pub seed: u64,
     pub resume: bool,
@@ -86,6 +97,15 @@ pub struct Options {
 }
 
 impl Options {
+    /// Iterations of the -O model.
+    pub fn original_iters(&self) -> usize {
+        if self.iters_original == 0 {
+            self.iters
+        } else {
+            self.iters_original
+        }
+    }
+
     pub fn new(data: PathBuf, val: PathBuf, out: PathBuf) -> Options {
         let work = PathBuf::from(format!("{}.work", out.display()));
         Options {
@@ -96,6 +116,8 @@ impl Options {
             family: Family::Fsrcnn,
             scale: 4,
             iters: 2000,
+            iters_original: 0,
+            plain: false,
             batch: 16,
             seed: 1,
             resume: false,
@@ -252,6 +274,16 @@ impl<B: AutodiffBackend> Trainer<B> {
         );
         self.train = Some(train);
         self.val = Some(val);
+        let mut bicubic = Vec::new();
+        for ids in self.val_ids.chunks(32) {
+            let (lr, hr) = self.lr_hr_on::<B::InnerBackend>(ids, None, true);
+            bicubic.extend(psnr_tensor(resample_packed(lr, Kernel::Bicubic, self.opts.scale), hr));
+        }
+        eprintln!(
+            "val: bicubic x{} scores {:.2} dB on the validation crops",
+            self.opts.scale,
+            bicubic.iter().sum::<f64>() / bicubic.len().max(1) as f64
+        );
         Ok(())
     }
 
@@ -541,7 +573,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Stage 1: the -O model, the class split, then each branch on its class.
     pub fn stage1(&mut self) -> Result<(), String> {
-        let archs = self.opts.family.branches(self.opts.scale);
+        let archs = self.opts.family.branches(self.opts.scale, !self.opts.plain);
         let (iters, batch, lr) = (self.opts.iters, self.opts.batch, self.opts.family.lr());
         let seed = self.opts.seed;
         let device = self.device.clone();
@@ -552,7 +584,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             &[o_arch],
             &[true],
             &mut |_| Ok(vec![Net::init(o_arch, &device, &mut Rng::new(seed))]),
-            iters,
+            self.opts.original_iters(),
             lr,
             &mut |t, nets, rng| t.sr_losses(&nets[0], rng, &all, batch),
             &mut |t, nets| (t.val_branch(&nets[0]), [0.0, 0.0, 1.0]),
@@ -677,7 +709,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Stage 2 (classifier, branches frozen) or 3 (everything jointly).
     pub fn stage23(&mut self, joint: bool) -> Result<(), String> {
-        let archs = self.opts.family.branches(self.opts.scale);
+        let archs = self.opts.family.branches(self.opts.scale, !self.opts.plain);
         let all_archs = [Arch::Classifier, archs[0], archs[1], archs[2]];
         let (step, iters, trainable, lr) = if joint {
             (
@@ -799,7 +831,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// The final four nets: the joint fine-tuning if it ran, else the classifier stage.
     fn final_nets(&self) -> Result<(Vec<Net<B>>, &'static str), String> {
-        let archs = self.opts.family.branches(self.opts.scale);
+        let archs = self.opts.family.branches(self.opts.scale, !self.opts.plain);
         let all = [Arch::Classifier, archs[0], archs[1], archs[2]];
         if self.ckpt("joint", true).exists() {
             Ok((self.finished("joint", &all)?, "joint"))
@@ -834,7 +866,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         let bytes = |net: &Net<B>| build_bytes(&net.arch, &net.to_weights());
         let iterations = serde_json::json!({
-            "original": self.opts.iters, "branch": self.opts.iters,
+            "original": self.opts.original_iters(), "branch": self.opts.iters,
             "classifier": (self.opts.iters / 2).max(1),
             "joint": if from == "joint" { (self.opts.iters / 4).max(1) } else { 0 },
         });
