@@ -43,7 +43,7 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
             }
             "--scale" => o.scale = num("--scale", v("--scale")?)?,
             "--iters" => o.iters = num("--iters", v("--iters")?)?,
-            "--iters-original" => o.iters_original = num("--iters-original", v("--iters-original")?)?,
+            "--iters-original" => o.iters_original = Some(num("--iters-original", v("--iters-original")?)?),
             "--plain" => o.plain = true,
             "--batch" => o.batch = num("--batch", v("--batch")?)?,
             "--seed" => o.seed = num("--seed", v("--seed")?)? as u64,
@@ -67,8 +67,8 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
     if o.scale != 4 {
         return Err("only --scale 4 is supported (the sub-image geometry is LR 32 / HR 128)".into());
     }
-    if o.iters == 0 || o.batch == 0 {
-        return Err("--iters and --batch must be at least 1".into());
+    if o.iters == 0 || o.batch == 0 || o.iters_original == Some(0) {
+        return Err("--iters, --iters-original and --batch must be at least 1".into());
     }
     Ok((cmd, o))
 }

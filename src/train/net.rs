@@ -73,17 +73,29 @@ fn dense_subpixel(kernel: Kernel, s: usize) -> (usize, Vec<f32>) {
     (k, w)
 }
 
-/// Exact ×s resampling of NCHW `x` with a fixed kernel, in space-to-depth layout (e.g. the
-/// bicubic baseline of the validation crops).
-pub fn resample_packed<B: Backend>(x: Tensor<B, 4>, kernel: Kernel, s: usize) -> Tensor<B, 4> {
+/// The fixed weight of [`dense_subpixel`] as a tensor on `device`.
+fn subpixel_weight<B: Backend>(kernel: Kernel, s: usize, device: &B::Device) -> Tensor<B, 4> {
     let (k, w) = dense_subpixel(kernel, s);
-    let weight = Tensor::from_data(TensorData::new(w, [3 * s * s, 3, k, k]), &x.device());
+    Tensor::from_data(TensorData::new(w, [3 * s * s, 3, k, k]), device)
+}
+
+/// Applies a fixed sub-pixel resampling `weight` [3·s², 3, k, k] to NCHW `x`: edge-pad by k/2,
+/// then convolve. The result is in space-to-depth layout.
+fn subpixel_resample<B: Backend>(x: Tensor<B, 4>, weight: Tensor<B, 4>) -> Tensor<B, 4> {
+    let r = weight.dims()[2] / 2;
     conv2d(
-        edge_pad(x, k / 2),
+        edge_pad(x, r),
         weight,
         None,
         ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
     )
+}
+
+/// Exact ×s resampling of NCHW `x` with a fixed kernel, in space-to-depth layout (e.g. the
+/// bicubic baseline of the validation crops).
+pub fn resample_packed<B: Backend>(x: Tensor<B, 4>, kernel: Kernel, s: usize) -> Tensor<B, 4> {
+    let weight = subpixel_weight(kernel, s, &x.device());
+    subpixel_resample(x, weight)
 }
 
 /// Replicates the border of NCHW `x` by `r` pixels on every side.
@@ -115,10 +127,7 @@ impl<B: Backend> Net<B> {
             Arch::Fsrcnn { skip: true, .. } => Some(Kernel::Bicubic),
             _ => None,
         };
-        let skip = kernel.map(|kernel| {
-            let (k, w) = dense_subpixel(kernel, s);
-            Tensor::from_data(TensorData::new(w, [3 * s * s, 3, k, k]), device)
-        });
+        let skip = kernel.map(|kernel| subpixel_weight(kernel, s, device));
         let tail_index = match arch {
             Arch::Fsrcnn { d, .. } => {
                 let idx = tail_index(d, s);
@@ -306,14 +315,7 @@ impl<B: Backend> Net<B> {
     /// The fixed skip upscale (exact, edge-clamped, equal to the ONNX graph's) in
     /// space-to-depth layout: edge-pad by k/2, then the fixed sub-pixel convolution.
     fn skip_packed(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let weight = self.skip.clone().expect("skip weight");
-        let r = weight.dims()[2] / 2;
-        conv2d(
-            edge_pad(x, r),
-            weight,
-            None,
-            ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
-        )
+        subpixel_resample(x, self.skip.clone().expect("skip weight"))
     }
 
     /// Class logits [N, 3] of NCHW tiles (the classifier).

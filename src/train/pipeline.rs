@@ -81,9 +81,9 @@ pub struct Options {
     /// Iterations of the -O model and of each branch; the classifier gets half, the joint
     /// fine-tuning a quarter.
     pub iters: usize,
-    /// Iterations of the -O model when it should differ from `iters` (0 = `iters`): it is the
-    /// class split's judge and branch3's starting point, so it is worth training longest.
-    pub iters_original: usize,
+    /// Iterations of the -O model when they should differ from `iters`: it is the class
+    /// split's judge and branch3's starting point, so it is worth training longest.
+    pub iters_original: Option<usize>,
     /// FSRCNN exactly as in the paper, without the bicubic global skip.
     pub plain: bool,
     pub batch: usize,
@@ -99,11 +99,12 @@ pub struct Options {
 impl Options {
     /// Iterations of the -O model.
     pub fn original_iters(&self) -> usize {
-        if self.iters_original == 0 {
-            self.iters
-        } else {
-            self.iters_original
-        }
+        self.iters_original.unwrap_or(self.iters)
+    }
+
+    /// The three branch architectures of this run, cheapest first.
+    pub fn branches(&self) -> [Arch; 3] {
+        self.family.branches(self.scale, !self.plain)
     }
 
     pub fn new(data: PathBuf, val: PathBuf, out: PathBuf) -> Options {
@@ -116,7 +117,7 @@ impl Options {
             family: Family::Fsrcnn,
             scale: 4,
             iters: 2000,
-            iters_original: 0,
+            iters_original: None,
             plain: false,
             batch: 16,
             seed: 1,
@@ -274,15 +275,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         );
         self.train = Some(train);
         self.val = Some(val);
-        let mut bicubic = Vec::new();
-        for ids in self.val_ids.chunks(32) {
-            let (lr, hr) = self.lr_hr_on::<B::InnerBackend>(ids, None, true);
-            bicubic.extend(psnr_tensor(resample_packed(lr, Kernel::Bicubic, self.opts.scale), hr));
-        }
+        let scale = self.opts.scale;
         eprintln!(
-            "val: bicubic x{} scores {:.2} dB on the validation crops",
-            self.opts.scale,
-            bicubic.iter().sum::<f64>() / bicubic.len().max(1) as f64
+            "val: bicubic x{scale} scores {:.2} dB on the validation crops",
+            self.val_psnr(|lr| resample_packed(lr, Kernel::Bicubic, scale))
         );
         Ok(())
     }
@@ -510,10 +506,15 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// PSNR of one SR net on the validation crops.
     fn val_branch(&self, net: &Net<B>) -> f64 {
         let net = net.inner();
+        self.val_psnr(|lr| net.forward_packed(lr))
+    }
+
+    /// Mean PSNR on the validation crops of `sr`, a map from LR crops to packed HR outputs.
+    fn val_psnr(&self, sr: impl Fn(Tensor<B::InnerBackend, 4>) -> Tensor<B::InnerBackend, 4>) -> f64 {
         let mut all = Vec::new();
         for ids in self.val_ids.chunks(32) {
             let (lr, hr) = self.lr_hr_on::<B::InnerBackend>(ids, None, true);
-            all.extend(psnr_tensor(net.forward_packed(lr), hr));
+            all.extend(psnr_tensor(sr(lr), hr));
         }
         all.iter().sum::<f64>() / all.len().max(1) as f64
     }
@@ -573,7 +574,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Stage 1: the -O model, the class split, then each branch on its class.
     pub fn stage1(&mut self) -> Result<(), String> {
-        let archs = self.opts.family.branches(self.opts.scale, !self.opts.plain);
+        let archs = self.opts.branches();
         let (iters, batch, lr) = (self.opts.iters, self.opts.batch, self.opts.family.lr());
         let seed = self.opts.seed;
         let device = self.device.clone();
@@ -709,7 +710,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Stage 2 (classifier, branches frozen) or 3 (everything jointly).
     pub fn stage23(&mut self, joint: bool) -> Result<(), String> {
-        let archs = self.opts.family.branches(self.opts.scale, !self.opts.plain);
+        let archs = self.opts.branches();
         let all_archs = [Arch::Classifier, archs[0], archs[1], archs[2]];
         let (step, iters, trainable, lr) = if joint {
             (
@@ -831,7 +832,7 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// The final four nets: the joint fine-tuning if it ran, else the classifier stage.
     fn final_nets(&self) -> Result<(Vec<Net<B>>, &'static str), String> {
-        let archs = self.opts.family.branches(self.opts.scale, !self.opts.plain);
+        let archs = self.opts.branches();
         let all = [Arch::Classifier, archs[0], archs[1], archs[2]];
         if self.ckpt("joint", true).exists() {
             Ok((self.finished("joint", &all)?, "joint"))
