@@ -51,6 +51,7 @@ pub fn model_set() -> ModelSet {
                 .to_string(),
             details: Default::default(),
         },
+        qos_bias_step: None,
         validation: Default::default(),
     };
     ModelSet {

@@ -60,6 +60,12 @@ pub struct Manifest {
     pub classifier: GraphInfo,
     pub branches: [GraphInfo; 3],
     pub provenance: Provenance,
+    /// How far each QoS level lowers the element's `bias` for this model (logit units). Trained
+    /// classifiers differ widely in how far apart their logits are, so the trainer measures it:
+    /// three levels walk the routing from the model's operating point down to (nearly) all
+    /// tiles on branch1. Absent: 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos_bias_step: Option<f32>,
     /// Validation results of the whole model (PSNR per mode, class shares), when known.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub validation: serde_json::Map<String, serde_json::Value>,
@@ -107,6 +113,11 @@ impl Manifest {
 
     pub fn is_known_answer(&self) -> bool {
         self.provenance.kind == "known-answer"
+    }
+
+    /// The bias step of one QoS level (see `qos_bias_step`).
+    pub fn qos_step(&self) -> f32 {
+        self.qos_bias_step.filter(|s| s.is_finite() && *s > 0.0).unwrap_or(0.5)
     }
 
     /// True multiply-adds of the largest branch ("original") on one tile.

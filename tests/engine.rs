@@ -184,3 +184,89 @@ fn graph_costs_follow_the_paper_convention() {
         assert!((flops as f64 / 1e6 - paper as f64).abs() < 1.0, "d={d}: {flops}");
     }
 }
+
+/// Packs `img` into `layout` with `pad` extra bytes per row (filled with 0x5a).
+fn pack(img: &Rgba, layout: PixelLayout, pad: usize) -> (Vec<u8>, usize) {
+    let bpp = layout.bytes_per_pixel();
+    let stride = img.width * bpp + pad;
+    let mut data = vec![0x5a; stride * img.height];
+    for y in 0..img.height {
+        for x in 0..img.width {
+            let p = img.at(x, y);
+            let o = y * stride + x * bpp;
+            for (c, &off) in layout.rgb_offsets().iter().enumerate() {
+                data[o + off] = p[c];
+            }
+        }
+    }
+    (data, stride)
+}
+
+#[test]
+fn frame_graphs_match_the_cpu_engine_bit_for_bit() {
+    // unpack → classifier → branches → merge as ONNX graphs (the CUDA path's steps) against
+    // the CPU engine: the same bytes, for the trained default and the known-answer model, odd
+    // sizes (one smaller than a tile), strided rows and 3- and 4-byte layouts.
+    let sets = [
+        ("trained default", ModelSet::embedded()),
+        ("known-answer", ModelSet::load_dir(std::path::Path::new(KA)).unwrap()),
+    ];
+    let cases = [
+        (97, 61, PixelLayout::Rgb, 0, Mode::ClassSR),
+        (20, 17, PixelLayout::Bgrx, 8, Mode::ClassSR),
+        (64, 45, PixelLayout::Xrgb, 0, Mode::Original),
+        (70, 40, PixelLayout::Bgr, 3, Mode::Branch(0)),
+    ];
+    for (name, set) in sets {
+        let mut cpu = Engine::new(Model::load(&set, &CPU).unwrap());
+        let mut graphs = Engine::new(Model::load(&set, &CPU).unwrap());
+        for (k, &(w, h, layout, pad, mode)) in cases.iter().enumerate() {
+            let img = picture(w, h, 40 + k as u64);
+            let (data, stride) = pack(&img, layout, pad);
+            let cfg = FrameConfig {
+                mode,
+                max_batch: 7,
+                ..Default::default()
+            };
+            let input = Image {
+                data: &data,
+                width: w,
+                height: h,
+                stride,
+                layout,
+            };
+            let s = cpu.scale();
+            let ostride = w * s * layout.bytes_per_pixel() + pad;
+            let mut a = vec![0u8; ostride * h * s];
+            let mut b = vec![1u8; ostride * h * s];
+            let out = |data| ImageMut {
+                data,
+                width: w * s,
+                height: h * s,
+                stride: ostride,
+                layout,
+            };
+            let sa = cpu.process(&cfg, &input, &mut out(&mut a)).unwrap();
+            let sb = graphs.process_graphs(&cfg, &input, &mut out(&mut b)).unwrap();
+            assert_eq!(sa.tiles, sb.tiles, "{name} {w}x{h}: same routing");
+            assert_eq!(sa.macs, sb.macs);
+            let row = w * s * layout.bytes_per_pixel();
+            let differ = (0..h * s)
+                .flat_map(|y| (0..row).map(move |x| y * ostride + x))
+                .filter(|&i| a[i] != b[i])
+                .count();
+            println!(
+                "{name} {w}x{h} {} {}: tiles {:?}, {differ} bytes differ",
+                layout.name(),
+                mode.name(),
+                sa.tiles
+            );
+            assert_eq!(
+                differ,
+                0,
+                "{name} {w}x{h} {}: the frame graphs differ from the engine",
+                layout.name()
+            );
+        }
+    }
+}

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use burn::tensor::{Tensor, TensorData};
-use gstclasssr::onnx::{build_bytes, Arch, Tensor as OnnxTensor, Weights};
+use gstclasssr::onnx::{build_bytes, read_arch_weights, Arch, Tensor as OnnxTensor, Weights};
 use gstclasssr::runtime::{self, DeviceRequest, SessionConfig};
 use gstclasssr::train::losses::{average_loss, class_loss};
-use gstclasssr::train::net::Net;
+use gstclasssr::train::net::{prune_fsrcnn, Net};
+use gstclasssr::train::pipeline::routing_offset;
 use gstclasssr::train::rng::Rng;
 use ort::value::TensorRef;
 
@@ -67,7 +68,7 @@ fn exported_onnx_equals_burn_forward_for_both_families() {
     let shape = [2usize, 3, 32, 32];
     let input: Vec<f32> = (0..shape.iter().product()).map(|_| rng.uniform()).collect();
     let x = || Tensor::<B, 4>::from_data(TensorData::new(input.clone(), shape), &device);
-    let mut archs = vec![Arch::Classifier];
+    let mut archs = vec![Arch::Classifier { nf: 128 }, Arch::Classifier { nf: 32 }];
     archs.extend([16, 36, 56].map(|d| Arch::Fsrcnn {
         d,
         s: 12,
@@ -86,7 +87,10 @@ fn exported_onnx_equals_burn_forward_for_both_families() {
             let y = net.forward_sr(x());
             (y.dims().to_vec(), y.into_data().to_vec().unwrap())
         };
-        let (ort_shape, ort_out) = ort_run(&build_bytes(&arch, &w).unwrap(), &input, shape);
+        let bytes = build_bytes(&arch, &w).unwrap();
+        // reading the exported graph back gives the same parameters (--init-from relies on it)
+        assert_eq!(read_arch_weights(&arch, &bytes).unwrap(), w, "{}", arch.describe());
+        let (ort_shape, ort_out) = ort_run(&bytes, &input, shape);
         assert_eq!(
             ort_shape,
             burn_shape.iter().map(|&d| d as i64).collect::<Vec<_>>(),
@@ -259,6 +263,35 @@ fn short_run_learns_uses_all_classes_exports_and_protects_the_model() {
     assert!(String::from_utf8_lossy(&r.stderr).contains("--force"));
     args.push("--force");
     assert!(train_cmd(&args).status.success());
+
+    // Export with a compute budget: the routing offset is folded into the classifier, the
+    // manifest records it and a QoS step for the element.
+    args.extend(["--macs-budget", "70"]);
+    let r = train_cmd(&args);
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "{log}");
+    assert!(log.contains("calibrate: routing offset"), "{log}");
+    let m = gstclasssr::manifest::ModelSet::load_dir(&out).unwrap().manifest;
+    assert_eq!(m.classifier.arch, "ClassSR classifier (width 32)");
+    assert!(
+        m.provenance.details["routing_offset"].is_number(),
+        "{:?}",
+        m.provenance.details
+    );
+    assert!(m.qos_step() > 0.0 && m.qos_bias_step.is_some());
+
+    // --init-from names what is wrong with a model of another architecture.
+    let mut args = vec!["stage1", "--init-from", "models/known-answer", "--work"];
+    let work = root.join("other.work").display().to_string();
+    args.push(&work);
+    args.extend_from_slice(&common);
+    let r = train_cmd(&args);
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(!r.status.success());
+    assert!(
+        log.contains("--init-from") && log.contains("branch3.onnx") && log.contains("head.weight"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -322,4 +355,75 @@ fn killed_training_resumes_where_it_stopped() {
     for step in ["original", "branch1", "branch2", "branch3"] {
         assert!(work.join(format!("{step}.done.ckpt")).exists(), "{step} finished");
     }
+}
+
+#[test]
+fn pruning_drops_constant_channels_without_changing_the_output() {
+    // A d=8 FSRCNN whose head channels 5-7 are constant (zero weights) and whose expand
+    // channels 5-7 are zero: pruned to d=5 the importance ranking must drop exactly those,
+    // and folding the constant head outputs into shrink's bias must keep the output.
+    let device = Default::default();
+    let mut rng = Rng::new(11);
+    let fsrcnn = |d| Arch::Fsrcnn {
+        d,
+        s: 12,
+        m: 4,
+        scale: 4,
+        skip: true,
+    };
+    let wide = fsrcnn(8);
+    let mut w = random_weights(&wide, &mut rng);
+    for name in ["head.weight", "expand.weight"] {
+        let t = w.get_mut(name).unwrap();
+        let per = t.data.len() / 8;
+        t.data[5 * per..].iter_mut().for_each(|v| *v = 0.0);
+    }
+    let head_bias = w["head.bias"].data.clone();
+    assert!(
+        head_bias[5..].iter().any(|b| b.abs() > 1e-3),
+        "the dropped head channels carry a constant"
+    );
+    w.get_mut("expand.bias").unwrap().data[5..]
+        .iter_mut()
+        .for_each(|v| *v = 0.0);
+    let shape = [2usize, 3, 32, 32];
+    let input: Vec<f32> = (0..shape.iter().product()).map(|_| rng.uniform()).collect();
+    let x = || Tensor::<B, 4>::from_data(TensorData::new(input.clone(), shape), &device);
+    let net = Net::<B>::from_weights(wide, &w, &device).unwrap();
+    let stats = net.fsrcnn_channel_stats(x());
+    let pruned = prune_fsrcnn(&w, 8, 5, &stats, 4);
+    let narrow = fsrcnn(5);
+    let small = Net::<B>::from_weights(narrow, &pruned, &device).unwrap();
+    let a: Vec<f32> = net.forward_sr(x()).into_data().to_vec().unwrap();
+    let b: Vec<f32> = small.forward_sr(x()).into_data().to_vec().unwrap();
+    let diff = a.iter().zip(&b).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max);
+    println!("pruned 8 → 5 channels: max |difference| = {diff:.2e}");
+    assert!(diff < 1e-4, "pruning constant channels changed the output by {diff}");
+    assert_eq!(pruned["head.weight"].data, w["head.weight"].data[..5 * 75].to_vec());
+    // and dropping live channels does change it (the test can fail)
+    let live = prune_fsrcnn(&w, 8, 4, &stats, 4);
+    let four = Net::<B>::from_weights(fsrcnn(4), &live, &device).unwrap();
+    let c: Vec<f32> = four.forward_sr(x()).into_data().to_vec().unwrap();
+    assert!(a.iter().zip(&c).any(|(p, q)| (p - q).abs() > 1e-3));
+}
+
+#[test]
+fn routing_offset_meets_the_budget_with_the_most_quality() {
+    // costs per tile: classifier 1, branches 10 / 20 / 40
+    let costs = [1.0, 10.0, 20.0, 40.0];
+    let logits = [[0.0, 0.0, 5.0], [0.0, 1.0, 0.0], [3.0, 0.0, 0.0], [0.0, 0.0, 0.505]];
+    // b = 0 routes 3/2/1/3: (1 + 110/4)/40 = 71.25 %; the last tile leaves class 3 for class 1
+    // below b = -0.2525, giving (1 + 80/4)/40 = 52.5 %
+    let (b, pct) = routing_offset(&logits, costs, 60.0).unwrap();
+    assert!((b + 0.26).abs() < 0.006, "offset {b}");
+    assert!((pct - 52.5).abs() < 1e-9, "cost {pct}");
+    let (b, pct) = routing_offset(&logits, costs, 71.25).unwrap();
+    assert!(
+        b > 0.985 && b < 1.0 + 1e-4,
+        "offset {b}: tile 2 goes to class 3 above b = 1"
+    );
+    assert!((pct - 71.25).abs() < 1e-9);
+    assert_eq!(routing_offset(&logits, costs, 200.0).unwrap(), (20.0, 102.5));
+    // everything on branch1 costs (1 + 10)/40 = 27.5 %
+    assert_eq!(routing_offset(&logits, costs, 20.0), Err(27.5));
 }

@@ -31,8 +31,8 @@ const DEFAULT_OVERLAP: u32 = 4;
 const DEFAULT_MAX_BATCH: u32 = 256;
 const DEFAULT_CACHE_THRESHOLD: f32 = 1.0;
 const DEFAULT_CACHE_REFRESH: u32 = 30;
-/// QoS degradation steps: each lowers the bias by this much; past the last, class 1 goes bicubic.
-const QOS_BIAS_STEP: f32 = 0.5;
+/// QoS degradation levels: 1 to 3 each lower the bias by the model's `qos_bias_step` (manifest;
+/// 0.5 when absent); at the last, class 1 also goes bicubic.
 const QOS_MAX_LEVEL: u32 = 4;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -605,7 +605,8 @@ impl VideoFilterImpl for ClassSr {
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut().ok_or(gst::FlowError::NotNegotiated)?;
         if qos && state.qos_level > 0 {
-            cfg.bias -= QOS_BIAS_STEP * state.qos_level.min(QOS_MAX_LEVEL - 1) as f32;
+            let step = state.engine.model().manifest.qos_step();
+            cfg.bias -= step * state.qos_level.min(QOS_MAX_LEVEL - 1) as f32;
             cfg.class1_bicubic = state.qos_level >= QOS_MAX_LEVEL;
         }
         let (Some(in_layout), Some(out_layout)) = (state.in_layout, state.out_layout) else {

@@ -3,6 +3,7 @@
 // (split by max-batch), and merges the HR tiles with feathered weights.
 
 pub mod cache;
+pub mod frame_graphs;
 pub mod model;
 pub mod pixels;
 pub mod resample;
@@ -189,6 +190,17 @@ impl Work {
     }
 }
 
+/// The class (0..3) of one tile's logits with the routing `bias` added to branch3's logit and
+/// subtracted from branch1's: the argmax, ties to the cheaper branch, NaN to the largest.
+pub fn route(logits: &[f32], bias: f32) -> u8 {
+    let adj = [logits[0] - bias, logits[1], logits[2] + bias];
+    if adj.iter().any(|v| v.is_nan()) {
+        2
+    } else {
+        (1..3usize).fold(0usize, |b, c| if adj[c] > adj[b] { c } else { b }) as u8
+    }
+}
+
 /// Copies tile `i` of the planar frame into `dst` (one NCHW item).
 fn gather_tile(grid: &TileGrid, lr: &[f32], i: usize, dst: &mut [f32]) {
     let (x0, y0) = grid.origin(i);
@@ -255,6 +267,8 @@ pub struct Engine {
     model: Model,
     work: Option<Work>,
     geometry: (usize, usize, usize, usize),
+    /// The frame graphs of the last geometry (see frame_graphs.rs).
+    graphs: Option<frame_graphs::FrameGraphs>,
 }
 
 impl Engine {
@@ -263,6 +277,7 @@ impl Engine {
             model,
             work: None,
             geometry: (0, 0, 0, 0),
+            graphs: None,
         }
     }
 
@@ -471,14 +486,7 @@ impl Engine {
             stats.runs += 1;
             stats.macs += classifier_macs * m as u64;
             for (k, l) in work.logits.chunks_exact(3).enumerate() {
-                let adj = [l[0] - cfg.bias, l[1], l[2] + cfg.bias];
-                // argmax (ties go to the cheaper branch); NaN logits go to the largest branch
-                let best = if adj.iter().any(|v| v.is_nan()) {
-                    2
-                } else {
-                    (1..3).fold(0, |b, c| if adj[c] > adj[b] { c } else { b })
-                };
-                work.class_of[work.fresh_ids[k] as usize] = best as u8;
+                work.class_of[work.fresh_ids[k] as usize] = route(l, cfg.bias);
             }
         }
         if cached {

@@ -16,6 +16,8 @@ pub struct Model {
     pub device: ActiveDevice,
     /// Why CUDA was not used, when `auto` fell back to CPU.
     pub fallback: Option<String>,
+    /// The session options the model was loaded with (for the frame graphs).
+    pub config: SessionConfig,
     pub origin: String,
 }
 
@@ -128,6 +130,7 @@ impl Model {
             branches,
             device,
             fallback,
+            config: cfg,
             origin: set.origin.clone(),
         })
     }

@@ -72,16 +72,26 @@ impl GraphBuilder {
 
     /// Declares an f32 graph input.
     pub fn input(&mut self, name: &str, dims: &[Dim]) -> String {
-        self.graph.input.push(Self::value_info(name, DataType::Float, dims));
+        self.typed_input(name, DataType::Float, dims)
+    }
+
+    /// Declares a graph input of element type `elem`.
+    pub fn typed_input(&mut self, name: &str, elem: DataType, dims: &[Dim]) -> String {
+        self.graph.input.push(Self::value_info(name, elem, dims));
         name.to_string()
     }
 
     /// Declares an f32 graph output produced by the node output `from` (an Identity renames it).
     pub fn output(&mut self, name: &str, from: &str, dims: &[Dim]) {
+        self.typed_output(name, DataType::Float, from, dims);
+    }
+
+    /// Declares a graph output of element type `elem` produced by the node output `from`.
+    pub fn typed_output(&mut self, name: &str, elem: DataType, from: &str, dims: &[Dim]) {
         if from != name {
             self.node("Identity", &[from], &[name], &[]);
         }
-        self.graph.output.push(Self::value_info(name, DataType::Float, dims));
+        self.graph.output.push(Self::value_info(name, elem, dims));
     }
 
     /// Adds an f32 initializer (a constant weight) and returns its name.
@@ -102,16 +112,35 @@ impl GraphBuilder {
         name.to_string()
     }
 
-    /// Adds an i64 initializer (shapes, pads, axes) and returns its name.
-    pub fn int64s(&mut self, name: &str, data: &[i64]) -> String {
+    /// Adds a u8 initializer and returns its name.
+    pub fn bytes(&mut self, name: &str, shape: &[usize], data: &[u8]) -> String {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "initializer {name}");
         self.graph.initializer.push(TensorProto {
             name: Some(name.to_string()),
-            dims: vec![data.len() as i64],
+            dims: shape.iter().map(|&d| d as i64).collect(),
+            data_type: Some(DataType::Uint8 as i32),
+            raw_data: Some(data.to_vec()),
+            ..Default::default()
+        });
+        name.to_string()
+    }
+
+    /// Adds an i64 initializer of any shape and returns its name.
+    pub fn int64_tensor(&mut self, name: &str, shape: &[usize], data: &[i64]) -> String {
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "initializer {name}");
+        self.graph.initializer.push(TensorProto {
+            name: Some(name.to_string()),
+            dims: shape.iter().map(|&d| d as i64).collect(),
             data_type: Some(DataType::Int64 as i32),
             raw_data: Some(data.iter().flat_map(|v| v.to_le_bytes()).collect()),
             ..Default::default()
         });
         name.to_string()
+    }
+
+    /// Adds an i64 initializer (shapes, pads, axes) and returns its name.
+    pub fn int64s(&mut self, name: &str, data: &[i64]) -> String {
+        self.int64_tensor(name, &[data.len()], data)
     }
 
     /// Adds a node and returns the name of its first output.

@@ -1,5 +1,6 @@
 // ONNX writing, shared by the runtime (known-answer models) and the trainer (export):
-// the generated protobuf types, a graph builder, and the project's architectures.
+// the generated protobuf types, a graph builder, the project's architectures, and the graphs
+// that move a frame's pixels to and from tiles.
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod proto {
@@ -7,9 +8,11 @@ pub mod proto {
 }
 
 mod builder;
+pub mod frame_graphs;
 mod graphs;
 
 pub use builder::{to_bytes, Attr, Dim, GraphBuilder, OPSET};
 pub use graphs::{
-    build, build_bytes, resampler_weight, Arch, Kernel, Tensor, Weights, BRANCH_OUTPUT, CLASSIFIER_OUTPUT, INPUT,
+    build, build_bytes, read_arch_weights, read_weights, resampler_weight, Arch, Kernel, Tensor, Weights,
+    BRANCH_OUTPUT, CLASSIFIER_OUTPUT, INPUT,
 };

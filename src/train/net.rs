@@ -263,13 +263,7 @@ impl<B: Backend> Net<B> {
         match self.arch {
             Arch::Fsrcnn { m, scale, skip, .. } => {
                 let base = skip.then(|| self.skip_packed(x.clone()));
-                let mut h = self.prelu(self.conv(x, "head", 1, 2), "head");
-                h = self.prelu(self.conv(h, "shrink", 1, 0), "shrink");
-                for i in 0..m {
-                    let name = format!("map{i}");
-                    h = self.prelu(self.conv(h, &name, 1, 1), &name);
-                }
-                h = self.prelu(self.conv(h, "expand", 1, 0), "expand");
+                let (_, h) = self.fsrcnn_features(x, m);
                 // ConvTranspose as a sub-pixel convolution + PixelShuffle (exactly equal)
                 let d = h.dims()[1];
                 let w = self.params[self.index["tail.weight"]].clone();
@@ -292,6 +286,37 @@ impl<B: Backend> Net<B> {
             Arch::SrResNet { scale, .. } => space_to_depth(self.forward_full(x), scale),
             arch => panic!("{} is not a super-resolution network", arch.describe()),
         }
+    }
+
+    /// FSRCNN's activations after the head (feature extraction) and after the expanding layer:
+    /// the two d-channel layers whose channels [`prune_fsrcnn`] selects.
+    fn fsrcnn_features(&self, x: Tensor<B, 4>, m: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let head = self.prelu(self.conv(x, "head", 1, 2), "head");
+        let mut h = self.prelu(self.conv(head.clone(), "shrink", 1, 0), "shrink");
+        for i in 0..m {
+            let name = format!("map{i}");
+            h = self.prelu(self.conv(h, &name, 1, 1), &name);
+        }
+        (head, self.prelu(self.conv(h, "expand", 1, 0), "expand"))
+    }
+
+    /// Per-channel mean and standard deviation of FSRCNN's head and expand activations on `x`:
+    /// ([head mean, head std], [expand mean, expand std]).
+    pub fn fsrcnn_channel_stats(&self, x: Tensor<B, 4>) -> [[Vec<f32>; 2]; 2] {
+        let Arch::Fsrcnn { m, .. } = self.arch else {
+            panic!("{} is not FSRCNN", self.arch.describe())
+        };
+        let (head, expand) = self.fsrcnn_features(x, m);
+        let stats = |a: Tensor<B, 4>| {
+            let c = a.dims()[1];
+            let a = a.swap_dims(0, 1).reshape([c as i32, -1]);
+            let mean = a.clone().mean_dim(1);
+            let sq = a.powi_scalar(2).mean_dim(1);
+            let var = (sq - mean.clone().powi_scalar(2)).clamp_min(0.0);
+            let v = |t: Tensor<B, 2>| t.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
+            [v(mean), v(var.sqrt())]
+        };
+        [stats(head), stats(expand)]
     }
 
     fn forward_full(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -320,7 +345,7 @@ impl<B: Backend> Net<B> {
 
     /// Class logits [N, 3] of NCHW tiles (the classifier).
     pub fn forward_logits(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
-        assert!(matches!(self.arch, Arch::Classifier), "not a classifier");
+        assert!(matches!(self.arch, Arch::Classifier { .. }), "not a classifier");
         let mut h = self.conv(x, "conv0", 4, 0);
         for i in 1..5 {
             h = self.conv(leaky(h, 0.1), &format!("conv{i}"), 1, 0);
@@ -363,4 +388,106 @@ pub fn space_to_depth<B: Backend>(x: Tensor<B, 4>, r: usize) -> Tensor<B, 4> {
     x.reshape([n, c, h, r, w, r])
         .permute([0, 1, 3, 5, 2, 4])
         .reshape([n, c * r * r, h, w])
+}
+
+/// Initialises a narrower FSRCNN (d channels) from a trained wider one (`o`, same s, m and
+/// scale): structured pruning. In each of the two d-channel layers (head and expand) it keeps
+/// the channels that pass the most signal to the next layer (activation std on the branch's
+/// own data × the norm of the next layer's weights for that channel) and folds the mean
+/// output of the dropped channels into the next layer's bias. The mapping layers are shared
+/// whole. The result starts close to `o` on that data instead of from noise, which is what
+/// lets the cheap branches learn their class in a short schedule.
+pub fn prune_fsrcnn(o: &Weights, o_d: usize, d: usize, stats: &[[Vec<f32>; 2]; 2], scale: usize) -> Weights {
+    assert!(d <= o_d, "pruning {o_d} channels to {d}");
+    let w = |name: &str| &o[name];
+    let shrink_w = w("shrink.weight"); // [s, o_d, 1, 1]
+    let s = shrink_w.shape[0];
+    let tail_w = w("tail.weight"); // [o_d, 3, 9, 9]
+                                   // importance of head channel k: std × ‖shrink.weight[:, k]‖; of expand channel k:
+                                   // std × ‖tail.weight[k]‖
+    let head_imp: Vec<f32> = (0..o_d)
+        .map(|k| stats[0][1][k] * (0..s).map(|o| shrink_w.data[o * o_d + k].powi(2)).sum::<f32>().sqrt())
+        .collect();
+    let per = 3 * 81;
+    let tail_imp: Vec<f32> = (0..o_d)
+        .map(|k| {
+            stats[1][1][k]
+                * tail_w.data[k * per..(k + 1) * per]
+                    .iter()
+                    .map(|v| v * v)
+                    .sum::<f32>()
+                    .sqrt()
+        })
+        .collect();
+    let keep = |imp: &[f32]| {
+        let mut order: Vec<usize> = (0..o_d).collect();
+        order.sort_by(|&a, &b| {
+            imp[b]
+                .partial_cmp(&imp[a])
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.cmp(&b))
+        });
+        let mut k = order[..d].to_vec();
+        k.sort_unstable();
+        k
+    };
+    let (hk, ek) = (keep(&head_imp), keep(&tail_imp));
+    let rows = |t: &OnnxTensor, keep: &[usize]| {
+        let per: usize = t.shape[1..].iter().product();
+        let mut shape = t.shape.clone();
+        shape[0] = keep.len();
+        let data = keep
+            .iter()
+            .flat_map(|&k| t.data[k * per..(k + 1) * per].iter().copied())
+            .collect();
+        OnnxTensor { shape, data }
+    };
+    let mut out = Weights::new();
+    for (name, t) in o {
+        let t = match name.as_str() {
+            "head.weight" | "head.bias" | "head.alpha" => rows(t, &hk),
+            "expand.weight" | "expand.bias" | "expand.alpha" => rows(t, &ek),
+            "tail.weight" => rows(t, &ek),
+            "shrink.weight" => {
+                let data = (0..s)
+                    .flat_map(|o| hk.iter().map(move |&k| (o, k)))
+                    .map(|(o, k)| t.data[o * o_d + k])
+                    .collect();
+                OnnxTensor {
+                    shape: vec![s, d, 1, 1],
+                    data,
+                }
+            }
+            "shrink.bias" => {
+                // the dropped head channels' mean contribution
+                let mut b = t.data.clone();
+                for k in (0..o_d).filter(|k| !hk.contains(k)) {
+                    for (o, bo) in b.iter_mut().enumerate() {
+                        *bo += shrink_w.data[o * o_d + k] * stats[0][0][k];
+                    }
+                }
+                OnnxTensor {
+                    shape: t.shape.clone(),
+                    data: b,
+                }
+            }
+            "tail.bias" => {
+                // a constant input c on channel k adds c·Σ taps / s² to each HR pixel on average
+                let mut b = t.data.clone();
+                for k in (0..o_d).filter(|k| !ek.contains(k)) {
+                    for (c, bc) in b.iter_mut().enumerate() {
+                        let taps: f32 = tail_w.data[k * per + c * 81..k * per + (c + 1) * 81].iter().sum();
+                        *bc += stats[1][0][k] * taps / (scale * scale) as f32;
+                    }
+                }
+                OnnxTensor {
+                    shape: t.shape.clone(),
+                    data: b,
+                }
+            }
+            _ => t.clone(),
+        };
+        out.insert(name.clone(), t);
+    }
+    out
 }

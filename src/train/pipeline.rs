@@ -13,14 +13,14 @@ use burn::tensor::{Tensor, TensorData};
 use super::checkpoint;
 use super::data::{Dataset, AUG_SCALES, LR_SIZE};
 use super::losses::{average_loss, class_loss, l1, WEIGHTS};
-use super::net::{resample_packed, Net};
+use super::net::{prune_fsrcnn, resample_packed, Net};
 use super::optim::{cosine_lr, Adam};
 use super::report::{Progress, Row, TrainLog};
 use super::rng::Rng;
 use crate::engine::{Engine, FrameConfig, Mode, Model};
 use crate::eval::{evaluate, EvalImage};
 use crate::manifest::{GraphInfo, Manifest, ModelSet, Provenance, BRANCH_FILES, CLASSIFIER_FILE, FORMAT_VERSION};
-use crate::onnx::{build_bytes, Arch, Kernel, Weights, BRANCH_OUTPUT, CLASSIFIER_OUTPUT, INPUT};
+use crate::onnx::{build_bytes, read_arch_weights, Arch, Kernel, Weights, BRANCH_OUTPUT, CLASSIFIER_OUTPUT, INPUT};
 use crate::runtime::{DeviceRequest, SessionConfig};
 
 /// Network family of the three branches.
@@ -94,6 +94,16 @@ pub struct Options {
     pub device_name: String,
     /// Scale augmentation factors (the official five unless changed).
     pub aug: Vec<f64>,
+    /// Width of the classifier's convolutions (128 in the official code; see `Arch::Classifier`).
+    pub classifier_width: usize,
+    /// A model directory of the same family whose branch3 the -O model starts from (e.g. to
+    /// refine a shipped model on other data) instead of random weights.
+    pub init_from: Option<PathBuf>,
+    /// FSRCNN branches 1 and 2 start as channel-pruned copies of the -O model (else random).
+    pub prune: bool,
+    /// Export calibrates the routing to this share of the -O model's true MACs (percent), on
+    /// the training sub-images: see [`Trainer::calibrate`]. None leaves the routing as trained.
+    pub macs_budget: Option<f64>,
 }
 
 impl Options {
@@ -105,6 +115,13 @@ impl Options {
     /// The three branch architectures of this run, cheapest first.
     pub fn branches(&self) -> [Arch; 3] {
         self.family.branches(self.scale, !self.plain)
+    }
+
+    /// The classifier architecture of this run.
+    pub fn classifier(&self) -> Arch {
+        Arch::Classifier {
+            nf: self.classifier_width,
+        }
     }
 
     pub fn new(data: PathBuf, val: PathBuf, out: PathBuf) -> Options {
@@ -126,6 +143,10 @@ impl Options {
             checkpoint_secs: 120,
             device_name: "cpu".into(),
             aug: AUG_SCALES.to_vec(),
+            classifier_width: 32,
+            init_from: None,
+            prune: true,
+            macs_budget: None,
         }
     }
 }
@@ -584,7 +605,20 @@ impl<B: AutodiffBackend> Trainer<B> {
             "original",
             &[o_arch],
             &[true],
-            &mut |_| Ok(vec![Net::init(o_arch, &device, &mut Rng::new(seed))]),
+            &mut |t| {
+                Ok(vec![match &t.opts.init_from {
+                    Some(dir) => {
+                        let file = dir.join(BRANCH_FILES[2]);
+                        let bytes = std::fs::read(&file)
+                            .map_err(|e| format!("--init-from: cannot read '{}': {e}", file.display()))?;
+                        let w = read_arch_weights(&o_arch, &bytes)
+                            .map_err(|e| format!("--init-from '{}': {e}", file.display()))?;
+                        eprintln!("original: starting from {}", file.display());
+                        Net::from_weights(o_arch, &w, &device)?
+                    }
+                    None => Net::init(o_arch, &device, &mut Rng::new(seed)),
+                }])
+            },
             self.opts.original_iters(),
             lr,
             &mut |t, nets, rng| t.sr_losses(&nets[0], rng, &all, batch),
@@ -605,12 +639,25 @@ impl<B: AutodiffBackend> Trainer<B> {
                 &step,
                 &[arch],
                 &[true],
-                &mut |_| {
-                    // branch3 is the -O architecture and starts from its weights
-                    Ok(vec![if j == 2 {
-                        o.clone()
-                    } else {
-                        Net::init(arch, &device, &mut Rng::new(seed + 1 + j as u64))
+                &mut |t| {
+                    // branch3 is the -O architecture and starts from its weights; the smaller
+                    // FSRCNN branches start as pruned copies of it
+                    Ok(vec![match (j, arch, o.arch) {
+                        (2, _, _) => o.clone(),
+                        (_, Arch::Fsrcnn { d, .. }, Arch::Fsrcnn { d: o_d, .. }) if t.opts.prune => {
+                            let ids: Vec<usize> = pool
+                                .iter()
+                                .copied()
+                                .step_by((pool.len() / 64).max(1))
+                                .take(64)
+                                .collect();
+                            let (x, _) = t.lr_hr_on::<B::InnerBackend>(&ids, None, false);
+                            let stats = o.inner().fsrcnn_channel_stats(x);
+                            let w = prune_fsrcnn(&o.to_weights(), o_d, d, &stats, t.opts.scale);
+                            eprintln!("{step}: starts as the -O model pruned to {d} of {o_d} channels");
+                            Net::from_weights(arch, &w, &device)?
+                        }
+                        _ => Net::init(arch, &device, &mut Rng::new(seed + 1 + j as u64)),
                     }])
                 },
                 iters,
@@ -711,7 +758,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// Stage 2 (classifier, branches frozen) or 3 (everything jointly).
     pub fn stage23(&mut self, joint: bool) -> Result<(), String> {
         let archs = self.opts.branches();
-        let all_archs = [Arch::Classifier, archs[0], archs[1], archs[2]];
+        let all_archs = [self.opts.classifier(), archs[0], archs[1], archs[2]];
         let (step, iters, trainable, lr) = if joint {
             (
                 "joint",
@@ -744,7 +791,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 if joint {
                     return t.finished("classifier", &all_archs);
                 }
-                let mut nets = t.finished("warmup", &[Arch::Classifier])?;
+                let mut nets = t.finished("warmup", &[t.opts.classifier()])?;
                 for (j, arch) in archs.iter().enumerate() {
                     nets.extend(t.finished(&format!("branch{}", j + 1), &[*arch])?);
                 }
@@ -769,11 +816,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         let labels = self.load_split()?;
         let all: Vec<usize> = (0..labels.len()).collect();
         let (seed, device, lr) = (self.opts.seed, self.device.clone(), self.opts.family.lr());
+        let arch = self.opts.classifier();
         self.run_step(
             "warmup",
-            &[Arch::Classifier],
+            &[arch],
             &[true],
-            &mut |_| Ok(vec![Net::init(Arch::Classifier, &device, &mut Rng::new(seed + 10))]),
+            &mut |_| Ok(vec![Net::init(arch, &device, &mut Rng::new(seed + 10))]),
             iters.max(1),
             lr,
             &mut |t, nets, rng| {
@@ -833,7 +881,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// The final four nets: the joint fine-tuning if it ran, else the classifier stage.
     fn final_nets(&self) -> Result<(Vec<Net<B>>, &'static str), String> {
         let archs = self.opts.branches();
-        let all = [Arch::Classifier, archs[0], archs[1], archs[2]];
+        let all = [self.opts.classifier(), archs[0], archs[1], archs[2]];
         if self.ckpt("joint", true).exists() {
             Ok((self.finished("joint", &all)?, "joint"))
         } else {
@@ -851,7 +899,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 out.display()
             ));
         }
-        let (nets, from) = self.final_nets()?;
+        let (mut nets, from) = self.final_nets()?;
+        let (offset, qos_step) = self.calibrate(&mut nets, self.opts.macs_budget)?;
         let tile = LR_SIZE;
         let info = |arch: &Arch, file: &str, output: &str| {
             let (macs, flops) = arch.cost_per_tile(tile);
@@ -903,11 +952,17 @@ impl<B: AutodiffBackend> Trainer<B> {
                         "device": self.opts.device_name,
                         "date": today(),
                         "loss_weights": [WEIGHTS.0, WEIGHTS.1, WEIGHTS.2],
+                        "classifier_width": self.opts.classifier_width,
+                        "original_init": self.opts.init_from.as_ref().map(|d| d.display().to_string()),
+                        "branch_init": if self.opts.prune { "pruned from -O" } else { "random" },
+                        "macs_budget_percent": self.opts.macs_budget,
+                        "routing_offset": offset,
                     })
                     .as_object()
                     .cloned()
                     .unwrap_or_default(),
                 },
+                qos_bias_step: Some(qos_step),
                 validation: Default::default(),
             },
             classifier: bytes(&nets[0])?,
@@ -928,6 +983,51 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.started.elapsed().as_secs()
         );
         Ok(())
+    }
+
+    /// Calibrates the routing on the training sub-images. With a compute `budget`: finds the
+    /// largest offset b (the element's `bias`, applied as logits [l1 − b, l2, l3 + b]) whose
+    /// routing costs at most `budget` percent of the -O model's true MACs (classifier
+    /// included) and folds it into the classifier's output bias: the same knob the element
+    /// exposes, set once at export so the model's own operating point meets the budget.
+    /// Always: the QoS bias step, a third of the offset that takes the routing from there to
+    /// (nearly) the cheapest. Returns (the offset, the QoS step).
+    fn calibrate(&mut self, nets: &mut [Net<B>], budget: Option<f64>) -> Result<(Option<f64>, f32), String> {
+        self.datasets()?;
+        let n = self.train.as_ref().expect("loaded").subs.len();
+        let ids: Vec<usize> = (0..n).step_by((n / 4096).max(1)).collect();
+        let classifier = nets[0].inner();
+        let mut logits: Vec<[f32; 3]> = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(128) {
+            let (x, _) = self.lr_hr_on::<B::InnerBackend>(chunk, None, false);
+            let l = classifier
+                .forward_logits(x)
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map_err(|e| format!("{e:?}"))?;
+            logits.extend(l.chunks_exact(3).map(|c| [c[0], c[1], c[2]]));
+        }
+        let cost = |a: &Arch| a.cost_per_tile(LR_SIZE).0 as f64;
+        let costs = [0, 1, 2, 3].map(|k| cost(&nets[k].arch));
+        let cheapest = routing_offset(&logits, costs, 0.0).err().unwrap_or(0.0);
+        let Some(budget) = budget else {
+            return Ok((None, qos_step(&logits, costs, 0.0, cheapest)));
+        };
+        let (b, got) = routing_offset(&logits, costs, budget).map_err(|cheapest| {
+            format!("--macs-budget {budget}: even routing every tile to branch1 costs {cheapest:.1} % of the -O model")
+        })?;
+        let step = qos_step(&logits, costs, b, cheapest);
+        let mut w = nets[0].to_weights();
+        let fc = w.get_mut("fc.bias").ok_or("the classifier has no fc.bias")?;
+        fc.data[0] -= b;
+        fc.data[2] += b;
+        nets[0] = Net::from_weights(nets[0].arch, &w, &self.device)?;
+        eprintln!(
+            "calibrate: routing offset {b:+.2} → {got:.1} % of the -O model's MACs on {} training sub-images (budget {budget} %); QoS bias step {step:.2}",
+            logits.len()
+        );
+        Ok((Some(b as f64), step))
     }
 
     pub fn finish_report(&self) {
@@ -1018,6 +1118,45 @@ pub fn validate_set(set: &mut ModelSet, val: &Path) -> Result<(), String> {
     );
     eprintln!("validation:\n  {}", lines.join("\n  "));
     Ok(())
+}
+
+/// The largest routing offset b (logits [l1 − b, l2, l3 + b], argmax with ties to the cheaper
+/// class, as the element routes) on a 0.01 grid in [−20, 20] whose routing of `logits` costs
+/// at most `budget` percent of branch3, with `costs` = true MACs of [classifier, branch1,
+/// branch2, branch3] per tile. Returns (b, the cost in percent), or the cheapest cost found
+/// when no offset fits.
+pub fn routing_offset(logits: &[[f32; 3]], costs: [f64; 4], budget: f64) -> Result<(f32, f64), f64> {
+    let percent = |b: f32| {
+        let routed: f64 = logits
+            .iter()
+            .map(|l| {
+                let adj = [l[0] - b, l[1], l[2] + b];
+                costs[1 + (1..3).fold(0, |k, c| if adj[c] > adj[k] { c } else { k })]
+            })
+            .sum();
+        100.0 * (costs[0] + routed / logits.len().max(1) as f64) / costs[3]
+    };
+    // the cost only grows with b: walk down from "everything to branch3"
+    let mut step = 0;
+    while step < 4000 && percent(20.0 - 0.01 * step as f32) > budget {
+        step += 1;
+    }
+    let b = 20.0 - 0.01 * step as f32;
+    let got = percent(b);
+    if got > budget {
+        Err(got)
+    } else {
+        Ok((b, got))
+    }
+}
+
+/// The QoS bias step for routing at offset `b`: a third of the way from `b` to the offset at
+/// which the routing costs within 1 point of `cheapest` percent, in [0.05, 10].
+fn qos_step(logits: &[[f32; 3]], costs: [f64; 4], b: f32, cheapest: f64) -> f32 {
+    let floor = routing_offset(logits, costs, cheapest + 1.0)
+        .map(|r| r.0)
+        .unwrap_or(-20.0);
+    ((b - floor) / 3.0).clamp(0.05, 10.0)
 }
 
 /// Today's date (UTC) as YYYY-MM-DD.
