@@ -296,3 +296,21 @@ fn embedded_default_runs_with_no_configuration() {
     run_pipeline("videotestsrc num-buffers=3 ! video/x-raw,width=64,height=48 ! classsr ! videoconvert ! fakesink")
         .unwrap();
 }
+
+#[test]
+fn frame_graphs_give_the_same_frames_through_the_element() {
+    // frame-graphs=true runs unpack/classify/branches/merge as ONNX graphs (the CUDA path);
+    // on the CPU its frames equal the usual path's, in BGRx too, and settings it does not
+    // cover (the class cache) quietly take the usual path.
+    let img = picture(100, 70, 77);
+    for format in [gst_video::VideoFormat::Rgb, gst_video::VideoFormat::Bgrx] {
+        let mut plain = harness(&[("cache", "off")]);
+        let mut graphs = harness(&[("cache", "off"), ("frame-graphs", "true")]);
+        let a = run_one(&mut plain, &img, format);
+        let b = run_one(&mut graphs, &img, format);
+        assert_eq!(max_diff(&a, &b, false), 0, "{format:?}");
+    }
+    let a = upscale(&img, &[]);
+    let b = upscale(&img, &[("frame-graphs", "true")]);
+    assert_eq!(max_diff(&a, &b, false), 0);
+}

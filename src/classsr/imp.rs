@@ -13,7 +13,9 @@ use gst_video::prelude::*;
 use gst_video::subclass::prelude::*;
 
 use super::{caps, ClassSrCache, ClassSrDevice, ClassSrMode};
-use crate::engine::{CacheMode, Engine, FrameConfig, FrameStats, Image, ImageMut, Mode, Model, PixelLayout};
+use crate::engine::{
+    frame_graphs, CacheMode, Engine, FrameConfig, FrameStats, Image, ImageMut, Mode, Model, PixelLayout,
+};
 use crate::manifest::ModelSet;
 use crate::runtime::{DeviceRequest, SessionConfig};
 use crate::Error;
@@ -51,6 +53,7 @@ struct Settings {
     cache_refresh: u32,
     stats: bool,
     qos: bool,
+    frame_graphs: bool,
 }
 
 impl Default for Settings {
@@ -70,6 +73,7 @@ impl Default for Settings {
             cache_refresh: DEFAULT_CACHE_REFRESH,
             stats: false,
             qos: true,
+            frame_graphs: false,
         }
     }
 }
@@ -305,6 +309,12 @@ impl ObjectImpl for ClassSr {
                     .default_value(true)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecBoolean::builder("frame-graphs")
+                    .nick("Frame graphs")
+                    .blurb("Run the whole frame as ONNX graphs whose tensors stay in the execution provider's memory (upload the frame, download only the result: meant for device=cuda). Used for modes classsr/original/branchN with cache=off and formats without alpha; other frames take the usual path")
+                    .default_value(false)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecFloat::builder("bias")
                     .nick("Bias")
                     .blurb("Shifts routing without retraining: negative towards cheaper branches, positive towards branch3 (added to branch3's logit, subtracted from branch1's)")
@@ -339,6 +349,7 @@ impl ObjectImpl for ClassSr {
             "cache-refresh" => s.cache_refresh = value.get().expect("type checked"),
             "stats" => s.stats = value.get().expect("type checked"),
             "qos" => s.qos = value.get().expect("type checked"),
+            "frame-graphs" => s.frame_graphs = value.get().expect("type checked"),
             _ => unimplemented!("property {name}"),
         }
         gst::debug!(CAT, imp = self, "{name} set to {value:?}");
@@ -374,6 +385,7 @@ impl ObjectImpl for ClassSr {
             "cache-refresh" => s.cache_refresh.to_value(),
             "stats" => s.stats.to_value(),
             "qos" => s.qos.to_value(),
+            "frame-graphs" => s.frame_graphs.to_value(),
             name => unimplemented!("property {name}"),
         }
     }
@@ -598,9 +610,9 @@ impl VideoFilterImpl for ClassSr {
         inframe: &gst_video::VideoFrameRef<&gst::BufferRef>,
         outframe: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let (mut cfg, want_stats, qos) = {
+        let (mut cfg, want_stats, qos, graphs) = {
             let s = self.settings.lock().unwrap();
-            (s.frame_config(), s.stats, s.qos)
+            (s.frame_config(), s.stats, s.qos, s.frame_graphs)
         };
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut().ok_or(gst::FlowError::NotNegotiated)?;
@@ -638,8 +650,15 @@ impl VideoFilterImpl for ClassSr {
             stride: ostride,
             layout: out_layout,
         };
-        let result = catch_unwind(AssertUnwindSafe(|| state.engine.process(&cfg, &input, &mut output)))
-            .unwrap_or_else(|_| Err(Error::Runtime("frame processing panicked".into())));
+        let graphs = graphs && frame_graphs::supports(&cfg, out_layout).is_ok();
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            if graphs {
+                state.engine.process_graphs(&cfg, &input, &mut output)
+            } else {
+                state.engine.process(&cfg, &input, &mut output)
+            }
+        }))
+        .unwrap_or_else(|_| Err(Error::Runtime("frame processing panicked".into())));
         match result {
             Ok(stats) => {
                 state.frames += 1;

@@ -1,35 +1,110 @@
-// The whole frame through ONNX graphs: unpack (u8 frame → tiles) → classifier → each branch on
-// its class → merge (→ u8 frame), every step an ONNX Runtime session, so that with the CUDA
-// provider every pixel operation can run on the device. On the CPU it gives exactly the CPU
-// engine's frames (tested), which is how the graphs are checked without a GPU. Tensors still
-// pass through host memory between the sessions; binding them to device memory (IoBinding)
-// is the step that makes this path pay off on a GPU.
+// The whole frame through ONNX graphs, its pixels kept in the execution provider's memory
+// between the steps (IoBinding): upload the u8 frame → unpack (tiles + a zeroed accumulator)
+// → classifier (only the logits come back) → per branch run: select its tiles, the branch,
+// accumulate its outputs → pack → download the u8 frame. Branch runs are padded to fixed batch
+// buckets (powers of two up to max-batch) so the provider sees few distinct shapes; padding
+// entries are spilled. With the CUDA provider every pixel operation runs on the GPU; on the
+// CPU it gives exactly the CPU engine's frames (tested), which is how it is checked without
+// a GPU.
 
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
-use ort::value::TensorRef;
+use ort::value::{DynValue, Tensor};
 
 use super::{route, Engine, FrameConfig, FrameStats, Image, ImageMut, Mode, PixelLayout, TileGrid};
-use crate::onnx::frame_graphs::{merge_graph, unpack_graph, FRAME_OUTPUT, IDS_INPUT, SR_INPUT, TILES_OUTPUT};
+use crate::onnx::frame_graphs::{
+    accumulate_graph, pack_graph, select_graph, unpack_graph, ACC, ACC_OUT, FRAME_INPUT, FRAME_OUTPUT, IDS, PICKED, SR,
+    TILES,
+};
 use crate::onnx::to_bytes;
-use crate::{runtime, Error};
+use crate::runtime::{self, ActiveDevice};
+use crate::Error;
 
 /// Frame size, stride, layouts and tiling the graphs were built for.
 type Key = (usize, usize, usize, PixelLayout, PixelLayout, usize, usize);
 
-/// The unpack and merge sessions of one frame geometry.
+/// The graph sessions of one frame geometry.
 pub struct FrameGraphs {
     key: Key,
     grid: TileGrid,
     unpack: Session,
-    merge: Session,
-    /// Branch outputs of the frame, in merge order, and their tile ids.
-    sr: Vec<f32>,
-    ids: Vec<i64>,
+    select: Session,
+    accumulate: Session,
+    pack: Session,
     frame: Vec<u8>,
 }
 
 fn rt(what: &str) -> impl Fn(ort::Error) -> Error + '_ {
     move |e| Error::Runtime(format!("{what}: {e}"))
+}
+
+/// Memory of the model's device (where intermediate tensors stay) and of the host.
+fn memory(device: ActiveDevice) -> Result<(MemoryInfo<'static>, MemoryInfo<'static>), Error> {
+    let host = MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default)
+        .map_err(rt("host memory info"))?;
+    let dev = match device {
+        ActiveDevice::Cpu => MemoryInfo::new(AllocationDevice::CPU, 0, AllocatorType::Device, MemoryType::Default),
+        ActiveDevice::Cuda(id) => {
+            MemoryInfo::new(AllocationDevice::CUDA, id, AllocatorType::Device, MemoryType::Default)
+        }
+    }
+    .map_err(rt("device memory info"))?;
+    Ok((dev, host))
+}
+
+/// Runs `session` with `inputs` bound as they are and each output in `outputs` bound to the
+/// memory given with it; returns the outputs in that order.
+fn run_bound(
+    session: &mut Session,
+    what: &str,
+    inputs: &[(&str, &DynValue)],
+    outputs: &[(&str, &MemoryInfo)],
+) -> Result<Vec<DynValue>, Error> {
+    let err = rt(what);
+    let mut binding = session.create_binding().map_err(&err)?;
+    for (name, value) in inputs {
+        binding.bind_input(*name, *value).map_err(&err)?;
+    }
+    for (name, mem) in outputs {
+        binding.bind_output_to_device(*name, mem).map_err(&err)?;
+    }
+    let mut out = session.run_binding(&binding).map_err(&err)?;
+    outputs
+        .iter()
+        .map(|(name, _)| {
+            out.remove(*name)
+                .ok_or_else(|| Error::Runtime(format!("{what}: no output '{name}'")))
+        })
+        .collect()
+}
+
+fn ids_value(ids: &[i64]) -> Result<DynValue, Error> {
+    Ok(Tensor::from_array(([ids.len()], ids.to_vec()))
+        .map_err(rt("tile ids"))?
+        .into_dyn())
+}
+
+/// Whether the frame graphs can do a frame with these settings (else use `Engine::process`):
+/// modes classsr, original and branchN, no cache, no QoS bicubic, no alpha.
+pub fn supports(cfg: &FrameConfig, output: PixelLayout) -> Result<(), String> {
+    if !matches!(cfg.mode, Mode::ClassSR | Mode::Original | Mode::Branch(_)) {
+        return Err(format!("mode {} is not supported by the frame graphs", cfg.mode.name()));
+    }
+    if cfg.cache != super::CacheMode::Off || cfg.class1_bicubic || cfg.max_batch == 0 {
+        return Err("the frame graphs run without cache and QoS degradation, with max-batch ≥ 1".into());
+    }
+    if output.alpha_offset().is_some() {
+        return Err(format!(
+            "{} has alpha, which the frame graphs do not carry",
+            output.name()
+        ));
+    }
+    Ok(())
+}
+
+/// The batch bucket of a run of `m` tiles: the next power of two, at most `max_batch`.
+pub fn bucket(m: usize, max_batch: usize) -> usize {
+    m.next_power_of_two().min(max_batch).max(m)
 }
 
 impl Engine {
@@ -51,22 +126,12 @@ impl Engine {
                 output.width, output.height, input.width, input.height
             )));
         }
+        supports(cfg, output.layout).map_err(Error::Settings)?;
         let fixed = match cfg.mode {
-            Mode::ClassSR => None,
             Mode::Original => Some(2u8),
             Mode::Branch(b) => Some(b.min(2) as u8),
-            m => {
-                return Err(Error::Settings(format!(
-                    "mode {} is not supported by the frame graphs",
-                    m.name()
-                )))
-            }
+            _ => None,
         };
-        if cfg.cache != super::CacheMode::Off || cfg.class1_bicubic || cfg.max_batch == 0 {
-            return Err(Error::Settings(
-                "the frame graphs run without cache and QoS degradation, with max-batch ≥ 1".into(),
-            ));
-        }
         let key = (
             input.width,
             input.height,
@@ -80,32 +145,44 @@ impl Engine {
             Self::check_size(input.width, input.height)?;
             let grid = TileGrid::new(input.width, input.height, cfg.tile, cfg.overlap, s).map_err(Error::Settings)?;
             let [lo, hi] = self.model.manifest.value_range;
-            let unpack = to_bytes(&unpack_graph(&grid, input.stride, input.layout, lo, hi));
-            let merge = to_bytes(&merge_graph(&grid, output.layout, lo, hi).map_err(Error::Settings)?);
             let c = self.model.config;
+            let session = |bytes: Vec<u8>, what: &str| runtime::session(&bytes, what, &c).map(|r| r.0);
             self.graphs = Some(FrameGraphs {
                 key,
-                unpack: runtime::session(&unpack, "unpack graph", &c)?.0,
-                merge: runtime::session(&merge, "merge graph", &c)?.0,
+                unpack: session(
+                    to_bytes(&unpack_graph(&grid, input.stride, input.layout, lo, hi)),
+                    "unpack graph",
+                )?,
+                select: session(to_bytes(&select_graph(cfg.tile)), "select graph")?,
+                accumulate: session(to_bytes(&accumulate_graph(&grid)), "accumulate graph")?,
+                pack: session(
+                    to_bytes(&pack_graph(&grid, output.layout, lo, hi).map_err(Error::Settings)?),
+                    "pack graph",
+                )?,
                 grid,
-                sr: Vec::new(),
-                ids: Vec::new(),
                 frame: Vec::new(),
             });
         }
         let g = self.graphs.as_mut().expect("built");
         let model = &mut self.model;
-        let (n, t, th) = (g.grid.len(), g.grid.tile, g.grid.tile * s);
-        // the frame as [height, stride], zero-filling a short last row
+        let (dev, host) = memory(model.device)?;
+        let n = g.grid.len();
+        // upload the frame as [height, stride], zero-filling a short last row
         let len = input.stride * input.height;
         g.frame.clear();
         g.frame.extend_from_slice(&input.data[..len.min(input.data.len())]);
         g.frame.resize(len, 0);
-        let frame = TensorRef::from_array_view(([input.height, input.stride], &g.frame[..])).map_err(rt("frame"))?;
-        let out = g.unpack.run(ort::inputs![frame]).map_err(rt("unpack graph"))?;
-        let (_, tiles) = out[TILES_OUTPUT]
-            .try_extract_tensor::<f32>()
-            .map_err(rt("unpack graph"))?;
+        let frame = Tensor::from_array(([input.height, input.stride], g.frame.clone()))
+            .map_err(rt("frame"))?
+            .into_dyn();
+        let mut out = run_bound(
+            &mut g.unpack,
+            "unpack graph",
+            &[(FRAME_INPUT, &frame)],
+            &[(TILES, &dev), (ACC, &dev)],
+        )?
+        .into_iter();
+        let (tiles, mut acc) = (out.next().expect("tiles"), out.next().expect("acc"));
         let costs = model.branch_macs(cfg.tile);
         let mut stats = FrameStats {
             width: input.width,
@@ -115,64 +192,66 @@ impl Engine {
         };
         let mut class_of = vec![fixed.unwrap_or(0); n];
         if fixed.is_none() {
-            let mut logits = Vec::new();
-            model.run_classifier(tiles, n, t, &mut logits)?;
+            let info = &model.manifest.classifier;
+            let logits = run_bound(
+                &mut model.classifier,
+                "classifier",
+                &[(&info.input, &tiles)],
+                &[(&info.output, &host)],
+            )?;
+            let (shape, logits) = logits[0].try_extract_tensor::<f32>().map_err(rt("classifier"))?;
+            if shape[..] != [n as i64, 3] {
+                return Err(Error::Model(format!(
+                    "classifier returned shape {shape:?} for {n} tiles; expected [{n}, 3]"
+                )));
+            }
             stats.runs += 1;
             stats.macs += model.classifier_macs(cfg.tile) * n as u64;
             for (k, l) in logits.chunks_exact(3).enumerate() {
                 class_of[k] = route(l, cfg.bias);
             }
         }
-        // each branch on its tiles, in the CPU engine's merge order (class, then tile index)
-        let (item, out_item) = (3 * t * t, 3 * th * th);
-        g.sr.clear();
-        g.ids.clear();
-        let mut staging = Vec::new();
-        for class in 0..3u8 {
-            let group: Vec<usize> = (0..n).filter(|&i| class_of[i] == class).collect();
-            stats.tiles[class as usize] = group.len();
-            stats.macs += costs[class as usize] * group.len() as u64;
+        // each branch on its tiles, in the CPU engine's merge order (class, then tile index),
+        // runs padded to their bucket (padding repeats the first tile and is spilled)
+        for class in 0..3usize {
+            let group: Vec<i64> = (0..n)
+                .filter(|&i| class_of[i] as usize == class)
+                .map(|i| i as i64)
+                .collect();
+            stats.tiles[class] = group.len();
+            stats.macs += costs[class] * group.len() as u64;
+            let info = &model.manifest.branches[class];
             for chunk in group.chunks(cfg.max_batch) {
-                staging.clear();
-                for &i in chunk {
-                    staging.extend_from_slice(&tiles[i * item..(i + 1) * item]);
-                }
-                let c = class as usize;
-                let what = format!("branch{}", c + 1);
-                let name = &model.manifest.branches[c].output;
-                super::model::run_with(
-                    &mut model.branches[c],
-                    name,
-                    &staging,
-                    (chunk.len(), t),
-                    &what,
-                    |_, data| {
-                        if data.len() != chunk.len() * out_item {
-                            return Err(Error::Model(format!(
-                                "{what} returned {} values for {} tiles",
-                                data.len(),
-                                chunk.len()
-                            )));
-                        }
-                        g.sr.extend_from_slice(data);
-                        Ok(())
-                    },
+                let b = bucket(chunk.len(), cfg.max_batch);
+                let mut picks = chunk.to_vec();
+                picks.resize(b, chunk[0]);
+                let picked = run_bound(
+                    &mut g.select,
+                    "select graph",
+                    &[(TILES, &tiles), (IDS, &ids_value(&picks)?)],
+                    &[(PICKED, &dev)],
                 )?;
-                g.ids.extend(chunk.iter().map(|&i| i as i64));
+                let what = format!("branch{}", class + 1);
+                let sr = run_bound(
+                    &mut model.branches[class],
+                    &what,
+                    &[(&info.input, &picked[0])],
+                    &[(&info.output, &dev)],
+                )?;
+                let mut owners = chunk.to_vec();
+                owners.resize(b, n as i64);
+                acc = run_bound(
+                    &mut g.accumulate,
+                    "accumulate graph",
+                    &[(ACC, &acc), (SR, &sr[0]), (IDS, &ids_value(&owners)?)],
+                    &[(ACC_OUT, &dev)],
+                )?
+                .remove(0);
                 stats.runs += 1;
             }
         }
-        drop(out);
-        let m = g.ids.len();
-        let sr = TensorRef::from_array_view(([m, 3, th, th], &g.sr[..])).map_err(rt("branch outputs"))?;
-        let ids = TensorRef::from_array_view(([m], &g.ids[..])).map_err(rt("tile ids"))?;
-        let out = g
-            .merge
-            .run(ort::inputs![SR_INPUT => sr, IDS_INPUT => ids])
-            .map_err(rt("merge graph"))?;
-        let (_, frame) = out[FRAME_OUTPUT]
-            .try_extract_tensor::<u8>()
-            .map_err(rt("merge graph"))?;
+        let frame = run_bound(&mut g.pack, "pack graph", &[(ACC, &acc)], &[(FRAME_OUTPUT, &host)])?;
+        let (_, frame) = frame[0].try_extract_tensor::<u8>().map_err(rt("pack graph"))?;
         let row = output.width * output.layout.bytes_per_pixel();
         for (y, src) in frame.chunks_exact(row).enumerate().take(output.height) {
             output.data[y * output.stride..y * output.stride + row].copy_from_slice(src);

@@ -1,8 +1,10 @@
 // ONNX graphs that move a frame's pixels to and from tiles, so that a whole frame can stay on
 // the execution provider's device: `unpack` (packed u8 frame → normalised, edge-padded NCHW
-// tiles) and `merge` (branch outputs → feathered merge → packed u8 frame). Both do exactly
-// the f32 operations of the CPU engine (src/engine/pixels.rs, merge_tile) in the same order,
-// so on the CPU they give bit-identical frames. Built per frame geometry and pixel layout.
+// tiles, and a zeroed accumulator), `select` (the tiles of one branch run), `accumulate`
+// (one run's outputs, feather-weighted, added into the accumulator) and `pack` (accumulator
+// → packed u8 frame). They do exactly the f32 operations of the CPU engine
+// (src/engine/pixels.rs, merge_tile) in the same order, so on the CPU they give bit-identical
+// frames. All but `select` are built per frame geometry and pixel layout.
 
 use super::builder::{Attr, Dim, GraphBuilder};
 use super::proto::tensor_proto::DataType;
@@ -11,13 +13,22 @@ use crate::engine::{PixelLayout, TileGrid};
 
 /// Input of the unpack graph: the packed frame, u8 [height, stride].
 pub const FRAME_INPUT: &str = "frame";
-/// Output of the unpack graph: every tile of the grid, row-major, f32 [n, 3, t, t].
-pub const TILES_OUTPUT: &str = "tiles";
-/// Inputs of the merge graph: branch outputs f32 [N, 3, t·s, t·s] and the tile each came from,
-/// i64 [N], in the order their contributions are to be added.
-pub const SR_INPUT: &str = "sr";
-pub const IDS_INPUT: &str = "tile_ids";
-/// Output of the merge graph: the packed frame, u8 [height·s, width·s·bpp] (no row padding).
+/// Output of the unpack graph and input of the select graph: every tile of the grid,
+/// row-major, f32 [n, 3, t, t].
+pub const TILES: &str = "tiles";
+/// The HR accumulator, f32 [3·(h·s)·(w·s) of the padded frame + 3·(t·s)²]: the three planes,
+/// then a spill area where padding entries of a batch (tile id n) are added and ignored.
+pub const ACC: &str = "acc";
+/// Tile ids (i64 [N]): which tiles the select graph picks, which tile each output of a branch
+/// run belongs to in the accumulate graph (n = padding, spilled).
+pub const IDS: &str = "tile_ids";
+/// Output of the select graph: the picked tiles [N, 3, t, t].
+pub const PICKED: &str = "picked";
+/// Input of the accumulate graph: one branch run's outputs f32 [N, 3, t·s, t·s].
+pub const SR: &str = "sr";
+/// Output of the accumulate graph.
+pub const ACC_OUT: &str = "acc_out";
+/// Output of the pack graph: the packed frame, u8 [height·s, width·s·bpp] (no row padding).
 pub const FRAME_OUTPUT: &str = "frame_out";
 
 fn dims(d: &[usize]) -> Vec<Dim<'static>> {
@@ -28,8 +39,15 @@ fn i64s(v: &[usize]) -> Vec<i64> {
     v.iter().map(|&x| x as i64).collect()
 }
 
+/// Length of the accumulator of `grid` (see [`ACC`]).
+pub fn acc_len(grid: &TileGrid) -> usize {
+    let s2 = grid.scale * grid.scale;
+    3 * grid.padded_width * grid.padded_height * s2 + 3 * grid.tile * grid.tile * s2
+}
+
 /// Packed u8 frame [h, stride] of `layout` → tiles [n, 3, t, t] in the model's value range
-/// (lo + v·(hi − lo)/255), the frame edge-padded to the grid's padded size as the engine does.
+/// (lo + v·(hi − lo)/255), the frame edge-padded to the grid's padded size as the engine does;
+/// and a zeroed accumulator.
 pub fn unpack_graph(grid: &TileGrid, stride: usize, layout: PixelLayout, lo: f32, hi: f32) -> ModelProto {
     let (w, h, pw, ph, t) = (
         grid.width,
@@ -78,28 +96,51 @@ pub fn unpack_graph(grid: &TileGrid, stride: usize, layout: PixelLayout, lo: f32
     let idx = g.op("Add", &[&base, &pattern], &[]);
     x = g.op("Gather", &[&x, &idx], &[("axis", Attr::Int(1))]);
     x = g.op("Transpose", &[&x], &[("perm", Attr::Ints(&[1, 0, 2, 3]))]);
-    g.output(TILES_OUTPUT, &x, &dims(&[n, 3, t, t]));
+    g.output(TILES, &x, &dims(&[n, 3, t, t]));
+    let len = g.int64s("acc.len", &[acc_len(grid) as i64]);
+    let zeros = g.op("ConstantOfShape", &[&len], &[]);
+    g.output(ACC, &zeros, &dims(&[acc_len(grid)]));
     g.finish("classsr: packed u8 frame to normalised tiles", &[("role", "unpack")])
 }
 
-/// Branch outputs [N, 3, t·s, t·s] of the tiles `tile_ids` [N] → the feathered merge
-/// (weights wy·wx of the grid, contributions added in input order) → u8 frame of `layout`
-/// [h·s, w·s·bpp], rounding as the engine does ((v − lo)·255/(hi − lo) + 0.5, clamped,
-/// truncated). The padding byte of x layouts is 255; alpha layouts are not supported.
-pub fn merge_graph(grid: &TileGrid, layout: PixelLayout, lo: f32, hi: f32) -> Result<ModelProto, String> {
-    if layout.alpha_offset().is_some() {
-        return Err(format!(
-            "{} has alpha, which the merge graph does not carry",
-            layout.name()
-        ));
-    }
+/// tiles [n, 3, t, t], ids [N] → picked [N, 3, t, t] (a Gather along the batch).
+pub fn select_graph(t: usize) -> ModelProto {
+    let mut g = GraphBuilder::new("classsr select");
+    let tiles = g.input(
+        TILES,
+        &[
+            Dim::Symbolic("n"),
+            Dim::Fixed(3),
+            Dim::Fixed(t as i64),
+            Dim::Fixed(t as i64),
+        ],
+    );
+    let ids = g.typed_input(IDS, DataType::Int64, &[Dim::Symbolic("m")]);
+    let x = g.op("Gather", &[&tiles, &ids], &[("axis", Attr::Int(0))]);
+    g.output(
+        PICKED,
+        &x,
+        &[
+            Dim::Symbolic("m"),
+            Dim::Fixed(3),
+            Dim::Fixed(t as i64),
+            Dim::Fixed(t as i64),
+        ],
+    );
+    g.finish("classsr: the tiles of one branch run", &[("role", "select")])
+}
+
+/// acc, branch outputs sr [N, 3, t·s, t·s] of the tiles `tile_ids` [N] → acc + the outputs
+/// weighted by the grid's feather weights wy·wx, added in input order (as merge_tile does).
+/// Id n (one past the last tile) is padding: its outputs go to the accumulator's spill area.
+pub fn accumulate_graph(grid: &TileGrid) -> ModelProto {
     let s = grid.scale;
     let (th, ow, oh) = (grid.tile * s, grid.padded_width * s, grid.padded_height * s);
-    let (w, h) = (grid.width * s, grid.height * s);
-    let bpp = layout.bytes_per_pixel();
-    let mut g = GraphBuilder::new("classsr merge");
+    let mut g = GraphBuilder::new("classsr accumulate");
+    let len = acc_len(grid);
+    let acc = g.input(ACC, &dims(&[len]));
     let sr = g.input(
-        SR_INPUT,
+        SR,
         &[
             Dim::Symbolic("n"),
             Dim::Fixed(3),
@@ -107,34 +148,48 @@ pub fn merge_graph(grid: &TileGrid, layout: PixelLayout, lo: f32, hi: f32) -> Re
             Dim::Fixed(th as i64),
         ],
     );
-    let ids = g.typed_input(IDS_INPUT, DataType::Int64, &[Dim::Symbolic("n")]);
+    let ids = g.typed_input(IDS, DataType::Int64, &[Dim::Symbolic("n")]);
     let n = grid.len();
     let cols = grid.xs.len();
-    // where each HR sample of each tile goes: base[k] + c·plane + y·ow + x
-    let base: Vec<i64> = (0..n)
+    let plane = ow * oh;
+    // where each HR sample of each tile goes: base[k] + c·plane + y·ow + x; padding entries
+    // go to the spill area (base 3·plane, laid out as a tile with row length th)
+    let mut base: Vec<i64> = (0..n)
         .map(|i| {
             let (x0, y0) = grid.origin(i);
             (y0 * s * ow + x0 * s) as i64
         })
         .collect();
+    base.push((3 * plane) as i64);
     let base = g.int64s("hr.base", &base);
     let base = g.op("Gather", &[&base, &ids], &[("axis", Attr::Int(0))]);
     let col_shape = g.int64s("n111", &[-1, 1, 1, 1]);
     let base = g.op("Reshape", &[&base, &col_shape], &[]);
-    let plane = ow * oh;
-    let pattern: Vec<i64> = (0..3 * th * th)
-        .map(|p| {
-            let (c, y, x) = (p / (th * th), (p / th) % th, p % th);
-            (c * plane + y * ow + x) as i64
-        })
-        .collect();
-    let pattern = g.int64_tensor("hr.pattern", &[1, 3, th, th], &pattern);
+    let pattern = |row: usize, plane: usize| -> Vec<i64> {
+        (0..3 * th * th)
+            .map(|p| {
+                let (c, y, x) = (p / (th * th), (p / th) % th, p % th);
+                (c * plane + y * row + x) as i64
+            })
+            .collect()
+    };
+    let frame_pattern = g.int64_tensor("hr.pattern", &[1, 3, th, th], &pattern(ow, plane));
+    let spill_pattern = g.int64_tensor("spill.pattern", &[1, 3, th, th], &pattern(th, th * th));
+    let n_w = g.int64s("n", &[n as i64]);
+    let is_pad = g.op("Equal", &[&ids, &n_w], &[]);
+    let is_pad = g.op("Reshape", &[&is_pad, &col_shape], &[]);
+    let pattern = g.op("Where", &[&is_pad, &spill_pattern, &frame_pattern], &[]);
     let idx = g.op("Add", &[&base, &pattern], &[]);
     let flat = g.int64s("flat", &[-1]);
     let idx = g.op("Reshape", &[&idx, &flat], &[]);
-    // feather weights wy[row]·wx[col], as merge_tile computes them
-    let rows = g.int64s("tile.row", &(0..n).map(|i| (i / cols) as i64).collect::<Vec<_>>());
-    let cols_of = g.int64s("tile.col", &(0..n).map(|i| (i % cols) as i64).collect::<Vec<_>>());
+    // feather weights wy[row]·wx[col], as merge_tile computes them (padding: row and column
+    // of tile 0, whatever lands in the spill area is ignored)
+    let mut rows: Vec<i64> = (0..n).map(|i| (i / cols) as i64).collect();
+    let mut cols_of: Vec<i64> = (0..n).map(|i| (i % cols) as i64).collect();
+    rows.push(0);
+    cols_of.push(0);
+    let rows = g.int64s("tile.row", &rows);
+    let cols_of = g.int64s("tile.col", &cols_of);
     let table = |v: &[Vec<f32>]| v.iter().flatten().copied().collect::<Vec<f32>>();
     let wy = g.weight("weights.y", &[grid.wy.len(), th], &table(&grid.wy));
     let wx = g.weight("weights.x", &[grid.wx.len(), th], &table(&grid.wx));
@@ -149,13 +204,37 @@ pub fn merge_graph(grid: &TileGrid, layout: PixelLayout, lo: f32, hi: f32) -> Re
     let wgt = g.op("Mul", &[&wy, &wx], &[]);
     let upd = g.op("Mul", &[&wgt, &sr], &[]);
     let upd = g.op("Reshape", &[&upd, &flat], &[]);
-    let len = g.int64s("acc.len", &[(3 * plane) as i64]);
-    let zeros = g.op("ConstantOfShape", &[&len], &[]);
-    let mut x = g.op(
+    let x = g.op(
         "ScatterElements",
-        &[&zeros, &idx, &upd],
+        &[&acc, &idx, &upd],
         &[("axis", Attr::Int(0)), ("reduction", Attr::Str("add"))],
     );
+    g.output(ACC_OUT, &x, &dims(&[len]));
+    g.finish(
+        "classsr: one branch run merged into the accumulator",
+        &[("role", "accumulate")],
+    )
+}
+
+/// The accumulator → u8 frame of `layout` [h·s, w·s·bpp], rounding as the engine does
+/// ((v − lo)·255/(hi − lo) + 0.5, clamped, truncated). The padding byte of x layouts is 255;
+/// alpha layouts are not supported.
+pub fn pack_graph(grid: &TileGrid, layout: PixelLayout, lo: f32, hi: f32) -> Result<ModelProto, String> {
+    if layout.alpha_offset().is_some() {
+        return Err(format!(
+            "{} has alpha, which the frame graphs do not carry",
+            layout.name()
+        ));
+    }
+    let s = grid.scale;
+    let (ow, oh) = (grid.padded_width * s, grid.padded_height * s);
+    let (w, h) = (grid.width * s, grid.height * s);
+    let bpp = layout.bytes_per_pixel();
+    let mut g = GraphBuilder::new("classsr pack");
+    let acc = g.input(ACC, &dims(&[acc_len(grid)]));
+    let starts = g.int64s("planes.starts", &[0]);
+    let ends = g.int64s("planes.ends", &[(3 * ow * oh) as i64]);
+    let mut x = g.op("Slice", &[&acc, &starts, &ends], &[]);
     let planes = g.int64s("acc.shape", &i64s(&[3, oh, ow]));
     x = g.op("Reshape", &[&x, &planes], &[]);
     if (ow, oh) != (w, h) {
@@ -191,5 +270,5 @@ pub fn merge_graph(grid: &TileGrid, layout: PixelLayout, lo: f32, hi: f32) -> Re
     let out_shape = g.int64s("out.shape", &i64s(&[h, w * bpp]));
     x = g.op("Reshape", &[&x, &out_shape], &[]);
     g.typed_output(FRAME_OUTPUT, DataType::Uint8, &x, &dims(&[h, w * bpp]));
-    Ok(g.finish("classsr: branch outputs to the merged u8 frame", &[("role", "merge")]))
+    Ok(g.finish("classsr: accumulator to the packed u8 frame", &[("role", "pack")]))
 }

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# GPU benchmark of the element (960x540 -> 3840x2160, cache off), in two halves:
+#
+#   BUNDLES=DIR bash scripts/gpu-bench.sh prepare
+#       here (Debian, with the build): release plugin, ONNX Runtime CUDA and GStreamer runtime
+#       bundles (made by DIR/ort-cuda-bundle.sh and DIR/gst-runtime-bundle.sh) and 20 frames
+#       of vtest.avi at 960x540 as PNG, all under .gpu/ (git-ignored).
+#   bash scripts/gpu-bench.sh run OUT [FRAMES]
+#       on the GPU host (carrying .gpu/): fps of modes classsr / original / bicubic, with and
+#       without frame-graphs, on videotestsrc and the clip; card, driver and results in
+#       OUT/gpu-bench.md. fps = frames / (time of a FRAMES run − time of a 10-frame run), so
+#       start-up and model loading are not counted.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cmd=${1:-}
+
+if [ "$cmd" = prepare ]; then
+  : "${BUNDLES:?set BUNDLES to the folder holding ort-cuda-bundle.sh and gst-runtime-bundle.sh}"
+  SKIP_BUILD=1 bash scripts/setup.sh >/dev/null
+  cargo build --release --lib
+  mkdir -p .gpu/plugin .gpu/clip
+  cp target/release/libgstclasssr.so .gpu/plugin/
+  bash "$BUNDLES/ort-cuda-bundle.sh" .gpu/ort
+  bash "$BUNDLES/gst-runtime-bundle.sh" .gpu/gst .gpu/plugin/libgstclasssr.so
+  clip=$(bash scripts/fetch-clip.sh)
+  rm -f .gpu/clip/*.png
+  gst-launch-1.0 -q filesrc location="$clip" ! decodebin ! videoconvert ! videoscale \
+    ! video/x-raw,format=RGB,width=960,height=540 ! identity eos-after=20 \
+    ! pngenc compression-level=1 ! multifilesink location=.gpu/clip/%03d.png
+  du -sh .gpu/*
+  exit 0
+fi
+
+if [ "$cmd" != run ]; then
+  echo "usage: BUNDLES=DIR $0 prepare | $0 run OUT [FRAMES]" >&2
+  exit 2
+fi
+out=${2:?OUT folder}
+frames=${3:-300}
+# DEVICE=cpu SIZE=192x108 PLUGIN=target/release: a quick check of this script without a GPU
+device=${DEVICE:-cuda}
+size=${SIZE:-960x540}
+w=${size%x*}
+h=${size#*x}
+mkdir -p "$out"
+if [ -d .gpu/ort ]; then
+  # shellcheck disable=SC1091
+  source .gpu/ort/unpack.sh
+  # shellcheck disable=SC1091
+  source .gpu/gst/env.sh
+fi
+export GST_PLUGIN_PATH="$PWD/${PLUGIN:-.gpu/plugin}"
+gst-inspect-1.0 classsr >/dev/null
+
+sources() {
+  case $1 in
+    videotestsrc) echo "videotestsrc pattern=ball num-buffers=$2 ! video/x-raw,format=RGB,width=$w,height=$h" ;;
+    clip) echo "multifilesrc location=.gpu/clip/%03d.png loop=true caps=image/png,framerate=30/1 ! pngdec \
+! videoconvert ! videoscale ! video/x-raw,format=RGB,width=$w,height=$h ! identity eos-after=$2" ;;
+  esac
+}
+seconds() { # source mode graphs frames
+  local t0 t1
+  t0=$(date +%s.%N)
+  # shellcheck disable=SC2046
+  gst-launch-1.0 -q $(sources "$1" "$4") ! classsr device="$device" cache=off mode="$2" frame-graphs="$3" \
+    ! fakesink sync=false >"$out/log-$1-$2-$3.txt" 2>&1
+  t1=$(date +%s.%N)
+  python3 -c "print($t1 - $t0)"
+}
+{
+  echo "# GPU benchmark"
+  echo
+  echo "\`bash scripts/gpu-bench.sh run OUT $frames\` on $(date -u +%Y-%m-%d)"
+  echo
+  echo "* card: $(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo unknown)"
+  echo "* device=$device, ${w}x${h} RGB -> x4, cache=off, embedded default model, fakesink sync=false"
+  echo
+  echo "| source | mode | frame-graphs | fps |"
+  echo "|---|---|---|---|"
+} >"$out/gpu-bench.md"
+for src in videotestsrc clip; do
+  for mode in classsr original bicubic; do
+    for graphs in false true; do
+      [ "$mode" = bicubic ] && [ "$graphs" = true ] && continue
+      short=$(seconds "$src" "$mode" "$graphs" 10)
+      long=$(seconds "$src" "$mode" "$graphs" "$frames")
+      fps=$(python3 -c "print(($frames - 10) / ($long - $short))")
+      printf '| %s | %s | %s | %.1f |\n' "$src" "$mode" "$graphs" "$fps" | tee -a "$out/gpu-bench.md"
+    done
+  done
+done
+echo "wrote $out/gpu-bench.md"
