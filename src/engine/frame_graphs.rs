@@ -213,13 +213,13 @@ impl Engine {
         }
         // each branch on its tiles, in the CPU engine's merge order (class, then tile index),
         // runs padded to their bucket (padding repeats the first tile and is spilled)
-        for class in 0..3usize {
+        for (class, cost) in costs.iter().enumerate() {
             let group: Vec<i64> = (0..n)
                 .filter(|&i| class_of[i] as usize == class)
                 .map(|i| i as i64)
                 .collect();
             stats.tiles[class] = group.len();
-            stats.macs += costs[class] * group.len() as u64;
+            stats.macs += cost * group.len() as u64;
             let info = &model.manifest.branches[class];
             for chunk in group.chunks(cfg.max_batch) {
                 let b = bucket(chunk.len(), cfg.max_batch);
