@@ -18,9 +18,12 @@ model=$(eval_json --modes bicubic | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
 print("%s (family %s, %s)" % (d["model"], d["family"], d["provenance"]))')
+# bias values: multiples of the model's QoS bias step (the known-answer model's is not
+# measured, and its logits are tiny)
+step=$(eval_json --modes bicubic | python3 -c 'import json,sys; print(json.load(sys.stdin)["qos_bias_step"])')
 case "$model" in
   *known-answer*) biases=${BIASES:-"-0.04 -0.02 0 0.02 0.04"} ;;
-  *) biases=${BIASES:-"-4 -2 0 2 4"} ;;
+  *) biases=${BIASES:-$(python3 -c "s=$step; print(' '.join('%.2f' % (k*s) for k in (-3,-2,-1,0,1,2,3)))")} ;;
 esac
 out=$(mktemp)
 ./target/release/examples/bench "$clip" "${args[@]}" > "$out"
@@ -35,7 +38,7 @@ out=$(mktemp)
   echo
   echo "## The bias knob on real photographs"
   echo
-  echo "\`classsr eval --hr data/val --modes classsr --bias B\` on the same photographs; original = $(eval_json --modes original | python3 -c 'import json,sys; print("%.3f dB" % json.load(sys.stdin)["results"][0]["psnr"])')."
+  echo "\`classsr eval --hr data/val --modes classsr --bias B\` on the same photographs, B in steps of the model's QoS bias step ($step); original = $(eval_json --modes original | python3 -c 'import json,sys; print("%.3f dB" % json.load(sys.stdin)["results"][0]["psnr"])')."
   echo
   echo "| bias | tiles class1/2/3 | MACs % of original | PSNR (dB) |"
   echo "|---|---|---|---|"

@@ -185,6 +185,7 @@ fn eval(a: &Args) -> Result<String, String> {
             .collect();
         let doc = serde_json::json!({
             "model": set.origin, "family": manifest.family, "provenance": manifest.provenance.kind,
+            "qos_bias_step": manifest.qos_step(),
             "images": images.iter().map(|i| i.name.clone()).collect::<Vec<_>>(), "results": v,
         });
         return Ok(serde_json::to_string_pretty(&doc).expect("json"));

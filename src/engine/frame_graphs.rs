@@ -117,15 +117,8 @@ impl Engine {
         output: &mut ImageMut,
     ) -> Result<FrameStats, Error> {
         let started = std::time::Instant::now();
-        input.check().map_err(Error::Input)?;
-        output.check().map_err(Error::Input)?;
+        self.check_frames(input, output)?;
         let s = self.scale();
-        if output.width != input.width * s || output.height != input.height * s {
-            return Err(Error::Input(format!(
-                "output {}x{} is not {s} times the input {}x{}",
-                output.width, output.height, input.width, input.height
-            )));
-        }
         supports(cfg, output.layout).map_err(Error::Settings)?;
         let fixed = match cfg.mode {
             Mode::Original => Some(2u8),

@@ -320,9 +320,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Upscales `input` into `output` (which must be `scale` times its size, any layout).
-    pub fn process(&mut self, cfg: &FrameConfig, input: &Image, output: &mut ImageMut) -> Result<FrameStats, Error> {
-        let started = Instant::now();
+    /// Checks both buffers and that `output` is `scale` times `input`.
+    fn check_frames(&self, input: &Image, output: &ImageMut) -> Result<(), Error> {
         input.check().map_err(Error::Input)?;
         output.check().map_err(Error::Input)?;
         let s = self.scale();
@@ -332,6 +331,14 @@ impl Engine {
                 output.width, output.height, input.width, input.height
             )));
         }
+        Ok(())
+    }
+
+    /// Upscales `input` into `output` (which must be `scale` times its size, any layout).
+    pub fn process(&mut self, cfg: &FrameConfig, input: &Image, output: &mut ImageMut) -> Result<FrameStats, Error> {
+        let started = Instant::now();
+        self.check_frames(input, output)?;
+        let s = self.scale();
         if cfg.max_batch == 0 {
             return Err(Error::Settings("max-batch must be at least 1".into()));
         }

@@ -102,11 +102,20 @@ impl GraphBuilder {
             "initializer {name}: shape {shape:?} does not match {} values",
             data.len()
         );
+        self.initializer(
+            name,
+            shape,
+            DataType::Float,
+            data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )
+    }
+
+    fn initializer(&mut self, name: &str, shape: &[usize], elem: DataType, raw: Vec<u8>) -> String {
         self.graph.initializer.push(TensorProto {
             name: Some(name.to_string()),
             dims: shape.iter().map(|&d| d as i64).collect(),
-            data_type: Some(DataType::Float as i32),
-            raw_data: Some(data.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            data_type: Some(elem as i32),
+            raw_data: Some(raw),
             ..Default::default()
         });
         name.to_string()
@@ -115,27 +124,18 @@ impl GraphBuilder {
     /// Adds a u8 initializer and returns its name.
     pub fn bytes(&mut self, name: &str, shape: &[usize], data: &[u8]) -> String {
         assert_eq!(shape.iter().product::<usize>(), data.len(), "initializer {name}");
-        self.graph.initializer.push(TensorProto {
-            name: Some(name.to_string()),
-            dims: shape.iter().map(|&d| d as i64).collect(),
-            data_type: Some(DataType::Uint8 as i32),
-            raw_data: Some(data.to_vec()),
-            ..Default::default()
-        });
-        name.to_string()
+        self.initializer(name, shape, DataType::Uint8, data.to_vec())
     }
 
     /// Adds an i64 initializer of any shape and returns its name.
     pub fn int64_tensor(&mut self, name: &str, shape: &[usize], data: &[i64]) -> String {
         assert_eq!(shape.iter().product::<usize>(), data.len(), "initializer {name}");
-        self.graph.initializer.push(TensorProto {
-            name: Some(name.to_string()),
-            dims: shape.iter().map(|&d| d as i64).collect(),
-            data_type: Some(DataType::Int64 as i32),
-            raw_data: Some(data.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            ..Default::default()
-        });
-        name.to_string()
+        self.initializer(
+            name,
+            shape,
+            DataType::Int64,
+            data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )
     }
 
     /// Adds an i64 initializer (shapes, pads, axes) and returns its name.

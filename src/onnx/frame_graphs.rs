@@ -35,6 +35,16 @@ fn dims(d: &[usize]) -> Vec<Dim<'static>> {
     d.iter().map(|&v| Dim::Fixed(v as i64)).collect()
 }
 
+/// [n (symbolic), 3, t, t]
+fn nchw(n: &'static str, t: usize) -> [Dim<'static>; 4] {
+    [
+        Dim::Symbolic(n),
+        Dim::Fixed(3),
+        Dim::Fixed(t as i64),
+        Dim::Fixed(t as i64),
+    ]
+}
+
 fn i64s(v: &[usize]) -> Vec<i64> {
     v.iter().map(|&x| x as i64).collect()
 }
@@ -106,27 +116,10 @@ pub fn unpack_graph(grid: &TileGrid, stride: usize, layout: PixelLayout, lo: f32
 /// tiles [n, 3, t, t], ids [N] → picked [N, 3, t, t] (a Gather along the batch).
 pub fn select_graph(t: usize) -> ModelProto {
     let mut g = GraphBuilder::new("classsr select");
-    let tiles = g.input(
-        TILES,
-        &[
-            Dim::Symbolic("n"),
-            Dim::Fixed(3),
-            Dim::Fixed(t as i64),
-            Dim::Fixed(t as i64),
-        ],
-    );
+    let tiles = g.input(TILES, &nchw("n", t));
     let ids = g.typed_input(IDS, DataType::Int64, &[Dim::Symbolic("m")]);
     let x = g.op("Gather", &[&tiles, &ids], &[("axis", Attr::Int(0))]);
-    g.output(
-        PICKED,
-        &x,
-        &[
-            Dim::Symbolic("m"),
-            Dim::Fixed(3),
-            Dim::Fixed(t as i64),
-            Dim::Fixed(t as i64),
-        ],
-    );
+    g.output(PICKED, &x, &nchw("m", t));
     g.finish("classsr: the tiles of one branch run", &[("role", "select")])
 }
 
@@ -139,15 +132,7 @@ pub fn accumulate_graph(grid: &TileGrid) -> ModelProto {
     let mut g = GraphBuilder::new("classsr accumulate");
     let len = acc_len(grid);
     let acc = g.input(ACC, &dims(&[len]));
-    let sr = g.input(
-        SR,
-        &[
-            Dim::Symbolic("n"),
-            Dim::Fixed(3),
-            Dim::Fixed(th as i64),
-            Dim::Fixed(th as i64),
-        ],
-    );
+    let sr = g.input(SR, &nchw("n", th));
     let ids = g.typed_input(IDS, DataType::Int64, &[Dim::Symbolic("n")]);
     let n = grid.len();
     let cols = grid.xs.len();
