@@ -780,10 +780,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             (self.opts.batch * 2).max(8)
         };
         if !joint {
-            self.warmup(iters / 3, batch)?;
+            // cheap (no branch runs): as long as a branch's schedule
+            self.warmup(self.opts.iters, batch)?;
         }
         let all = self.all_ids()?;
-        self.run_step(
+        let nets = self.run_step(
             step,
             &all_archs,
             &trainable,
@@ -806,6 +807,20 @@ impl<B: AutodiffBackend> Trainer<B> {
             },
             &mut |t, nets| t.val_classsr(nets),
         )?;
+        // where the routing ended up on the training data (the validation crops are few)
+        let logits = self.train_logits(&nets[0])?;
+        let mut counts = [0usize; 3];
+        for l in &logits {
+            counts[crate::engine::route(l, 0.0) as usize] += 1;
+        }
+        let n = logits.len().max(1) as f64;
+        eprintln!(
+            "{step}: class shares on {} training sub-images {:.3}/{:.3}/{:.3}",
+            logits.len(),
+            counts[0] as f64 / n,
+            counts[1] as f64 / n,
+            counts[2] as f64 / n
+        );
         Ok(())
     }
 
@@ -917,7 +932,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let bytes = |net: &Net<B>| build_bytes(&net.arch, &net.to_weights());
         let iterations = serde_json::json!({
             "original": self.opts.original_iters(), "branch": self.opts.iters,
-            "classifier": (self.opts.iters / 2).max(1),
+            "warmup": self.opts.iters, "classifier": (self.opts.iters / 2).max(1),
             "joint": if from == "joint" { (self.opts.iters / 4).max(1) } else { 0 },
         });
         let mut set = ModelSet {
@@ -985,18 +1000,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(())
     }
 
-    /// Calibrates the routing on the training sub-images. With a compute `budget`: finds the
-    /// largest offset b (the element's `bias`, applied as logits [l1 − b, l2, l3 + b]) whose
-    /// routing costs at most `budget` percent of the -O model's true MACs (classifier
-    /// included) and folds it into the classifier's output bias: the same knob the element
-    /// exposes, set once at export so the model's own operating point meets the budget.
-    /// Always: the QoS bias step, a third of the offset that takes the routing from there to
-    /// (nearly) the cheapest. Returns (the offset, the QoS step).
-    fn calibrate(&mut self, nets: &mut [Net<B>], budget: Option<f64>) -> Result<(Option<f64>, f32), String> {
+    /// The classifier's logits on (up to 4096, evenly spread) training sub-images.
+    fn train_logits(&mut self, classifier: &Net<B>) -> Result<Vec<[f32; 3]>, String> {
         self.datasets()?;
         let n = self.train.as_ref().expect("loaded").subs.len();
         let ids: Vec<usize> = (0..n).step_by((n / 4096).max(1)).collect();
-        let classifier = nets[0].inner();
+        let classifier = classifier.inner();
         let mut logits: Vec<[f32; 3]> = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(128) {
             let (x, _) = self.lr_hr_on::<B::InnerBackend>(chunk, None, false);
@@ -1008,6 +1017,18 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .map_err(|e| format!("{e:?}"))?;
             logits.extend(l.chunks_exact(3).map(|c| [c[0], c[1], c[2]]));
         }
+        Ok(logits)
+    }
+
+    /// Calibrates the routing on the training sub-images. With a compute `budget`: finds the
+    /// largest offset b (the element's `bias`, applied as logits [l1 − b, l2, l3 + b]) whose
+    /// routing costs at most `budget` percent of the -O model's true MACs (classifier
+    /// included) and folds it into the classifier's output bias: the same knob the element
+    /// exposes, set once at export so the model's own operating point meets the budget.
+    /// Always: the QoS bias step, a third of the offset that takes the routing from there to
+    /// (nearly) the cheapest. Returns (the offset, the QoS step).
+    fn calibrate(&mut self, nets: &mut [Net<B>], budget: Option<f64>) -> Result<(Option<f64>, f32), String> {
+        let logits = self.train_logits(&nets[0])?;
         let cost = |a: &Arch| a.cost_per_tile(LR_SIZE).0 as f64;
         let costs = [0, 1, 2, 3].map(|k| cost(&nets[k].arch));
         let cheapest = routing_offset(&logits, costs, 0.0).err().unwrap_or(0.0);
