@@ -38,7 +38,7 @@ out=$(mktemp)
   echo
   echo "## The bias knob on real photographs"
   echo
-  echo "\`classsr eval --hr data/val --modes classsr --bias B\` on the same photographs, B in steps of the model's QoS bias step ($step); original = $(eval_json --modes original | python3 -c 'import json,sys; print("%.3f dB" % json.load(sys.stdin)["results"][0]["psnr"])')."
+  echo "\`classsr eval --hr data/val --modes classsr --bias B\` on the same photographs, B in steps of the model's QoS bias step ($(printf %.2f "$step")); original = $(eval_json --modes original | python3 -c 'import json,sys; print("%.3f dB" % json.load(sys.stdin)["results"][0]["psnr"])')."
   echo
   echo "| bias | tiles class1/2/3 | MACs % of original | PSNR (dB) |"
   echo "|---|---|---|---|"

@@ -3,7 +3,7 @@
 //   classsr-train all --data data/train --val data/val --out models/fsrcnn [--family fsrcnn|srresnet]
 //       [--scale 4] [--iters N] [--batch B] [--device cpu|cuda] [--seed S] [--resume] [--force]
 //       [--work DIR] [--checkpoint-secs S] [--iters-original N] [--plain] [--classifier-width W]
-//       [--init-from MODEL_DIR] [--random-init] [--macs-budget PERCENT]
+//       [--init-from MODEL_DIR] [--random-init] [--macs-budget PERCENT] [--finetune-lr LR]
 //
 // --plain trains FSRCNN exactly as in the paper; by default the fsrcnn family adds a fixed
 // bicubic global skip (the branches learn only the residual over bicubic).
@@ -12,6 +12,7 @@
 // branch3.onnx. FSRCNN branches 1 and 2 start as channel-pruned copies of the -O model unless
 // --random-init. --macs-budget P: export calibrates the routing (the element's bias, folded
 // into the classifier) so that it costs at most P % of the -O model's MACs on the training data.
+// --finetune-lr LR: peak learning rate of the branches that start from the -O model.
 //
 // Subcommands: prepare, stage1, stage2, stage3, export, all (all in order).
 
@@ -23,7 +24,7 @@ use gstclasssr::train::pipeline::{Family, Options, Trainer};
 const USAGE: &str = "usage: classsr-train <prepare|stage1|stage2|stage3|export|all> --data DIR --val DIR --out DIR \
 [--family fsrcnn|srresnet] [--scale 4] [--iters N] [--batch B] [--device cpu|cuda] [--seed S] [--resume] [--force] \
 [--work DIR] [--checkpoint-secs S] [--aug 1.0,0.9,...] [--iters-original N] [--plain] [--classifier-width W] \
-[--init-from MODEL_DIR] [--random-init] [--macs-budget PERCENT]";
+[--init-from MODEL_DIR] [--random-init] [--macs-budget PERCENT] [--finetune-lr LR]";
 
 fn parse(args: &[String]) -> Result<(String, Options), String> {
     let cmd = args.first().ok_or("missing subcommand")?.clone();
@@ -55,6 +56,15 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
             "--classifier-width" => o.classifier_width = num("--classifier-width", v("--classifier-width")?)?,
             "--init-from" => o.init_from = Some(PathBuf::from(v("--init-from")?)),
             "--random-init" => o.prune = false,
+            "--finetune-lr" => {
+                let s = v("--finetune-lr")?;
+                let lr = s
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|l| *l > 0.0 && *l < 1.0)
+                    .ok_or_else(|| format!("--finetune-lr: '{s}' is not a learning rate in (0, 1)"))?;
+                o.finetune_lr = Some(lr);
+            }
             "--macs-budget" => {
                 let b = v("--macs-budget")?;
                 let pct = b

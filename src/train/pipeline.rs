@@ -101,6 +101,9 @@ pub struct Options {
     pub init_from: Option<PathBuf>,
     /// FSRCNN branches 1 and 2 start as channel-pruned copies of the -O model (else random).
     pub prune: bool,
+    /// Peak learning rate of the branches that start from the -O model (branch3, and the
+    /// pruned ones); None: the family's.
+    pub finetune_lr: Option<f64>,
     /// Export calibrates the routing to this share of the -O model's true MACs (percent), on
     /// the training sub-images: see [`Trainer::calibrate`]. None leaves the routing as trained.
     pub macs_budget: Option<f64>,
@@ -147,6 +150,7 @@ impl Options {
             init_from: None,
             prune: true,
             macs_budget: None,
+            finetune_lr: None,
         }
     }
 }
@@ -635,6 +639,14 @@ impl<B: AutodiffBackend> Trainer<B> {
             let o = original[0].clone();
             let arch = *arch;
             let step = format!("branch{}", j + 1);
+            // branches that start from the -O model are fine-tuned
+            let from_o =
+                j == 2 || (self.opts.prune && matches!((arch, o.arch), (Arch::Fsrcnn { .. }, Arch::Fsrcnn { .. })));
+            let branch_lr = if from_o {
+                self.opts.finetune_lr.unwrap_or(lr)
+            } else {
+                lr
+            };
             self.run_step(
                 &step,
                 &[arch],
@@ -644,7 +656,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     // FSRCNN branches start as pruned copies of it
                     Ok(vec![match (j, arch, o.arch) {
                         (2, _, _) => o.clone(),
-                        (_, Arch::Fsrcnn { d, .. }, Arch::Fsrcnn { d: o_d, .. }) if t.opts.prune => {
+                        (_, Arch::Fsrcnn { d, .. }, Arch::Fsrcnn { d: o_d, .. }) if from_o => {
                             let ids: Vec<usize> = pool
                                 .iter()
                                 .copied()
@@ -661,7 +673,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     }])
                 },
                 iters,
-                lr,
+                branch_lr,
                 &mut |t, nets, rng| t.sr_losses(&nets[0], rng, &pool, batch),
                 &mut |t, nets| {
                     let mut sh = [0.0; 3];
@@ -971,6 +983,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                         "original_init": self.opts.init_from.as_ref().map(|d| d.display().to_string()),
                         "branch_init": if self.opts.prune { "pruned from -O" } else { "random" },
                         "macs_budget_percent": self.opts.macs_budget,
+                        "finetune_lr": self.opts.finetune_lr,
                         "routing_offset": offset,
                     })
                     .as_object()
