@@ -20,8 +20,10 @@ if [ "$cmd" = prepare ]; then
   cargo build --release --lib
   mkdir -p .gpu/plugin .gpu/clip
   cp target/release/libgstclasssr.so .gpu/plugin/
+  # multifilesrc (for the clip's frames) is not among the runtime bundle's core plugins
+  cp "$(pkg-config --variable=pluginsdir gstreamer-1.0)/libgstmultifile.so" .gpu/plugin/
   bash "$BUNDLES/ort-cuda-bundle.sh" .gpu/ort
-  bash "$BUNDLES/gst-runtime-bundle.sh" .gpu/gst .gpu/plugin/libgstclasssr.so
+  bash "$BUNDLES/gst-runtime-bundle.sh" .gpu/gst .gpu/plugin/*.so
   clip=$(bash scripts/fetch-clip.sh)
   rm -f .gpu/clip/*.png
   gst-launch-1.0 -q filesrc location="$clip" ! decodebin ! videoconvert ! videoscale \
