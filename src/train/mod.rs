@@ -20,3 +20,15 @@ pub type FlexBackend = burn::backend::Autodiff<burn::backend::Flex>;
 #[cfg(feature = "cuda")]
 /// The CUDA training backend.
 pub type CudaBackend = burn::backend::Autodiff<burn::backend::Cuda>;
+
+/// Indices of `v` from its largest value to its smallest (ties: lower index first; NaN ranks
+/// as equal to anything).
+pub(crate) fn descending_order<T: PartialOrd>(v: &[T]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&a, &b| {
+        v[b].partial_cmp(&v[a])
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.cmp(&b))
+    });
+    order
+}

@@ -420,14 +420,7 @@ pub fn prune_fsrcnn(o: &Weights, o_d: usize, d: usize, stats: &[[Vec<f32>; 2]; 2
         })
         .collect();
     let keep = |imp: &[f32]| {
-        let mut order: Vec<usize> = (0..o_d).collect();
-        order.sort_by(|&a, &b| {
-            imp[b]
-                .partial_cmp(&imp[a])
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(a.cmp(&b))
-        });
-        let mut k = order[..d].to_vec();
+        let mut k = super::descending_order(imp)[..d].to_vec();
         k.sort_unstable();
         k
     };

@@ -715,13 +715,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         sorted.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
         let (hi, lo) = (sorted[n / 3], sorted[(2 * n) / 3]);
         // rank-based so ties cannot unbalance the classes
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&a, &b| {
-            psnr[b]
-                .partial_cmp(&psnr[a])
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(a.cmp(&b))
-        });
+        let order = super::descending_order(&psnr);
         let mut classes = vec![0u8; n];
         for (rank, &i) in order.iter().enumerate() {
             classes[i] = (3 * rank / n).min(2) as u8;
