@@ -31,7 +31,6 @@ pub struct FrameGraphs {
     select: Session,
     accumulate: Session,
     pack: Session,
-    frame: Vec<u8>,
 }
 
 fn rt(what: &str) -> impl Fn(ort::Error) -> Error + '_ {
@@ -153,7 +152,6 @@ impl Engine {
                     "pack graph",
                 )?,
                 grid,
-                frame: Vec::new(),
             });
         }
         let g = self.graphs.as_mut().expect("built");
@@ -162,10 +160,9 @@ impl Engine {
         let n = g.grid.len();
         // upload the frame as [height, stride], zero-filling a short last row
         let len = input.stride * input.height;
-        g.frame.clear();
-        g.frame.extend_from_slice(&input.data[..len.min(input.data.len())]);
-        g.frame.resize(len, 0);
-        let frame = Tensor::from_array(([input.height, input.stride], g.frame.clone()))
+        let mut frame = input.data[..len.min(input.data.len())].to_vec();
+        frame.resize(len, 0);
+        let frame = Tensor::from_array(([input.height, input.stride], frame))
             .map_err(rt("frame"))?
             .into_dyn();
         let mut out = run_bound(
