@@ -1148,8 +1148,8 @@ pub fn validate_set(set: &mut ModelSet, val: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// The largest routing offset b (logits [l1 − b, l2, l3 + b], argmax with ties to the cheaper
-/// class, as the element routes) on a 0.01 grid in [−20, 20] whose routing of `logits` costs
+/// The largest routing offset b (logits [l1 − b, l2, l3 + b], routed by `engine::route` as the
+/// element routes) on a 0.01 grid in [−20, 20] whose routing of `logits` costs
 /// at most `budget` percent of branch3, with `costs` = true MACs of [classifier, branch1,
 /// branch2, branch3] per tile. Returns (b, the cost in percent), or the cheapest cost found
 /// when no offset fits.
@@ -1157,10 +1157,7 @@ pub fn routing_offset(logits: &[[f32; 3]], costs: [f64; 4], budget: f64) -> Resu
     let percent = |b: f32| {
         let routed: f64 = logits
             .iter()
-            .map(|l| {
-                let adj = [l[0] - b, l[1], l[2] + b];
-                costs[1 + (1..3).fold(0, |k, c| if adj[c] > adj[k] { c } else { k })]
-            })
+            .map(|l| costs[1 + crate::engine::route(l, b) as usize])
             .sum();
         100.0 * (costs[0] + routed / logits.len().max(1) as f64) / costs[3]
     };
