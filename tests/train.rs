@@ -12,7 +12,7 @@ use gstclasssr::onnx::{build_bytes, read_arch_weights, Arch, Tensor as OnnxTenso
 use gstclasssr::runtime::{self, DeviceRequest, SessionConfig};
 use gstclasssr::train::losses::{average_loss, class_loss};
 use gstclasssr::train::net::{prune_fsrcnn, Net};
-use gstclasssr::train::pipeline::routing_offset;
+use gstclasssr::train::pipeline::{class_split, routing_offset};
 use gstclasssr::train::rng::Rng;
 use ort::value::TensorRef;
 
@@ -192,7 +192,7 @@ fn csv_rows(path: &Path) -> Vec<Vec<String>> {
 #[test]
 fn short_run_learns_uses_all_classes_exports_and_protects_the_model() {
     let root = scratch("run");
-    make_images(&root.join("train"), 3, 192, 1);
+    make_images(&root.join("train"), 3, 256, 1);
     make_images(&root.join("val"), 1, 128, 9);
     let out = root.join("model");
     let (data, val, out_s) = (root.join("train"), root.join("val"), out.display().to_string());
@@ -439,4 +439,17 @@ fn routing_offset_meets_the_budget_with_the_most_quality() {
     assert_eq!(routing_offset(&logits, costs, 200.0).unwrap(), (20.0, 102.5));
     // everything on branch1 costs (1 + 10)/40 = 27.5 %
     assert_eq!(routing_offset(&logits, costs, 20.0), Err(27.5));
+}
+
+#[test]
+fn class_split_cuts_thirds_within_each_image() {
+    // image 0 is sharp (high PSNR everywhere), image 1 noisy (low everywhere)
+    let psnr = [40.0, 38.0, 36.0, 30.0, 28.0, 26.0, 41.0, 29.0, 37.0];
+    let groups = [0, 0, 0, 1, 1, 1, 0, 1, 0];
+    // per image: each image gives a third of its sub-images to every class
+    let per_image = class_split(&psnr, &groups);
+    assert_eq!(per_image, vec![0, 1, 2, 0, 1, 2, 0, 0, 1]);
+    // globally (the paper's split): the sharp image gets no hard class, the noisy one no easy
+    let global = class_split(&psnr, &[0; 9]);
+    assert_eq!(global, vec![0, 0, 1, 1, 2, 2, 0, 2, 1]);
 }

@@ -4,6 +4,7 @@
 //       [--scale 4] [--iters N] [--batch B] [--device cpu|cuda] [--seed S] [--resume] [--force]
 //       [--work DIR] [--checkpoint-secs S] [--iters-original N] [--plain] [--classifier-width W]
 //       [--init-from MODEL_DIR] [--random-init] [--macs-budget PERCENT] [--finetune-lr LR]
+//       [--global-split]
 //
 // --plain trains FSRCNN exactly as in the paper; by default the fsrcnn family adds a fixed
 // bicubic global skip (the branches learn only the residual over bicubic).
@@ -13,6 +14,8 @@
 // --random-init. --macs-budget P: export calibrates the routing (the element's bias, folded
 // into the classifier) so that it costs at most P % of the -O model's MACs on the training data.
 // --finetune-lr LR: peak learning rate of the branches that start from the -O model.
+// --global-split: the class split cuts the -O PSNR quantiles over all sub-images, as in the
+// paper, instead of within each training image.
 //
 // Subcommands: prepare, stage1, stage2, stage3, export, all (all in order).
 
@@ -24,7 +27,7 @@ use gstclasssr::train::pipeline::{Family, Options, Trainer};
 const USAGE: &str = "usage: classsr-train <prepare|stage1|stage2|stage3|export|all> --data DIR --val DIR --out DIR \
 [--family fsrcnn|srresnet] [--scale 4] [--iters N] [--batch B] [--device cpu|cuda] [--seed S] [--resume] [--force] \
 [--work DIR] [--checkpoint-secs S] [--aug 1.0,0.9,...] [--iters-original N] [--plain] [--classifier-width W] \
-[--init-from MODEL_DIR] [--random-init] [--macs-budget PERCENT] [--finetune-lr LR]";
+[--init-from MODEL_DIR] [--random-init] [--macs-budget PERCENT] [--finetune-lr LR] [--global-split]";
 
 fn parse(args: &[String]) -> Result<(String, Options), String> {
     let cmd = args.first().ok_or("missing subcommand")?.clone();
@@ -56,6 +59,7 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
             "--classifier-width" => o.classifier_width = num("--classifier-width", v("--classifier-width")?)?,
             "--init-from" => o.init_from = Some(PathBuf::from(v("--init-from")?)),
             "--random-init" => o.prune = false,
+            "--global-split" => o.global_split = true,
             "--finetune-lr" => {
                 let s = v("--finetune-lr")?;
                 let lr = s

@@ -107,6 +107,9 @@ pub struct Options {
     /// Export calibrates the routing to this share of the -O model's true MACs (percent), on
     /// the training sub-images: see [`Trainer::calibrate`]. None leaves the routing as trained.
     pub macs_budget: Option<f64>,
+    /// The class split cuts the PSNR quantiles over all sub-images, as in the paper (else
+    /// within each training image).
+    pub global_split: bool,
 }
 
 impl Options {
@@ -151,6 +154,7 @@ impl Options {
             prune: true,
             macs_budget: None,
             finetune_lr: None,
+            global_split: false,
         }
     }
 }
@@ -686,17 +690,24 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Cuts the sub-images into three classes by the -O model's PSNR on them (highest third →
-    /// class 1). The split is stored and reused by later stages and re-runs.
+    /// class 1), within each training image (each scale of it) unless `global_split`: see
+    /// [`class_split`]. The split is stored and reused by later stages and re-runs.
     fn split(&mut self, original: &Net<B>) -> Result<Vec<u8>, String> {
         let path = self.opts.work.join("split.json");
+        let scope = if self.opts.global_split { "global" } else { "per-image" };
         let n = self.train.as_ref().unwrap().subs.len();
         if path.exists() {
             let classes = self.load_split()?;
-            if classes.len() == n {
+            let stored = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                .and_then(|v| v["scope"].as_str().map(str::to_string))
+                .unwrap_or_else(|| "global".into());
+            if classes.len() == n && stored == scope {
                 return Ok(classes);
             }
             eprintln!(
-                "split: {} no longer matches the data ({} vs {n} sub-images), recomputing",
+                "split: {} no longer matches the data or the split scope ({} vs {n} sub-images, {stored} vs {scope}), recomputing",
                 path.display(),
                 classes.len()
             );
@@ -711,20 +722,24 @@ impl<B: AutodiffBackend> Trainer<B> {
             progress.tick(0.0);
         }
         progress.finish();
-        let mut sorted = psnr.clone();
-        sorted.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
-        let (hi, lo) = (sorted[n / 3], sorted[(2 * n) / 3]);
-        // rank-based so ties cannot unbalance the classes
-        let order = super::descending_order(&psnr);
-        let mut classes = vec![0u8; n];
-        for (rank, &i) in order.iter().enumerate() {
-            classes[i] = (3 * rank / n).min(2) as u8;
-        }
+        let groups: Vec<u32> = if self.opts.global_split {
+            vec![0; n]
+        } else {
+            self.train.as_ref().unwrap().subs.iter().map(|s| s.pair).collect()
+        };
+        let classes = class_split(&psnr, &groups);
         let counts = [0u8, 1, 2].map(|c| classes.iter().filter(|&&k| k == c).count());
-        let json = serde_json::json!({ "thresholds_db": [hi, lo], "counts": counts, "classes": classes });
+        let mean_db = [0u8, 1, 2].map(|c| {
+            let v: Vec<f64> = (0..n).filter(|&i| classes[i] == c).map(|i| psnr[i]).collect();
+            v.iter().sum::<f64>() / v.len().max(1) as f64
+        });
+        let json = serde_json::json!({ "scope": scope, "mean_db": mean_db, "counts": counts, "classes": classes });
         std::fs::write(&path, json.to_string()).map_err(|e| e.to_string())?;
         eprintln!(
-            "split: class PSNR thresholds {hi:.2} / {lo:.2} dB, counts {counts:?} → {}",
+            "split ({scope}): mean -O PSNR of the classes {:.2} / {:.2} / {:.2} dB, counts {counts:?} → {}",
+            mean_db[0],
+            mean_db[1],
+            mean_db[2],
             path.display()
         );
         Ok(classes)
@@ -976,6 +991,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                         "classifier_width": self.opts.classifier_width,
                         "original_init": self.opts.init_from.as_ref().map(|d| d.display().to_string()),
                         "branch_init": if self.opts.prune { "pruned from -O" } else { "random" },
+                        "class_split": if self.opts.global_split { "global" } else { "per-image" },
                         "macs_budget_percent": self.opts.macs_budget,
                         "finetune_lr": self.opts.finetune_lr,
                         "routing_offset": offset,
@@ -991,7 +1007,15 @@ impl<B: AutodiffBackend> Trainer<B> {
             branches: [bytes(&nets[1])?, bytes(&nets[2])?, bytes(&nets[3])?],
             origin: "classsr-train export".into(),
         };
-        validate_set(&mut set, &self.opts.val)?;
+        // the -O model itself (branch3 is -O fine-tuned on the hardest class), if stage 1 kept it
+        let minus_o = match self.finished("original", &[self.opts.branches()[2]]) {
+            Ok(o) => Some(bytes(&o[0])?),
+            Err(e) => {
+                eprintln!("export: the -O model is not scored ({e})");
+                None
+            }
+        };
+        validate_set(&mut set, &self.opts.val, minus_o)?;
         set.save_dir(&out, self.opts.force).map_err(|e| e.to_string())?;
         for f in ["training.csv", "training.png"] {
             let src = self.opts.work.join(f);
@@ -1070,8 +1094,9 @@ fn list_count(dir: &Path) -> usize {
 }
 
 /// Scores a model set on full validation images through ONNX Runtime and records the results
-/// in its manifest: PSNR per mode, per-branch PSNR, class shares and MACs.
-pub fn validate_set(set: &mut ModelSet, val: &Path) -> Result<(), String> {
+/// in its manifest: PSNR per mode, per-branch PSNR, class shares and MACs, and with `minus_o`
+/// (the -O model's graph) its PSNR as `psnr_db.minus_o`.
+pub fn validate_set(set: &mut ModelSet, val: &Path, minus_o: Option<Vec<u8>>) -> Result<(), String> {
     let scale = set.manifest.scale as usize;
     let images: Vec<EvalImage> = crate::eval::list_images(val)?
         .iter()
@@ -1085,8 +1110,7 @@ pub fn validate_set(set: &mut ModelSet, val: &Path) -> Result<(), String> {
         device_id: 0,
         threads: 0,
     };
-    let model = Model::load(set, &cfg).map_err(|e| e.to_string())?;
-    let mut engine = Engine::new(model);
+    let mut engine = Engine::new(Model::load(set, &cfg).map_err(|e| e.to_string())?);
     let frame = FrameConfig::default();
     let mut psnr = serde_json::Map::new();
     let mut lines = Vec::new();
@@ -1133,6 +1157,17 @@ pub fn validate_set(set: &mut ModelSet, val: &Path) -> Result<(), String> {
         }
         lines.push(format!("{:>9}: {:.3} dB", mode.name(), r.psnr));
     }
+    if let Some(bytes) = minus_o {
+        let mut o_set = set.clone();
+        o_set.branches[2] = bytes;
+        let mut o_engine = Engine::new(Model::load(&o_set, &cfg).map_err(|e| e.to_string())?);
+        let r = evaluate(&mut o_engine, &images, Mode::Branch(2), &frame).map_err(|e| e.to_string())?;
+        psnr.insert("minus_o".into(), serde_json::json!((r.psnr * 1000.0).round() / 1000.0));
+        lines.push(format!(
+            "{:>9}: {:.3} dB (the -O model before branch3's class fine-tuning)",
+            "-O", r.psnr
+        ));
+    }
     set.manifest
         .validation
         .insert("psnr_db".into(), serde_json::Value::Object(psnr));
@@ -1146,6 +1181,27 @@ pub fn validate_set(set: &mut ModelSet, val: &Path) -> Result<(), String> {
     );
     eprintln!("validation:\n  {}", lines.join("\n  "));
     Ok(())
+}
+
+/// Classes by PSNR rank within each group (highest third → 0, lowest → 2); rank-based so ties
+/// cannot unbalance the classes. With one group it is the paper's global split. Per image it
+/// keeps a few photographs' overall noise, blur or brightness — which make every sub-image of
+/// an image easy or hard alike — out of the classes, so that the classifier learns what makes
+/// a tile hard within a picture (the paper's 800 DIV2K images average that out; 7 do not).
+pub fn class_split(psnr: &[f64], groups: &[u32]) -> Vec<u8> {
+    let mut members: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+    for (i, &g) in groups.iter().enumerate() {
+        members.entry(g).or_default().push(i);
+    }
+    let mut classes = vec![0u8; psnr.len()];
+    for ids in members.values() {
+        let v: Vec<f64> = ids.iter().map(|&i| psnr[i]).collect();
+        let m = ids.len();
+        for (rank, &k) in super::descending_order(&v).iter().enumerate() {
+            classes[ids[k]] = (3 * rank / m).min(2) as u8;
+        }
+    }
+    classes
 }
 
 /// The largest routing offset b (logits [l1 − b, l2, l3 + b], routed by `engine::route` as the
