@@ -1,7 +1,7 @@
 // classsr-train: ClassSR's staged training, writing a model directory the element loads.
 //
 //   classsr-train all --data data/train --val data/val --out models/fsrcnn [--family fsrcnn|srresnet]
-//       [--scale 4] [--iters N] [--batch B] [--device cpu|cuda] [--seed S] [--resume] [--force]
+//       [--scale 4] [--iters N] [--batch B] [--device cpu|flex|cuda] [--seed S] [--resume] [--force]
 //       [--work DIR] [--checkpoint-secs S] [--iters-original N] [--plain] [--classifier-width W]
 //       [--init-from MODEL_DIR] [--random-init] [--macs-budget PERCENT] [--finetune-lr LR]
 //       [--global-split]
@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use gstclasssr::train::pipeline::{Family, Options, Trainer};
 
 const USAGE: &str = "usage: classsr-train <prepare|stage1|stage2|stage3|export|all> --data DIR --val DIR --out DIR \
-[--family fsrcnn|srresnet] [--scale 4] [--iters N] [--batch B] [--device cpu|cuda] [--seed S] [--resume] [--force] \
+[--family fsrcnn|srresnet] [--scale 4] [--iters N] [--batch B] [--device cpu|flex|cuda] [--seed S] [--resume] [--force] \
 [--work DIR] [--checkpoint-secs S] [--aug 1.0,0.9,...] [--iters-original N] [--plain] [--classifier-width W] \
 [--init-from MODEL_DIR] [--random-init] [--macs-budget PERCENT] [--finetune-lr LR] [--global-split]";
 
@@ -106,6 +106,24 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
     Ok((cmd, o))
 }
 
+/// burn's CUDA backend loads the driver library lazily and panics in a worker thread when it is
+/// missing: check for it first and say what to do.
+#[cfg(feature = "cuda")]
+fn cuda_driver() -> Result<(), String> {
+    for name in ["libcuda.so.1", "libcuda.so"] {
+        // SAFETY: the NVIDIA driver library has no initialisers that assume anything of us
+        if unsafe { libloading::Library::new(name) }.is_ok() {
+            return Ok(());
+        }
+    }
+    Err(
+        "--device cuda: the NVIDIA driver library (libcuda.so.1) cannot be loaded: this machine has no \
+usable NVIDIA GPU or driver (install the driver, or put its folder on LD_LIBRARY_PATH), or train with \
+--device flex|cpu"
+            .into(),
+    )
+}
+
 fn run<B: burn::tensor::backend::AutodiffBackend>(cmd: &str, opts: Options, device: B::Device) -> Result<(), String> {
     let mut t = Trainer::<B>::new(opts, device)?;
     if cmd != "export" {
@@ -152,12 +170,12 @@ fn main() -> ExitCode {
         "cpu" => run::<gstclasssr::train::CpuBackend>(&cmd, opts, Default::default()),
         "flex" => run::<gstclasssr::train::FlexBackend>(&cmd, opts, Default::default()),
         #[cfg(feature = "cuda")]
-        "cuda" => run::<gstclasssr::train::CudaBackend>(&cmd, opts, Default::default()),
+        "cuda" => cuda_driver().and_then(|()| run::<gstclasssr::train::CudaBackend>(&cmd, opts, Default::default())),
         #[cfg(not(feature = "cuda"))]
         "cuda" => {
             Err("this build has no CUDA backend: rebuild with --features cuda (CUDARC_CUDA_VERSION=13000)".into())
         }
-        d => Err(format!("unknown device '{d}' (cpu or cuda)")),
+        d => Err(format!("unknown device '{d}' (cpu, flex or cuda)")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
