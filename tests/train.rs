@@ -292,6 +292,13 @@ fn short_run_learns_uses_all_classes_exports_and_protects_the_model() {
         m.provenance.details
     );
     assert!(m.qos_step() > 0.0 && m.qos_bias_step.is_some());
+    // the -O model itself is scored next to its fine-tuned branch3, and the split is recorded
+    let psnr = &m.validation["psnr_db"];
+    assert!(
+        psnr["minus_o"].as_f64().is_some_and(|v| v > 10.0) && psnr["branch3"].is_number(),
+        "{psnr}"
+    );
+    assert_eq!(m.provenance.details["class_split"], "per-image");
 
     // --init-from names what is wrong with a model of another architecture.
     let mut args = vec!["stage1", "--init-from", "models/known-answer", "--work"];
