@@ -3,17 +3,19 @@
 NAME_MODE.ppm next to NAME_hr.ppm, RGB PSNR with a SHAVE-pixel border left out, computed
 with numpy. Prints one line per image: NAME MODE PSNR."""
 import pathlib
+import re
 import sys
 
 import numpy as np
 
 
 def read_ppm(path):
-    data = path.read_bytes()
-    parts = data.split(maxsplit=4)
-    assert parts[0] == b"P6" and parts[3] == b"255", path
-    w, h = int(parts[1]), int(parts[2])
-    return np.frombuffer(parts[4][: w * h * 3], dtype=np.uint8).reshape(h, w, 3)
+    data = pathlib.Path(path).read_bytes()
+    # exactly one whitespace byte ends the header: the first pixel byte may itself be one
+    m = re.match(rb"P6\s+(\d+)\s+(\d+)\s+255\s", data)
+    assert m, path
+    w, h = int(m.group(1)), int(m.group(2))
+    return np.frombuffer(data[m.end() : m.end() + w * h * 3], dtype=np.uint8).reshape(h, w, 3)
 
 
 def main():

@@ -18,16 +18,14 @@ Cost is true MACs as a share of branch3, classifier included (--costs, from the 
 import argparse
 import glob
 import os
-import re
 
 import numpy as np
 
+from psnr_check import read_ppm as read_ppm_u8
+
 
 def read_ppm(path):
-    data = open(path, "rb").read()
-    m = re.match(rb"P6\s+(\d+)\s+(\d+)\s+(\d+)\s", data)
-    w, h = int(m.group(1)), int(m.group(2))
-    return np.frombuffer(data[m.end():m.end() + w * h * 3], dtype=np.uint8).reshape(h, w, 3).astype(np.float64)
+    return read_ppm_u8(path).astype(np.float64)
 
 
 def main():
