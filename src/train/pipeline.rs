@@ -697,12 +697,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let scope = if self.opts.global_split { "global" } else { "per-image" };
         let n = self.train.as_ref().unwrap().subs.len();
         if path.exists() {
-            let classes = self.load_split()?;
-            let stored = std::fs::read_to_string(&path)
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|v| v["scope"].as_str().map(str::to_string))
-                .unwrap_or_else(|| "global".into());
+            let (classes, stored) = self.read_split()?;
             if classes.len() == n && stored == scope {
                 return Ok(classes);
             }
@@ -887,10 +882,17 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     fn load_split(&self) -> Result<Vec<u8>, String> {
+        self.read_split().map(|(classes, _)| classes)
+    }
+
+    /// The stored split: classes and scope (splits written before the scope was recorded
+    /// were global).
+    fn read_split(&self) -> Result<(Vec<u8>, String), String> {
         let path = self.opts.work.join("split.json");
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}; run stage1 first", path.display()))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_value(v["classes"].clone()).map_err(|e| format!("{}: {e}", path.display()))
+        let classes = serde_json::from_value(v["classes"].clone()).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok((classes, v["scope"].as_str().unwrap_or("global").to_string()))
     }
 
     /// Class shares of the classifier alone on the validation crops.
