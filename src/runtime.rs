@@ -97,8 +97,19 @@ impl std::fmt::Display for ActiveDevice {
 pub struct SessionConfig {
     pub device: DeviceRequest,
     pub device_id: i32,
-    /// Intra-op threads (0 = ONNX Runtime's default, one per core).
+    /// On the CPU: tiles are split across this many parallel one-thread sessions of each
+    /// branch (0 = one per core). With CUDA: ONNX Runtime's intra-op threads (0 = its default).
     pub threads: usize,
+}
+
+impl SessionConfig {
+    /// How many one-thread CPU sessions share the tiles of a branch run.
+    pub fn cpu_workers(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 fn builder(threads: usize) -> Result<ort::session::builder::SessionBuilder, Error> {
@@ -126,7 +137,14 @@ fn commit(mut b: ort::session::builder::SessionBuilder, bytes: &[u8], what: &str
         .map_err(|e| Error::Model(format!("{what} is not a valid ONNX model for ONNX Runtime: {e}")))
 }
 
-/// Builds a session for one graph. With `Auto`, a CUDA provider that fails to register falls
+/// A CPU session with `threads` intra-op threads (0 = ONNX Runtime's default, one per core).
+/// The engine's CPU sessions have one thread each: tiles are shared out between sessions
+/// instead, which on small convolutions beats splitting each operator across threads.
+pub fn cpu_session(bytes: &[u8], what: &str, threads: usize) -> Result<Session, Error> {
+    commit(builder(threads)?, bytes, what)
+}
+
+/// Builds a session for one graph (on the CPU with one intra-op thread, see [`cpu_session`]). With `Auto`, a CUDA provider that fails to register falls
 /// back to CPU and the reason is returned as a warning.
 pub fn session(
     bytes: &[u8],
@@ -134,7 +152,7 @@ pub fn session(
     cfg: &SessionConfig,
 ) -> Result<(Session, ActiveDevice, Option<String>), Error> {
     if cfg.device == DeviceRequest::Cpu {
-        return Ok((commit(builder(cfg.threads)?, bytes, what)?, ActiveDevice::Cpu, None));
+        return Ok((cpu_session(bytes, what, 1)?, ActiveDevice::Cpu, None));
     }
     let cuda = ort::ep::CUDA::default()
         .with_device_id(cfg.device_id)
@@ -154,11 +172,7 @@ pub fn session(
             if cfg.device == DeviceRequest::Cuda {
                 Err(Error::Runtime(why))
             } else {
-                Ok((
-                    commit(builder(cfg.threads)?, bytes, what)?,
-                    ActiveDevice::Cpu,
-                    Some(why),
-                ))
+                Ok((cpu_session(bytes, what, 1)?, ActiveDevice::Cpu, Some(why)))
             }
         }
     }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use gstclasssr::engine::{Engine, FrameConfig, Image, ImageMut, Mode, Model, PixelLayout};
+use gstclasssr::engine::{CacheMode, Engine, FrameConfig, Image, ImageMut, Mode, Model, PixelLayout};
 use gstclasssr::manifest::ModelSet;
 use gstclasssr::runtime::{self, DeviceRequest, SessionConfig};
 use ort::value::TensorRef;
@@ -92,10 +92,13 @@ fn tiled_branches_match_whole_frame_runs_above_45_db() {
 #[test]
 fn all_tiles_classified_in_one_run_and_one_run_per_branch_group() {
     let set = ModelSet::load(KA).unwrap();
-    let mut engine = Engine::new(Model::load(&set, &CPU).unwrap());
+    // One tile worker: one classifier run and one run per non-empty branch group.
+    let one = SessionConfig { threads: 1, ..CPU };
+    let mut engine = Engine::new(Model::load(&set, &one).unwrap());
+    assert!(engine.model().workers.is_empty());
     let img = zones(200, 120);
     let cfg = FrameConfig::default();
-    let (_, stats) = run_engine(&mut engine, &img, &cfg);
+    let (single, stats) = run_engine(&mut engine, &img, &cfg);
     let (grid, classes) = engine.last_classes().unwrap();
     let n = grid.len();
     assert_eq!(stats.tiles.iter().sum::<usize>(), n);
@@ -119,11 +122,28 @@ fn all_tiles_classified_in_one_run_and_one_run_per_branch_group() {
     assert_eq!(stats.macs, expect);
     assert_eq!(stats.original_macs, m.branches[2].macs_per_tile * n as u64);
 
-    // max-batch splits groups: ceil(count / max_batch) runs each.
-    let small = FrameConfig { max_batch: 4, ..cfg };
-    let (_, split) = run_engine(&mut engine, &img, &small);
-    let expect_runs: usize = 1 + split.tiles.iter().map(|&k| k.div_ceil(4)).sum::<usize>();
-    assert_eq!(split.runs, expect_runs);
+    // With W tile workers (CPU has 2) each group is shared out in W contiguous parts, each
+    // split by max-batch; the frame is the same byte for byte.
+    let mut workers = Engine::new(Model::load(&set, &CPU).unwrap());
+    let w = workers.model().workers.len() + 1;
+    assert_eq!(w, 2);
+    let runs = |k: usize, max_batch: usize| -> usize {
+        let parts = w.min(k);
+        (0..parts)
+            .map(|p| ((p + 1) * k / parts - p * k / parts).div_ceil(max_batch))
+            .sum()
+    };
+    for max_batch in [256, 4] {
+        let c = FrameConfig { max_batch, ..cfg };
+        let (frame, split) = run_engine(&mut workers, &img, &c);
+        assert_eq!(split.tiles, stats.tiles);
+        let expect_runs: usize = 1 + split.tiles.iter().map(|&k| runs(k, max_batch)).sum::<usize>();
+        assert_eq!(split.runs, expect_runs, "max-batch {max_batch}");
+        assert!(
+            frame == single,
+            "max-batch {max_batch}: the workers' frame differs from one worker's"
+        );
+    }
 }
 
 #[test]
@@ -266,6 +286,43 @@ fn frame_graphs_match_the_cpu_engine_bit_for_bit() {
                 0,
                 "{name} {w}x{h} {}: the frame graphs differ from the engine",
                 layout.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn full_cache_updates_only_changed_tiles_and_stays_exact() {
+    // A patch moving across a still picture: with cache=full (threshold 0: only bit-identical
+    // tiles are reused) each frame equals cache=off's byte for byte, though only the tiles the
+    // patch touches are recomputed and repacked over the previous output.
+    let set = ModelSet::embedded();
+    let mut off = Engine::new(Model::load(&set, &CPU).unwrap());
+    let mut full = Engine::new(Model::load(&set, &CPU).unwrap());
+    let base = picture(200, 120, 9);
+    let cfg_off = FrameConfig::default();
+    let cfg_full = FrameConfig {
+        cache: CacheMode::Full,
+        cache_threshold: 0.0,
+        cache_refresh: 0,
+        ..cfg_off
+    };
+    for frame in 0..6 {
+        let mut img = base.clone();
+        for y in 40..52 {
+            for x in 20 + 25 * frame..32 + 25 * frame {
+                img.px[y * img.width + x] = [250, 20, 40, 255];
+            }
+        }
+        let (want, _) = run_engine(&mut off, &img, &cfg_off);
+        let (got, st) = run_engine(&mut full, &img, &cfg_full);
+        assert!(got == want, "frame {frame}: cache=full differs from cache=off");
+        let n = st.tiles.iter().sum::<usize>();
+        if frame > 0 {
+            assert!(
+                st.full_cache_hits > 0 && st.full_cache_hits * 2 >= n,
+                "frame {frame}: only the tiles the patch touched rerun ({} of {n} reused)",
+                st.full_cache_hits
             );
         }
     }

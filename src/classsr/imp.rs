@@ -250,8 +250,8 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecUInt::builder("threads")
                     .nick("Threads")
-                    .blurb("ONNX Runtime intra-op threads per graph; 0 = one per core")
-                    .maximum(256)
+                    .blurb("CPU: a branch run's tiles are shared out between this many one-thread ONNX Runtime sessions (0 = one per core); CUDA: ONNX Runtime's intra-op threads (0 = its default)")
+                    .maximum(64)
                     .default_value(0)
                     .mutable_ready()
                     .build(),

@@ -39,8 +39,9 @@ pub struct TileCache {
     reference: Vec<f32>,
     pub classes: Vec<u8>,
     valid: Vec<bool>,
-    /// Per tile: HR output (full mode).
+    /// Per tile: the HR output last merged into the frame (full mode).
     pub hr: Vec<f32>,
+    /// Per tile: whether that output may be reused (it came from the tile's branch).
     hr_valid: Vec<bool>,
     /// Frames since everything was last recomputed.
     age: u64,
@@ -74,13 +75,16 @@ impl TileCache {
         self.key = None;
     }
 
-    /// Starts a frame: drops everything when the routing settings changed or a refresh is due.
-    pub fn begin_frame(&mut self, key: (u8, u32), refresh: u32) {
-        if self.key != Some(key) || (refresh > 0 && self.age >= refresh as u64) {
+    /// Starts a frame: drops everything when the routing settings changed or a refresh is due
+    /// (and then returns true).
+    pub fn begin_frame(&mut self, key: (u8, u32), refresh: u32) -> bool {
+        let reset = self.key != Some(key) || (refresh > 0 && self.age >= refresh as u64);
+        if reset {
             self.reset();
             self.key = Some(key);
         }
         self.age += 1;
+        reset
     }
 
     /// Whether tile `i` (the NCHW item `tile`) is unchanged: in every 8×8 block (all three
@@ -131,13 +135,14 @@ impl TileCache {
         self.hr_valid[i]
     }
 
-    /// Records the HR output of tile `i` (full mode).
-    pub fn store_hr(&mut self, i: usize, hr: &[f32]) {
+    /// Records the HR output merged for tile `i` (full mode); `reusable` when it came from the
+    /// tile's branch (a QoS bicubic stand-in is kept only so it can be taken out again).
+    pub fn store_hr(&mut self, i: usize, hr: &[f32], reusable: bool) {
         if self.hr.is_empty() {
             self.hr = vec![0.0; self.valid.len() * self.out_item];
         }
         self.hr[i * self.out_item..(i + 1) * self.out_item].copy_from_slice(hr);
-        self.hr_valid[i] = true;
+        self.hr_valid[i] = reusable;
     }
 
     pub fn hr_of(&self, i: usize) -> &[f32] {

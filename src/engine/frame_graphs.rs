@@ -146,9 +146,9 @@ impl Engine {
                     "unpack graph",
                 )?,
                 select: session(to_bytes(&select_graph(cfg.tile)), "select graph")?,
-                accumulate: session(to_bytes(&accumulate_graph(&grid)), "accumulate graph")?,
+                accumulate: session(to_bytes(&accumulate_graph(&grid, lo, hi)), "accumulate graph")?,
                 pack: session(
-                    to_bytes(&pack_graph(&grid, output.layout, lo, hi).map_err(Error::Settings)?),
+                    to_bytes(&pack_graph(&grid, output.layout).map_err(Error::Settings)?),
                     "pack graph",
                 )?,
                 grid,
@@ -201,7 +201,7 @@ impl Engine {
                 class_of[k] = route(l, cfg.bias);
             }
         }
-        // each branch on its tiles, in the CPU engine's merge order (class, then tile index),
+        // each branch on its tiles (class, then tile index; the fixed-point sum is order-free),
         // runs padded to their bucket (padding repeats the first tile and is spilled)
         for (class, cost) in costs.iter().enumerate() {
             let group: Vec<i64> = (0..n)

@@ -1,7 +1,9 @@
 // The GStreamer-free ClassSR engine shared by the element, the CLI and the tests: it tiles a
 // frame, classifies all tiles in one batched run, runs each branch once per frame on its group
-// (split by max-batch), and merges the HR tiles with feathered weights.
+// (shared out between the CPU tile workers, split by max-batch), and merges the HR tiles with
+// feathered weights into a fixed-point accumulator (accumulate.rs).
 
+pub mod accumulate;
 pub mod cache;
 pub mod frame_graphs;
 pub mod model;
@@ -9,7 +11,10 @@ pub mod pixels;
 pub mod resample;
 pub mod tiling;
 
+use std::sync::Mutex;
 use std::time::Instant;
+
+use ort::session::Session;
 
 pub use cache::CacheMode;
 pub use model::Model;
@@ -18,7 +23,9 @@ pub use tiling::TileGrid;
 
 use crate::onnx::Kernel;
 use crate::Error;
+use accumulate::{merge_tile, tile_region, FX_ONE};
 use cache::TileCache;
+use pixels::Region;
 use resample::Upsampler;
 
 /// Largest accepted input frame side (the output is `scale` times larger).
@@ -145,12 +152,21 @@ struct Work {
     /// Padded LR alpha plane (0..1), for layouts with alpha.
     alpha_lr: Vec<f32>,
     alpha_hr: Vec<f32>,
-    /// Planar padded HR accumulator (3 planes).
+    /// Planar padded HR frame (3 planes) of the bicubic and classmap modes.
     acc: Vec<f32>,
+    /// Planar padded HR fixed-point accumulator of the network modes (see accumulate.rs).
+    fx: Vec<i32>,
+    /// Whether `fx` holds exactly the contributions of every tile's cached HR output (after
+    /// a full-cache frame), so the next full-cache frame only updates the tiles it recomputes.
+    fx_complete: bool,
+    /// The last packed output frame of a full-cache frame, and the geometry it has
+    /// (width, height, stride, layout): the next one repacks only the recomputed tiles.
+    last_out: Vec<u8>,
+    last_out_key: Option<(usize, usize, usize, PixelLayout)>,
     /// NCHW staging of all tiles for the classifier.
     all_tiles: Vec<f32>,
-    /// NCHW staging per class for the branch runs.
-    staging: [Vec<f32>; 3],
+    /// NCHW staging of a branch run, one per tile worker.
+    staging: Vec<Vec<f32>>,
     class_of: Vec<u8>,
     /// Tiles recomputed this frame (the others come from the cache).
     fresh: Vec<bool>,
@@ -160,6 +176,7 @@ struct Work {
     /// One LR and one HR tile (QoS bicubic path).
     tile_lr: Vec<f32>,
     tile_hr: Vec<f32>,
+    /// Per class, the tiles whose branch runs this frame.
     groups: [Vec<u32>; 3],
     cubic: Upsampler,
     cache: TileCache,
@@ -172,9 +189,13 @@ impl Work {
             lr: vec![0.0; 3 * pw * ph],
             alpha_lr: Vec::new(),
             alpha_hr: Vec::new(),
-            acc: vec![0.0; 3 * pw * ph * scale * scale],
+            acc: Vec::new(),
+            fx: Vec::new(),
+            fx_complete: false,
+            last_out: Vec::new(),
+            last_out_key: None,
             all_tiles: Vec::new(),
-            staging: Default::default(),
+            staging: Vec::new(),
             class_of: vec![0; grid.len()],
             fresh: vec![true; grid.len()],
             fresh_ids: Vec::new(),
@@ -187,6 +208,11 @@ impl Work {
             cache: TileCache::new(grid.len(), grid.tile, 3 * (grid.tile * scale).pow(2)),
             grid,
         }
+    }
+
+    /// Length of the padded HR planes.
+    fn hr_len(&self) -> usize {
+        3 * self.grid.padded_width * self.grid.padded_height * self.grid.scale.pow(2)
     }
 }
 
@@ -215,27 +241,6 @@ fn gather_tile(grid: &TileGrid, lr: &[f32], i: usize, dst: &mut [f32]) {
     }
 }
 
-/// Adds HR tile `i` (one NCHW item) into the planar accumulator with its blending weights.
-fn merge_tile(grid: &TileGrid, acc: &mut [f32], i: usize, src: &[f32]) {
-    let (c0, r0) = grid.cell(i);
-    let (x0, y0) = (grid.xs[c0] * grid.scale, grid.ys[r0] * grid.scale);
-    let th = grid.tile * grid.scale;
-    let ow = grid.padded_width * grid.scale;
-    let plane = ow * grid.padded_height * grid.scale;
-    let (wx, wy) = (&grid.wx[c0], &grid.wy[r0]);
-    for c in 0..3 {
-        for y in 0..th {
-            let d = c * plane + (y0 + y) * ow + x0;
-            let row = &mut acc[d..d + th];
-            let s = &src[(c * th + y) * th..(c * th + y + 1) * th];
-            let wyy = wy[y];
-            for ((a, &v), &w) in row.iter_mut().zip(s).zip(wx) {
-                *a += wyy * w * v;
-            }
-        }
-    }
-}
-
 /// Tints the (bicubic) accumulator by tile class where a tile owns the pixel (its feather weight
 /// is at least 1/2 along both axes, so corners of overlaps are owned too): branch1 green,
 /// branch2 yellow, branch3 red.
@@ -259,6 +264,74 @@ fn tint_classes(work: &mut Work) {
                 }
             }
         }
+    }
+}
+
+/// One branch run shared out between tile workers: what each worker needs to run its part
+/// and merge the outputs (under a lock; fixed-point merging makes the order irrelevant).
+struct Job<'a> {
+    grid: &'a TileGrid,
+    tiles: &'a [f32],
+    output: &'a str,
+    what: String,
+    max_batch: usize,
+    merge: Mutex<(&'a mut Vec<i32>, &'a mut TileCache)>,
+    lo: f32,
+    kf: f32,
+    /// Keep the outputs in the cache (full mode).
+    keep: bool,
+    /// Take each tile's previous output out of the accumulator first.
+    incremental: bool,
+}
+
+impl Job<'_> {
+    /// Runs `part` (tile ids) on `session` in batches, staging the tiles in `buf`.
+    fn run(&self, session: &mut Session, buf: &mut Vec<f32>, part: &[u32]) -> Result<usize, Error> {
+        let t = self.grid.tile;
+        let item = 3 * t * t;
+        let th = t * self.grid.scale;
+        let out_item = 3 * th * th;
+        let mut runs = 0;
+        for chunk in part.chunks(self.max_batch) {
+            buf.resize(buf.len().max(chunk.len() * item), 0.0);
+            for (k, &i) in chunk.iter().enumerate() {
+                let i = i as usize;
+                buf[k * item..(k + 1) * item].copy_from_slice(&self.tiles[i * item..(i + 1) * item]);
+            }
+            let what = &self.what;
+            let scale = self.grid.scale;
+            model::run_with(
+                session,
+                self.output,
+                &buf[..chunk.len() * item],
+                (chunk.len(), t),
+                what,
+                |shape, data| {
+                    let want = [chunk.len() as i64, 3, th as i64, th as i64];
+                    if shape != want || data.len() != chunk.len() * out_item {
+                        return Err(Error::Model(format!(
+                            "{what} returned shape {shape:?} for {} tiles of {t}x{t}; the manifest (scale {scale}) needs {want:?}",
+                            chunk.len()
+                        )));
+                    }
+                    let mut guard = self.merge.lock().unwrap_or_else(|e| e.into_inner());
+                    let (fx, cache) = &mut *guard;
+                    for (k, &i) in chunk.iter().enumerate() {
+                        let (i, out) = (i as usize, &data[k * out_item..(k + 1) * out_item]);
+                        if self.incremental {
+                            merge_tile(self.grid, fx, i, cache.hr_of(i), self.lo, self.kf, -1);
+                        }
+                        merge_tile(self.grid, fx, i, out, self.lo, self.kf, 1);
+                        if self.keep {
+                            cache.store_hr(i, out, true);
+                        }
+                    }
+                    Ok(())
+                },
+            )?;
+            runs += 1;
+        }
+        Ok(runs)
     }
 }
 
@@ -370,15 +443,18 @@ impl Engine {
             original_macs: costs[2] * n as u64,
             ..Default::default()
         };
-        let bicubic_all = cfg.mode == Mode::Bicubic || cfg.mode == Mode::ClassMap;
-        if bicubic_all {
+        let networks = !matches!(cfg.mode, Mode::Bicubic | Mode::ClassMap);
+        if !networks {
             let (hw, hh) = (pw * s, ph * s);
+            work.acc.resize(work.hr_len(), 0.0);
             for c in 0..3 {
                 let plane = &work.lr[c * pw * ph..(c + 1) * pw * ph];
                 work.cubic
                     .upscale(plane, pw, ph, &mut work.acc[c * hw * hh..(c + 1) * hw * hh]);
             }
         }
+        // Tiles whose HR output is recomputed this frame (all, unless cache=full keeps some).
+        let mut merged = n;
         if cfg.mode != Mode::Bicubic {
             let threshold = cfg.cache_threshold * (hi - lo) / 255.0;
             Self::find_fresh(work, cfg, threshold);
@@ -387,47 +463,104 @@ impl Engine {
             if cfg.mode == Mode::ClassMap {
                 tint_classes(work);
             } else {
-                work.acc.fill(0.0);
+                let full = cfg.cache == CacheMode::Full;
+                // After a full-cache frame the accumulator holds every tile's cached output:
+                // only the recomputed tiles are taken out and put back in.
+                let incremental = full && work.fx_complete;
+                if !incremental {
+                    let len = work.hr_len();
+                    work.fx.clear();
+                    work.fx.resize(len, 0);
+                }
+                let kf = FX_ONE / (hi - lo);
                 for (class, cost) in costs.iter().enumerate() {
-                    let count = work.groups[class].len();
-                    if count == 0 {
+                    if work.groups[class].is_empty() {
                         continue;
                     }
                     if class == 0 && cfg.class1_bicubic {
-                        Self::bicubic_tiles(work, 0);
+                        Self::bicubic_tiles(work, 0, lo, kf, full, incremental);
                     } else {
-                        stats.macs += cost * count as u64;
-                        stats.runs += Self::run_branch(&mut self.model, work, class, cfg)?;
+                        stats.macs += cost * work.groups[class].len() as u64;
+                        stats.runs += Self::run_branch(&mut self.model, work, class, cfg, (lo, kf), incremental)?;
                     }
                 }
-                if cfg.cache == CacheMode::Full {
-                    for i in 0..n {
-                        if !work.fresh[i] && work.cache.has_hr(i) {
-                            merge_tile(&work.grid, &mut work.acc, i, work.cache.hr_of(i));
-                            stats.full_cache_hits += 1;
+                merged = work.groups.iter().map(|g| g.len()).sum();
+                if full {
+                    stats.full_cache_hits = n - merged;
+                    if !incremental {
+                        for i in 0..n {
+                            if !work.fresh[i] && work.cache.has_hr(i) {
+                                merge_tile(&work.grid, &mut work.fx, i, work.cache.hr_of(i), lo, kf, 1);
+                            }
                         }
                     }
                 }
+                work.fx_complete = full;
             }
             for (c, t) in stats.tiles.iter_mut().enumerate() {
                 *t = work.class_of.iter().filter(|&&k| k as usize == c).count();
             }
         }
         let work = self.work.as_mut().expect("prepared");
+        if !networks {
+            work.fx_complete = false;
+        }
         if with_alpha {
             work.cubic.upscale(&work.alpha_lr, pw, ph, &mut work.alpha_hr);
         }
-        pixels::pack_planar(
-            &work.acc,
-            pw * s,
-            ph * s,
-            lo,
-            hi,
-            with_alpha.then_some(&work.alpha_hr[..]),
-            output,
-        );
+        let alpha = with_alpha.then_some(&work.alpha_hr[..]);
+        if !networks {
+            pixels::pack_planar(&work.acc, pw * s, ph * s, lo, hi, alpha, output);
+            work.last_out_key = None;
+        } else {
+            Self::pack_fx(work, cfg, output, alpha.is_some(), merged);
+        }
         stats.seconds = started.elapsed().as_secs_f64();
         Ok(stats)
+    }
+
+    /// Packs the fixed-point frame into `output`. After a full-cache frame whose previous
+    /// output was kept, only the recomputed tiles are repacked over a copy of it.
+    fn pack_fx(work: &mut Work, cfg: &FrameConfig, output: &mut ImageMut, with_alpha: bool, merged: usize) {
+        let (hw, hh) = (
+            work.grid.padded_width * work.grid.scale,
+            work.grid.padded_height * work.grid.scale,
+        );
+        let key = Some((output.width, output.height, output.stride, output.layout));
+        let keep = cfg.cache == CacheMode::Full && !with_alpha;
+        let alpha = with_alpha.then_some(&work.alpha_hr[..]);
+        let need = output.stride * (output.height - 1) + output.width * output.layout.bytes_per_pixel();
+        if keep && work.last_out_key == key && merged * 2 <= work.grid.len() {
+            let mut last = ImageMut {
+                data: &mut work.last_out[..],
+                width: output.width,
+                height: output.height,
+                stride: output.stride,
+                layout: output.layout,
+            };
+            for g in &work.groups {
+                for &i in g {
+                    accumulate::pack(&work.fx, hw, hh, tile_region(&work.grid, i as usize), None, &mut last);
+                }
+            }
+            output.data[..need].copy_from_slice(&work.last_out[..need]);
+            return;
+        }
+        accumulate::pack(
+            &work.fx,
+            hw,
+            hh,
+            Region::all(output.width, output.height),
+            alpha,
+            output,
+        );
+        if keep {
+            work.last_out.clear();
+            work.last_out.extend_from_slice(&output.data[..need]);
+            work.last_out_key = key;
+        } else {
+            work.last_out_key = None;
+        }
     }
 
     /// Gathers every tile and decides which must be recomputed (all, without the cache).
@@ -443,8 +576,12 @@ impl Engine {
             work.fresh.fill(true);
             return;
         }
-        work.cache
-            .begin_frame((cfg.mode.key(), cfg.bias.to_bits()), cfg.cache_refresh);
+        if work
+            .cache
+            .begin_frame((cfg.mode.key(), cfg.bias.to_bits()), cfg.cache_refresh)
+        {
+            work.fx_complete = false;
+        }
         for i in 0..n {
             work.fresh[i] = !work
                 .cache
@@ -516,8 +653,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Upscales a group's tiles bicubically (QoS degradation of the cheapest class).
-    fn bicubic_tiles(work: &mut Work, class: usize) {
+    /// Upscales a group's tiles bicubically (QoS degradation of the cheapest class). In full
+    /// mode their outputs are kept (to be taken out again) but not reused.
+    fn bicubic_tiles(work: &mut Work, class: usize, lo: f32, kf: f32, full: bool, incremental: bool) {
         let t = work.grid.tile;
         let th = t * work.grid.scale;
         work.tile_hr.resize(3 * th * th, 0.0);
@@ -531,58 +669,83 @@ impl Engine {
                 work.cubic
                     .upscale(src, t, t, &mut work.tile_hr[c * th * th..(c + 1) * th * th]);
             }
-            merge_tile(&work.grid, &mut work.acc, i, &work.tile_hr);
+            if incremental {
+                merge_tile(&work.grid, &mut work.fx, i, work.cache.hr_of(i), lo, kf, -1);
+            }
+            merge_tile(&work.grid, &mut work.fx, i, &work.tile_hr, lo, kf, 1);
+            if full {
+                work.cache.store_hr(i, &work.tile_hr, false);
+            }
         }
     }
 
-    /// Runs one branch over its group in batches of at most `max_batch` and merges the results
-    /// (and, in full cache mode, keeps them).
-    fn run_branch(model: &mut Model, work: &mut Work, class: usize, cfg: &FrameConfig) -> Result<usize, Error> {
-        let t = work.grid.tile;
-        let item = 3 * t * t;
-        let th = t * work.grid.scale;
-        let out_item = 3 * th * th;
-        let mut runs = 0;
-        let keep = cfg.cache == CacheMode::Full;
-        let group = &work.groups[class];
-        for chunk in group.chunks(cfg.max_batch) {
-            let staging = &mut work.staging[class];
-            staging.resize(chunk.len().max(staging.len() / item) * item, 0.0);
-            for (k, &i) in chunk.iter().enumerate() {
-                let i = i as usize;
-                staging[k * item..(k + 1) * item].copy_from_slice(&work.all_tiles[i * item..(i + 1) * item]);
-            }
-            let input = &staging[..chunk.len() * item];
-            let what = format!("branch{}", class + 1);
-            let name = &model.manifest.branches[class].output;
-            let scale = work.grid.scale;
-            model::run_with(
-                &mut model.branches[class],
-                name,
-                input,
-                (chunk.len(), t),
-                &what,
-                |shape, data| {
-                    let want = [chunk.len() as i64, 3, th as i64, th as i64];
-                    if shape != want || data.len() != chunk.len() * out_item {
-                        return Err(Error::Model(format!(
-                        "{what} returned shape {shape:?} for {} tiles of {t}x{t}; the manifest (scale {scale}) needs {want:?}",
-                        chunk.len()
-                    )));
-                    }
-                    for (k, &i) in chunk.iter().enumerate() {
-                        let out = &data[k * out_item..(k + 1) * out_item];
-                        merge_tile(&work.grid, &mut work.acc, i as usize, out);
-                        if keep && work.fresh[i as usize] {
-                            work.cache.store_hr(i as usize, out);
-                        }
-                    }
-                    Ok(())
-                },
-            )?;
-            runs += 1;
+    /// Runs one branch over its group and merges the results (in full cache mode, keeping
+    /// them; `incremental`: taking each tile's previous output out first). On the CPU the
+    /// group is shared out between the model's tile workers, each running its part in
+    /// batches of at most `max_batch` on its own one-thread session. Returns the runs made.
+    fn run_branch(
+        model: &mut Model,
+        work: &mut Work,
+        class: usize,
+        cfg: &FrameConfig,
+        (lo, kf): (f32, f32),
+        incremental: bool,
+    ) -> Result<usize, Error> {
+        let Work {
+            grid,
+            all_tiles,
+            staging,
+            fx,
+            cache,
+            groups,
+            ..
+        } = work;
+        let group = &groups[class][..];
+        let mut sessions: Vec<&mut Session> = std::iter::once(&mut model.branches[class])
+            .chain(model.workers.iter_mut().map(|w| &mut w[class]))
+            .collect();
+        let parts = sessions.len().min(group.len()).max(1);
+        sessions.truncate(parts);
+        if staging.len() < parts {
+            staging.resize_with(parts, Vec::new);
         }
-        Ok(runs)
+        let job = Job {
+            grid,
+            tiles: all_tiles,
+            output: &model.manifest.branches[class].output,
+            what: format!("branch{}", class + 1),
+            max_batch: cfg.max_batch,
+            merge: Mutex::new((fx, cache)),
+            lo,
+            kf,
+            keep: cfg.cache == CacheMode::Full,
+            incremental,
+        };
+        // Contiguous parts whose sizes differ by at most one.
+        let bounds: Vec<usize> = (0..=parts).map(|k| k * group.len() / parts).collect();
+        let mut work_of = sessions
+            .into_iter()
+            .zip(staging.iter_mut())
+            .enumerate()
+            .map(|(k, (session, buf))| (session, buf, &group[bounds[k]..bounds[k + 1]]));
+        let first = work_of.next().expect("one part");
+        let job = &job;
+        std::thread::scope(|s| {
+            let others: Vec<_> = work_of
+                .map(|(session, buf, part)| s.spawn(move || job.run(session, buf, part)))
+                .collect();
+            let mut runs = job.run(first.0, first.1, first.2);
+            for h in others {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Runtime("a tile worker thread panicked".into())));
+                runs = match (runs, r) {
+                    (Ok(a), Ok(b)) => Ok(a + b),
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                };
+            }
+            runs
+        })
     }
 
     /// Class (0..3) of each tile of the last frame, row-major, and the grid it refers to.

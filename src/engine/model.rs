@@ -13,6 +13,9 @@ pub struct Model {
     pub manifest: Manifest,
     pub classifier: Session,
     pub branches: [Session; 3],
+    /// On the CPU, the branch sessions of the other tile workers (one thread each; a branch
+    /// run's tiles are shared out between `branches` and these). Empty with CUDA.
+    pub workers: Vec<[Session; 3]>,
     pub device: ActiveDevice,
     /// Why CUDA was not used, when `auto` fell back to CPU.
     pub fallback: Option<String>,
@@ -124,10 +127,21 @@ impl Model {
                 )));
             }
         }
+        let mut workers = Vec::new();
+        if device == ActiveDevice::Cpu {
+            for _ in 1..cfg.cpu_workers() {
+                let mut sessions = Vec::with_capacity(3);
+                for (info, bytes) in m.branches.iter().zip(&set.branches) {
+                    sessions.push(runtime::session(bytes, &what(&info.file), &cfg)?.0);
+                }
+                workers.push(sessions.try_into().unwrap_or_else(|_| unreachable!()));
+            }
+        }
         Ok(Model {
             manifest: m.clone(),
             classifier,
             branches,
+            workers,
             device,
             fallback,
             config: cfg,

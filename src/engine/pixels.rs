@@ -168,41 +168,81 @@ pub fn unpack_planar(img: &Image, pw: usize, ph: usize, lo: f32, hi: f32, rgb: &
 }
 
 #[inline]
-fn to_u8(v: f32) -> u8 {
+pub fn to_u8(v: f32) -> u8 {
     // NaN maps to 0; the cast saturates.
     (v + 0.5).clamp(0.0, 255.0) as u8
+}
+
+/// A rectangle of output pixels: columns x0..x1, rows y0..y1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub x0: usize,
+    pub y0: usize,
+    pub x1: usize,
+    pub y1: usize,
+}
+
+impl Region {
+    pub fn all(width: usize, height: usize) -> Region {
+        Region {
+            x0: 0,
+            y0: 0,
+            x1: width,
+            y1: height,
+        }
+    }
 }
 
 /// Packs the top-left `out.width`×`out.height` of planar planes of width `pw` into `out`,
 /// mapping lo..hi → 0..255 with rounding. Alpha (0..1) is written when the layout has it,
 /// the padding byte of x layouts is set to 255.
 pub fn pack_planar(rgb: &[f32], pw: usize, ph: usize, lo: f32, hi: f32, alpha: Option<&[f32]>, out: &mut ImageMut) {
+    let k = 255.0 / (hi - lo);
+    let all = Region::all(out.width, out.height);
+    pack_region(rgb, pw, ph, all, alpha, out, |v| to_u8((v - lo) * k));
+}
+
+/// Packs `region` (clipped to the output) of planar planes of width `pw` into `out`, each
+/// sample through `conv`; alpha and padding bytes as [`pack_planar`].
+pub fn pack_region<T: Copy>(
+    planes: &[T],
+    pw: usize,
+    ph: usize,
+    region: Region,
+    alpha: Option<&[f32]>,
+    out: &mut ImageMut,
+    conv: impl Fn(T) -> u8,
+) {
     let plane = pw * ph;
     let bpp = out.layout.bytes_per_pixel();
     let offs = out.layout.rgb_offsets();
-    let k = 255.0 / (hi - lo);
-    for y in 0..out.height {
-        let row = &mut out.data[y * out.stride..y * out.stride + out.width * bpp];
-        let o = y * pw;
+    let (x0, x1) = (region.x0.min(out.width), region.x1.min(out.width));
+    let (y0, y1) = (region.y0.min(out.height), region.y1.min(out.height));
+    if x0 >= x1 {
+        return;
+    }
+    for y in y0..y1 {
+        let row = &mut out.data[y * out.stride + x0 * bpp..y * out.stride + x1 * bpp];
+        let o = y * pw + x0;
         for (c, &off) in offs.iter().enumerate() {
-            let src = &rgb[c * plane + o..c * plane + o + out.width];
+            let src = &planes[c * plane + o..c * plane + o + (x1 - x0)];
             for (x, &v) in src.iter().enumerate() {
-                row[x * bpp + off] = to_u8((v - lo) * k);
+                row[x * bpp + off] = conv(v);
             }
         }
         if let Some(ao) = out.layout.alpha_offset() {
             if let Some(alpha) = alpha {
-                for (x, &v) in alpha[o..o + out.width].iter().enumerate() {
+                for (x, &v) in alpha[o..o + (x1 - x0)].iter().enumerate() {
                     row[x * bpp + ao] = to_u8(v * 255.0);
                 }
             } else {
-                for x in 0..out.width {
+                for x in 0..x1 - x0 {
                     row[x * bpp + ao] = 255;
                 }
             }
         }
         if let Some(po) = out.layout.pad_offset() {
-            for x in 0..out.width {
+            for x in 0..x1 - x0 {
                 row[x * bpp + po] = 255;
             }
         }

@@ -2,13 +2,15 @@
 // the execution provider's device: `unpack` (packed u8 frame → normalised, edge-padded NCHW
 // tiles, and a zeroed accumulator), `select` (the tiles of one branch run), `accumulate`
 // (one run's outputs, feather-weighted, added into the accumulator) and `pack` (accumulator
-// → packed u8 frame). They do exactly the f32 operations of the CPU engine
-// (src/engine/pixels.rs, merge_tile) in the same order, so on the CPU they give bit-identical
-// frames. All but `select` are built per frame geometry and pixel layout.
+// → packed u8 frame). They do exactly the operations of the CPU engine (src/engine/pixels.rs,
+// src/engine/accumulate.rs: the same f32 steps, and the same i32 fixed-point accumulator), so
+// on the CPU they give bit-identical frames. All but `select` are built per frame geometry and
+// pixel layout.
 
 use super::builder::{Attr, Dim, GraphBuilder};
 use super::proto::tensor_proto::DataType;
 use super::proto::ModelProto;
+use crate::engine::accumulate::{FX_LIMIT, FX_ONE};
 use crate::engine::{PixelLayout, TileGrid};
 
 /// Input of the unpack graph: the packed frame, u8 [height, stride].
@@ -16,8 +18,9 @@ pub const FRAME_INPUT: &str = "frame";
 /// Output of the unpack graph and input of the select graph: every tile of the grid,
 /// row-major, f32 [n, 3, t, t].
 pub const TILES: &str = "tiles";
-/// The HR accumulator, f32 [3·(h·s)·(w·s) of the padded frame + 3·(t·s)²]: the three planes,
-/// then a spill area where padding entries of a batch (tile id n) are added and ignored.
+/// The HR accumulator, i32 fixed point (as the engine's) [3·(h·s)·(w·s) of the padded frame +
+/// 3·(t·s)²]: the three planes, then a spill area where padding entries of a batch (tile id
+/// n) are added and ignored.
 pub const ACC: &str = "acc";
 /// Tile ids (i64 [N]): which tiles the select graph picks, which tile each output of a branch
 /// run belongs to in the accumulate graph (n = padding, spilled).
@@ -109,7 +112,8 @@ pub fn unpack_graph(grid: &TileGrid, stride: usize, layout: PixelLayout, lo: f32
     g.output(TILES, &x, &dims(&[n, 3, t, t]));
     let len = g.int64s("acc.len", &[acc_len(grid) as i64]);
     let zeros = g.op("ConstantOfShape", &[&len], &[]);
-    g.output(ACC, &zeros, &dims(&[acc_len(grid)]));
+    let zeros = g.op("Cast", &[&zeros], &[("to", Attr::Int(DataType::Int32 as i64))]);
+    g.typed_output(ACC, DataType::Int32, &zeros, &dims(&[acc_len(grid)]));
     g.finish("classsr: packed u8 frame to normalised tiles", &[("role", "unpack")])
 }
 
@@ -123,15 +127,16 @@ pub fn select_graph(t: usize) -> ModelProto {
     g.finish("classsr: the tiles of one branch run", &[("role", "select")])
 }
 
-/// acc, branch outputs sr [N, 3, t·s, t·s] of the tiles `tile_ids` [N] → acc + the outputs
-/// weighted by the grid's feather weights wy·wx, added in input order (as merge_tile does).
-/// Id n (one past the last tile) is padding: its outputs go to the accumulator's spill area.
-pub fn accumulate_graph(grid: &TileGrid) -> ModelProto {
+/// acc, branch outputs sr [N, 3, t·s, t·s] of the tiles `tile_ids` [N] → acc + the outputs'
+/// fixed-point contributions ((wy·wx)·(sr − lo))·FX_ONE/(hi − lo), clamped and truncated, as
+/// the engine's merge_tile adds them. Id n (one past the last tile) is padding: its outputs
+/// go to the accumulator's spill area.
+pub fn accumulate_graph(grid: &TileGrid, lo: f32, hi: f32) -> ModelProto {
     let s = grid.scale;
     let (th, ow, oh) = (grid.tile * s, grid.padded_width * s, grid.padded_height * s);
     let mut g = GraphBuilder::new("classsr accumulate");
     let len = acc_len(grid);
-    let acc = g.input(ACC, &dims(&[len]));
+    let acc = g.typed_input(ACC, DataType::Int32, &dims(&[len]));
     let sr = g.input(SR, &nchw("n", th));
     let ids = g.typed_input(IDS, DataType::Int64, &[Dim::Symbolic("n")]);
     let n = grid.len();
@@ -187,14 +192,24 @@ pub fn accumulate_graph(grid: &TileGrid) -> ModelProto {
     let wy = g.op("Reshape", &[&wy, &ys], &[]);
     let wx = g.op("Reshape", &[&wx, &xs], &[]);
     let wgt = g.op("Mul", &[&wy, &wx], &[]);
-    let upd = g.op("Mul", &[&wgt, &sr], &[]);
+    let lo_w = g.weight("lo", &[], &[lo]);
+    let d = g.op("Sub", &[&sr, &lo_w], &[]);
+    let upd = g.op("Mul", &[&wgt, &d], &[]);
+    let k = g.weight("fx.scale", &[], &[FX_ONE / (hi - lo)]);
+    let upd = g.op("Mul", &[&upd, &k], &[]);
+    let (min, max) = (
+        g.weight("fx.min", &[], &[-FX_LIMIT]),
+        g.weight("fx.max", &[], &[FX_LIMIT]),
+    );
+    let upd = g.op("Clip", &[&upd, &min, &max], &[]);
+    let upd = g.op("Cast", &[&upd], &[("to", Attr::Int(DataType::Int32 as i64))]);
     let upd = g.op("Reshape", &[&upd, &flat], &[]);
     let x = g.op(
         "ScatterElements",
         &[&acc, &idx, &upd],
         &[("axis", Attr::Int(0)), ("reduction", Attr::Str("add"))],
     );
-    g.output(ACC_OUT, &x, &dims(&[len]));
+    g.typed_output(ACC_OUT, DataType::Int32, &x, &dims(&[len]));
     g.finish(
         "classsr: one branch run merged into the accumulator",
         &[("role", "accumulate")],
@@ -202,9 +217,9 @@ pub fn accumulate_graph(grid: &TileGrid) -> ModelProto {
 }
 
 /// The accumulator → u8 frame of `layout` [h·s, w·s·bpp], rounding as the engine does
-/// ((v − lo)·255/(hi − lo) + 0.5, clamped, truncated). The padding byte of x layouts is 255;
-/// alpha layouts are not supported.
-pub fn pack_graph(grid: &TileGrid, layout: PixelLayout, lo: f32, hi: f32) -> Result<ModelProto, String> {
+/// (v·255/FX_ONE + 0.5, clamped, truncated). The padding byte of x layouts is 255; alpha
+/// layouts are not supported.
+pub fn pack_graph(grid: &TileGrid, layout: PixelLayout) -> Result<ModelProto, String> {
     if layout.alpha_offset().is_some() {
         return Err(format!(
             "{} has alpha, which the frame graphs do not carry",
@@ -216,7 +231,7 @@ pub fn pack_graph(grid: &TileGrid, layout: PixelLayout, lo: f32, hi: f32) -> Res
     let (w, h) = (grid.width * s, grid.height * s);
     let bpp = layout.bytes_per_pixel();
     let mut g = GraphBuilder::new("classsr pack");
-    let acc = g.input(ACC, &dims(&[acc_len(grid)]));
+    let acc = g.typed_input(ACC, DataType::Int32, &dims(&[acc_len(grid)]));
     let starts = g.int64s("planes.starts", &[0]);
     let ends = g.int64s("planes.ends", &[(3 * ow * oh) as i64]);
     let mut x = g.op("Slice", &[&acc, &starts, &ends], &[]);
@@ -228,9 +243,8 @@ pub fn pack_graph(grid: &TileGrid, layout: PixelLayout, lo: f32, hi: f32) -> Res
         let axes = g.int64s("crop.axes", &[1, 2]);
         x = g.op("Slice", &[&x, &starts, &ends, &axes], &[]);
     }
-    let lo_w = g.weight("lo", &[], &[lo]);
-    x = g.op("Sub", &[&x, &lo_w], &[]);
-    let k = g.weight("scale", &[], &[255.0 / (hi - lo)]);
+    x = g.op("Cast", &[&x], &[("to", Attr::Int(DataType::Float as i64))]);
+    let k = g.weight("scale", &[], &[255.0 / FX_ONE]);
     x = g.op("Mul", &[&x, &k], &[]);
     let half = g.weight("half", &[], &[0.5]);
     x = g.op("Add", &[&x, &half], &[]);
