@@ -132,9 +132,23 @@ fn builder(threads: usize) -> Result<ort::session::builder::SessionBuilder, Erro
     Ok(b)
 }
 
-fn commit(mut b: ort::session::builder::SessionBuilder, bytes: &[u8], what: &str) -> Result<Session, Error> {
+/// Loads `bytes` after the rewrites of onnx/rewrite.rs (the same values, faster).
+fn commit(b: ort::session::builder::SessionBuilder, bytes: &[u8], what: &str) -> Result<Session, Error> {
+    match crate::onnx::rewrite::fast_prelu(bytes) {
+        Some(fast) => commit_as_is(b, &fast, what),
+        None => commit_as_is(b, bytes, what),
+    }
+}
+
+fn commit_as_is(mut b: ort::session::builder::SessionBuilder, bytes: &[u8], what: &str) -> Result<Session, Error> {
     b.commit_from_memory(bytes)
         .map_err(|e| Error::Model(format!("{what} is not a valid ONNX model for ONNX Runtime: {e}")))
+}
+
+/// A one-thread CPU session of `bytes` exactly as given, without the load-time rewrites (to
+/// check them against the original graph).
+pub fn cpu_session_as_is(bytes: &[u8], what: &str) -> Result<Session, Error> {
+    commit_as_is(builder(1)?, bytes, what)
 }
 
 /// A CPU session with `threads` intra-op threads (0 = ONNX Runtime's default, one per core).

@@ -327,3 +327,44 @@ fn full_cache_updates_only_changed_tiles_and_stays_exact() {
         }
     }
 }
+
+#[test]
+fn prelu_rewrite_gives_the_same_bits() {
+    // The load-time rewrite of PRelu (Max(x, a·x)) against the graphs as written: every branch
+    // of the trained default, on tiles with negative and positive activations, bit for bit.
+    let set = ModelSet::embedded();
+    let t = 32;
+    let mut rng = 7u64;
+    let tiles: Vec<f32> = (0..5 * 3 * t * t)
+        .map(|_| {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (rng >> 40) as f32 / (1u64 << 24) as f32 * 1.4 - 0.2
+        })
+        .collect();
+    for (j, bytes) in set.branches.iter().enumerate() {
+        let fast = gstclasssr::onnx::rewrite::fast_prelu(bytes).expect("FSRCNN has PRelu to rewrite");
+        let graph = <gstclasssr::onnx::proto::ModelProto as prost::Message>::decode(&fast[..])
+            .unwrap()
+            .graph
+            .unwrap();
+        let ops: Vec<&str> = graph.node.iter().filter_map(|n| n.op_type.as_deref()).collect();
+        assert!(!ops.contains(&"PRelu"), "branch{}: PRelu left in {ops:?}", j + 1);
+        assert_eq!(
+            ops.iter().filter(|&&o| o == "Max").count(),
+            7,
+            "one Max per PReLU layer"
+        );
+        let run = |mut s: ort::session::Session| -> Vec<f32> {
+            let x = TensorRef::from_array_view(([5usize, 3, t, t], &tiles[..])).unwrap();
+            let out = s.run(ort::inputs![x]).unwrap();
+            out["sr"].try_extract_tensor::<f32>().unwrap().1.to_vec()
+        };
+        let want = run(runtime::cpu_session_as_is(bytes, "as written").unwrap());
+        let got = run(runtime::cpu_session(bytes, "rewritten", 1).unwrap());
+        assert!(
+            want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "branch{}: the rewritten graph differs",
+            j + 1
+        );
+    }
+}

@@ -15,10 +15,15 @@ pub const FX_ONE: f32 = 1_048_576.0;
 pub const FX_LIMIT: f32 = 64.0 * FX_ONE;
 
 /// One weighted contribution: ((wy·wx)·(v − lo))·k, clamped to ±FX_LIMIT and truncated
-/// (NaN counts as 0). `k` is FX_ONE / (hi − lo).
+/// (NaN counts as −FX_LIMIT). `k` is FX_ONE / (hi − lo).
 #[inline]
 pub fn contribution(w: f32, v: f32, lo: f32, k: f32) -> i32 {
-    ((w * (v - lo)) * k).clamp(-FX_LIMIT, FX_LIMIT) as i32
+    // max/min return the other operand for a NaN, so the value is finite and within ±2^26.
+    #[allow(clippy::manual_clamp)] // clamp would keep a NaN
+    let x = ((w * (v - lo)) * k).max(-FX_LIMIT).min(FX_LIMIT);
+    // SAFETY: x is finite and its truncation fits an i32 (|x| ≤ 2^26). Unlike `as`, whose
+    // saturation checks keep the loop scalar, this conversion vectorises.
+    unsafe { x.to_int_unchecked::<i32>() }
 }
 
 /// Adds (`sign` 1) or takes out (`sign` -1) HR tile `i` (one NCHW item, model units) in the
@@ -36,8 +41,11 @@ pub fn merge_tile(grid: &TileGrid, fx: &mut [i32], i: usize, src: &[f32], lo: f3
             let row = &mut fx[d..d + th];
             let s = &src[(c * th + y) * th..(c * th + y + 1) * th];
             let wyy = wy[y];
-            for ((a, &v), &w) in row.iter_mut().zip(s).zip(wx) {
-                *a = a.wrapping_add(sign.wrapping_mul(contribution(wyy * w, v, lo, k)));
+            let terms = row.iter_mut().zip(s).zip(wx);
+            if sign >= 0 {
+                terms.for_each(|((a, &v), &w)| *a = a.wrapping_add(contribution(wyy * w, v, lo, k)));
+            } else {
+                terms.for_each(|((a, &v), &w)| *a = a.wrapping_sub(contribution(wyy * w, v, lo, k)));
             }
         }
     }

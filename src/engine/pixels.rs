@@ -167,10 +167,15 @@ pub fn unpack_planar(img: &Image, pw: usize, ph: usize, lo: f32, hi: f32, rgb: &
     }
 }
 
+/// Rounds a 0..255 value to a byte (clamped; NaN maps to 0).
 #[inline]
 pub fn to_u8(v: f32) -> u8 {
-    // NaN maps to 0; the cast saturates.
-    (v + 0.5).clamp(0.0, 255.0) as u8
+    // max/min return the other operand for a NaN, so x is finite and within 0..=255.
+    #[allow(clippy::manual_clamp)] // clamp would keep a NaN
+    let x = (v + 0.5).max(0.0).min(255.0);
+    // SAFETY: x is finite and its truncation fits a u8. Unlike `as`, whose saturation checks
+    // keep the loops scalar, this conversion vectorises.
+    unsafe { x.to_int_unchecked::<u8>() }
 }
 
 /// A rectangle of output pixels: columns x0..x1, rows y0..y1.

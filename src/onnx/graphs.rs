@@ -427,6 +427,20 @@ pub fn build(arch: &Arch, weights: &Weights) -> Result<ModelProto, String> {
     Ok(g.finish(&arch.describe(), &[("arch", &arch.describe())]))
 }
 
+/// The values of a FLOAT tensor (raw_data or float_data); None for other element types.
+pub(crate) fn float_values(t: &super::proto::TensorProto) -> Option<Vec<f32>> {
+    if t.data_type != Some(1) {
+        return None;
+    }
+    Some(match &t.raw_data {
+        Some(raw) if !raw.is_empty() => raw
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        _ => t.float_data.clone(),
+    })
+}
+
 /// The f32 initializers of a serialised ONNX model, by name (e.g. to start training from an
 /// exported model). Reads raw_data and float_data; other element types are skipped.
 pub fn read_weights(bytes: &[u8]) -> Result<Weights, String> {
@@ -435,17 +449,10 @@ pub fn read_weights(bytes: &[u8]) -> Result<Weights, String> {
     let graph = model.graph.ok_or("the ONNX model has no graph")?;
     let mut out = Weights::new();
     for t in graph.initializer {
-        if t.data_type != Some(1) {
+        let Some(data) = float_values(&t) else {
             continue; // FLOAT only
-        }
-        let shape: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
-        let data: Vec<f32> = match &t.raw_data {
-            Some(raw) if !raw.is_empty() => raw
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            _ => t.float_data.clone(),
         };
+        let shape: Vec<usize> = t.dims.iter().map(|&d| d.max(0) as usize).collect();
         if data.len() != shape.iter().product::<usize>() {
             return Err(format!(
                 "initializer '{}' has {} values for shape {shape:?}",

@@ -1,6 +1,6 @@
 // ONNX writing, shared by the runtime (known-answer models) and the trainer (export):
-// the generated protobuf types, a graph builder, the project's architectures, and the graphs
-// that move a frame's pixels to and from tiles.
+// the generated protobuf types, a graph builder, the project's architectures, the graphs
+// that move a frame's pixels to and from tiles, and the rewrites made before loading a graph.
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod proto {
@@ -10,6 +10,7 @@ pub mod proto {
 mod builder;
 pub mod frame_graphs;
 mod graphs;
+pub mod rewrite;
 
 pub use builder::{to_bytes, Attr, Dim, GraphBuilder, OPSET};
 pub use graphs::{
