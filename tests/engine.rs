@@ -368,3 +368,50 @@ fn prelu_rewrite_gives_the_same_bits() {
         );
     }
 }
+
+#[test]
+fn full_cache_takes_qos_bicubic_tiles_back_out_exactly() {
+    // QoS degradation upscales fresh class-1 tiles bicubically; with cache=full those outputs
+    // are kept only to be taken out again: once QoS recovers they are recomputed by branch1
+    // (the other tiles are reused) and the frame equals cache=off's byte for byte. (Tiles still
+    // in the cache keep their branch output while degraded: it costs nothing. Here every tile
+    // changes when degradation starts, so cache=full and cache=off agree throughout.)
+    let set = ModelSet::embedded();
+    let mut off = Engine::new(Model::load(&set, &CPU).unwrap());
+    let mut full = Engine::new(Model::load(&set, &CPU).unwrap());
+    let a = picture(160, 96, 3);
+    let mut b = a.clone();
+    for p in &mut b.px {
+        p[0] = p[0].saturating_add(3);
+    }
+    let base = FrameConfig {
+        cache_threshold: 0.0,
+        cache_refresh: 0,
+        ..Default::default()
+    };
+    let frames = [(&a, false), (&b, true), (&b, false), (&b, false)];
+    for (frame, (img, degraded)) in frames.into_iter().enumerate() {
+        let cfg = FrameConfig {
+            class1_bicubic: degraded,
+            ..base
+        };
+        let (want, _) = run_engine(&mut off, img, &cfg);
+        let fcfg = FrameConfig {
+            cache: CacheMode::Full,
+            ..cfg
+        };
+        let (got, st) = run_engine(&mut full, img, &fcfg);
+        assert!(
+            got == want,
+            "frame {frame} (degraded {degraded}): cache=full differs: {st:?}"
+        );
+        let n = st.tiles.iter().sum::<usize>();
+        assert!(st.tiles[0] > 0, "the picture has class-1 tiles");
+        let expect_hits = match frame {
+            0 | 1 => 0,                     // a new picture: everything computed
+            2 => st.tiles[1] + st.tiles[2], // the bicubic class-1 tiles are redone
+            _ => n,                         // nothing left to redo
+        };
+        assert_eq!(st.full_cache_hits, expect_hits, "frame {frame}: {st:?}");
+    }
+}
