@@ -92,6 +92,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Sizes the clip is scaled to (192x144 gives the 768x576 output).
+const CLIP_SIZES: [(u32, u32); 2] = [(192, 144), (384, 288)];
+
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let clip = args
@@ -118,7 +121,7 @@ fn main() -> Result<(), String> {
     let tmp = std::env::temp_dir().join(format!("classsr-bench-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
     let mut raw = std::collections::HashMap::new();
-    for (w, h) in [(192u32, 144u32), (384, 288)] {
+    for (w, h) in CLIP_SIZES {
         let file = tmp.join(format!("clip-{w}x{h}.rgb"));
         let decoded = run(
             &format!(
@@ -142,14 +145,14 @@ fn main() -> Result<(), String> {
     println!("| input | cache | fps (median) | x cache=off | full-cache hits | PSNR vs off (dB) |");
     println!("|---|---|---|---|---|---|");
     let settings = [("off", ""), ("class", ""), ("full", ""), ("full", "cache-threshold=2")];
-    for (w, h) in [(192u32, 144u32), (384, 288)] {
+    for (w, h) in CLIP_SIZES {
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); settings.len()];
         let mut outputs: Vec<Vec<Vec<u8>>> = vec![Vec::new(); settings.len()];
         let mut hits = vec![0f64; settings.len()];
         for r in 0..reps {
             for (k, (cache, extra)) in settings.iter().enumerate() {
                 let desc = format!(
-                    "{} ! classsr name=c {model_prop} device=cpu cache={cache} {extra} stats={} ! appsink name=s sync=false",
+                    "{} ! classsr {model_prop} device=cpu cache={cache} {extra} stats={} ! appsink name=s sync=false",
                     clip_src(w, h),
                     r == 0
                 );

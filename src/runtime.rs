@@ -145,8 +145,8 @@ fn commit_as_is(mut b: ort::session::builder::SessionBuilder, bytes: &[u8], what
         .map_err(|e| Error::Model(format!("{what} is not a valid ONNX model for ONNX Runtime: {e}")))
 }
 
-/// A one-thread CPU session of `bytes` exactly as given, without the load-time rewrites (to
-/// check them against the original graph).
+/// A one-thread CPU session of `bytes` exactly as given, without the load-time rewrites (for
+/// bytes already rewritten, and to check the rewrites against the original graph).
 pub fn cpu_session_as_is(bytes: &[u8], what: &str) -> Result<Session, Error> {
     commit_as_is(builder(1)?, bytes, what)
 }
@@ -158,8 +158,9 @@ pub fn cpu_session(bytes: &[u8], what: &str, threads: usize) -> Result<Session, 
     commit(builder(threads)?, bytes, what)
 }
 
-/// Builds a session for one graph (on the CPU with one intra-op thread, see [`cpu_session`]). With `Auto`, a CUDA provider that fails to register falls
-/// back to CPU and the reason is returned as a warning.
+/// Builds a session for one graph (on the CPU with one intra-op thread, see [`cpu_session`]).
+/// With `Auto`, a CUDA provider that fails to register falls back to CPU and the reason is
+/// returned as a warning.
 pub fn session(
     bytes: &[u8],
     what: &str,

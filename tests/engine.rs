@@ -291,40 +291,55 @@ fn frame_graphs_match_the_cpu_engine_bit_for_bit() {
     }
 }
 
-#[test]
-fn full_cache_updates_only_changed_tiles_and_stays_exact() {
-    // A patch moving across a still picture: with cache=full (threshold 0: only bit-identical
-    // tiles are reused) each frame equals cache=off's byte for byte, though only the tiles the
-    // patch touches are recomputed and repacked over the previous output.
+/// Runs each (picture, settings) frame through two engines of the trained default, one with
+/// cache=off and one with cache=full (threshold 0: only bit-identical tiles are reused; no
+/// refresh), asserts that every frame is the same byte for byte and returns the full-cache
+/// engine's statistics.
+fn full_cache_against_off(frames: &[(&Rgba, FrameConfig)]) -> Vec<gstclasssr::engine::FrameStats> {
     let set = ModelSet::embedded();
     let mut off = Engine::new(Model::load(&set, &CPU).unwrap());
     let mut full = Engine::new(Model::load(&set, &CPU).unwrap());
+    let mut stats = Vec::new();
+    for (frame, (img, cfg)) in frames.iter().enumerate() {
+        let (want, _) = run_engine(&mut off, img, cfg);
+        let fcfg = FrameConfig {
+            cache: CacheMode::Full,
+            cache_threshold: 0.0,
+            cache_refresh: 0,
+            ..*cfg
+        };
+        let (got, st) = run_engine(&mut full, img, &fcfg);
+        assert!(got == want, "frame {frame}: cache=full differs from cache=off: {st:?}");
+        stats.push(st);
+    }
+    stats
+}
+
+#[test]
+fn full_cache_updates_only_changed_tiles_and_stays_exact() {
+    // A patch moving across a still picture: with cache=full each frame equals cache=off's
+    // byte for byte, though only the tiles the patch touches are recomputed and repacked over
+    // the previous output.
     let base = picture(200, 120, 9);
-    let cfg_off = FrameConfig::default();
-    let cfg_full = FrameConfig {
-        cache: CacheMode::Full,
-        cache_threshold: 0.0,
-        cache_refresh: 0,
-        ..cfg_off
-    };
-    for frame in 0..6 {
-        let mut img = base.clone();
-        for y in 40..52 {
-            for x in 20 + 25 * frame..32 + 25 * frame {
-                img.px[y * img.width + x] = [250, 20, 40, 255];
+    let pictures: Vec<Rgba> = (0..6)
+        .map(|frame| {
+            let mut img = base.clone();
+            for y in 40..52 {
+                for x in 20 + 25 * frame..32 + 25 * frame {
+                    img.px[y * img.width + x] = [250, 20, 40, 255];
+                }
             }
-        }
-        let (want, _) = run_engine(&mut off, &img, &cfg_off);
-        let (got, st) = run_engine(&mut full, &img, &cfg_full);
-        assert!(got == want, "frame {frame}: cache=full differs from cache=off");
+            img
+        })
+        .collect();
+    let frames: Vec<_> = pictures.iter().map(|p| (p, FrameConfig::default())).collect();
+    for (frame, st) in full_cache_against_off(&frames).iter().enumerate().skip(1) {
         let n = st.tiles.iter().sum::<usize>();
-        if frame > 0 {
-            assert!(
-                st.full_cache_hits > 0 && st.full_cache_hits * 2 >= n,
-                "frame {frame}: only the tiles the patch touched rerun ({} of {n} reused)",
-                st.full_cache_hits
-            );
-        }
+        assert!(
+            st.full_cache_hits > 0 && st.full_cache_hits * 2 >= n,
+            "frame {frame}: only the tiles the patch touched rerun ({} of {n} reused)",
+            st.full_cache_hits
+        );
     }
 }
 
@@ -376,35 +391,18 @@ fn full_cache_takes_qos_bicubic_tiles_back_out_exactly() {
     // (the other tiles are reused) and the frame equals cache=off's byte for byte. (Tiles still
     // in the cache keep their branch output while degraded: it costs nothing. Here every tile
     // changes when degradation starts, so cache=full and cache=off agree throughout.)
-    let set = ModelSet::embedded();
-    let mut off = Engine::new(Model::load(&set, &CPU).unwrap());
-    let mut full = Engine::new(Model::load(&set, &CPU).unwrap());
     let a = picture(160, 96, 3);
     let mut b = a.clone();
     for p in &mut b.px {
         p[0] = p[0].saturating_add(3);
     }
-    let base = FrameConfig {
-        cache_threshold: 0.0,
-        cache_refresh: 0,
+    let degraded = FrameConfig {
+        class1_bicubic: true,
         ..Default::default()
     };
-    let frames = [(&a, false), (&b, true), (&b, false), (&b, false)];
-    for (frame, (img, degraded)) in frames.into_iter().enumerate() {
-        let cfg = FrameConfig {
-            class1_bicubic: degraded,
-            ..base
-        };
-        let (want, _) = run_engine(&mut off, img, &cfg);
-        let fcfg = FrameConfig {
-            cache: CacheMode::Full,
-            ..cfg
-        };
-        let (got, st) = run_engine(&mut full, img, &fcfg);
-        assert!(
-            got == want,
-            "frame {frame} (degraded {degraded}): cache=full differs: {st:?}"
-        );
+    let normal = FrameConfig::default();
+    let frames = [(&a, normal), (&b, degraded), (&b, normal), (&b, normal)];
+    for (frame, st) in full_cache_against_off(&frames).iter().enumerate() {
         let n = st.tiles.iter().sum::<usize>();
         assert!(st.tiles[0] > 0, "the picture has class-1 tiles");
         let expect_hits = match frame {

@@ -210,6 +210,12 @@ impl Work {
         }
     }
 
+    /// Whether tile `i` keeps its cached HR output this frame (cache=full): it is unchanged
+    /// and its output came from its branch.
+    fn reuses_hr(&self, i: usize) -> bool {
+        !self.fresh[i] && self.cache.has_hr(i)
+    }
+
     /// Length of the padded HR planes.
     fn hr_len(&self) -> usize {
         3 * self.grid.padded_width * self.grid.padded_height * self.grid.scale.pow(2)
@@ -267,6 +273,29 @@ fn tint_classes(work: &mut Work) {
     }
 }
 
+/// Puts tile `i`'s new HR output `out` into the accumulator, taking its previous one (kept in
+/// the cache) out first when `incremental`; with `keep: Some(reusable)` (cache=full) the new
+/// output is kept in the cache.
+#[allow(clippy::too_many_arguments)]
+fn merge_new(
+    grid: &TileGrid,
+    fx: &mut [i32],
+    cache: &mut TileCache,
+    i: usize,
+    out: &[f32],
+    (lo, kf): (f32, f32),
+    incremental: bool,
+    keep: Option<bool>,
+) {
+    if incremental {
+        merge_tile(grid, fx, i, cache.hr_of(i), lo, kf, -1);
+    }
+    merge_tile(grid, fx, i, out, lo, kf, 1);
+    if let Some(reusable) = keep {
+        cache.store_hr(i, out, reusable);
+    }
+}
+
 /// One branch run shared out between tile workers: what each worker needs to run its part
 /// and merge the outputs (under a lock; fixed-point merging makes the order irrelevant).
 struct Job<'a> {
@@ -317,14 +346,18 @@ impl Job<'_> {
                     let mut guard = self.merge.lock().unwrap_or_else(|e| e.into_inner());
                     let (fx, cache) = &mut *guard;
                     for (k, &i) in chunk.iter().enumerate() {
-                        let (i, out) = (i as usize, &data[k * out_item..(k + 1) * out_item]);
-                        if self.incremental {
-                            merge_tile(self.grid, fx, i, cache.hr_of(i), self.lo, self.kf, -1);
-                        }
-                        merge_tile(self.grid, fx, i, out, self.lo, self.kf, 1);
-                        if self.keep {
-                            cache.store_hr(i, out, true);
-                        }
+                        let out = &data[k * out_item..(k + 1) * out_item];
+                        let keep = self.keep.then_some(true);
+                        merge_new(
+                            self.grid,
+                            fx,
+                            cache,
+                            i as usize,
+                            out,
+                            (self.lo, self.kf),
+                            self.incremental,
+                            keep,
+                        );
                     }
                     Ok(())
                 },
@@ -453,8 +486,6 @@ impl Engine {
                     .upscale(plane, pw, ph, &mut work.acc[c * hw * hh..(c + 1) * hw * hh]);
             }
         }
-        // Tiles whose HR output is recomputed this frame (all, unless cache=full keeps some).
-        let mut merged = n;
         if cfg.mode != Mode::Bicubic {
             let threshold = cfg.cache_threshold * (hi - lo) / 255.0;
             Self::find_fresh(work, cfg, threshold);
@@ -484,12 +515,11 @@ impl Engine {
                         stats.runs += Self::run_branch(&mut self.model, work, class, cfg, (lo, kf), incremental)?;
                     }
                 }
-                merged = work.groups.iter().map(|g| g.len()).sum();
                 if full {
-                    stats.full_cache_hits = n - merged;
+                    stats.full_cache_hits = n - work.groups.iter().map(|g| g.len()).sum::<usize>();
                     if !incremental {
                         for i in 0..n {
-                            if !work.fresh[i] && work.cache.has_hr(i) {
+                            if work.reuses_hr(i) {
                                 merge_tile(&work.grid, &mut work.fx, i, work.cache.hr_of(i), lo, kf, 1);
                             }
                         }
@@ -502,26 +532,25 @@ impl Engine {
             }
         }
         let work = self.work.as_mut().expect("prepared");
-        if !networks {
-            work.fx_complete = false;
-        }
         if with_alpha {
             work.cubic.upscale(&work.alpha_lr, pw, ph, &mut work.alpha_hr);
         }
-        let alpha = with_alpha.then_some(&work.alpha_hr[..]);
-        if !networks {
-            pixels::pack_planar(&work.acc, pw * s, ph * s, lo, hi, alpha, output);
-            work.last_out_key = None;
+        if networks {
+            Self::pack_fx(work, cfg, output, with_alpha);
         } else {
-            Self::pack_fx(work, cfg, output, alpha.is_some(), merged);
+            let alpha = with_alpha.then_some(&work.alpha_hr[..]);
+            pixels::pack_planar(&work.acc, pw * s, ph * s, lo, hi, alpha, output);
+            work.fx_complete = false;
+            work.last_out_key = None;
         }
         stats.seconds = started.elapsed().as_secs_f64();
         Ok(stats)
     }
 
     /// Packs the fixed-point frame into `output`. After a full-cache frame whose previous
-    /// output was kept, only the recomputed tiles are repacked over a copy of it.
-    fn pack_fx(work: &mut Work, cfg: &FrameConfig, output: &mut ImageMut, with_alpha: bool, merged: usize) {
+    /// output was kept, only the recomputed tiles (this frame's `groups`) are repacked over a
+    /// copy of it.
+    fn pack_fx(work: &mut Work, cfg: &FrameConfig, output: &mut ImageMut, with_alpha: bool) {
         let (hw, hh) = (
             work.grid.padded_width * work.grid.scale,
             work.grid.padded_height * work.grid.scale,
@@ -530,6 +559,7 @@ impl Engine {
         let keep = cfg.cache == CacheMode::Full && !with_alpha;
         let alpha = with_alpha.then_some(&work.alpha_hr[..]);
         let need = output.stride * (output.height - 1) + output.width * output.layout.bytes_per_pixel();
+        let merged: usize = work.groups.iter().map(|g| g.len()).sum();
         if keep && work.last_out_key == key && merged * 2 <= work.grid.len() {
             let mut last = ImageMut {
                 data: &mut work.last_out[..],
@@ -644,10 +674,10 @@ impl Engine {
             g.clear();
         }
         let full = cfg.cache == CacheMode::Full;
-        for (i, &c) in work.class_of.iter().enumerate() {
+        for i in 0..n {
             // In full mode an unchanged tile with a cached output needs no branch run.
-            if !(full && !work.fresh[i] && work.cache.has_hr(i)) {
-                work.groups[c as usize].push(i as u32);
+            if !(full && work.reuses_hr(i)) {
+                work.groups[work.class_of[i] as usize].push(i as u32);
             }
         }
         Ok(())
@@ -669,13 +699,17 @@ impl Engine {
                 work.cubic
                     .upscale(src, t, t, &mut work.tile_hr[c * th * th..(c + 1) * th * th]);
             }
-            if incremental {
-                merge_tile(&work.grid, &mut work.fx, i, work.cache.hr_of(i), lo, kf, -1);
-            }
-            merge_tile(&work.grid, &mut work.fx, i, &work.tile_hr, lo, kf, 1);
-            if full {
-                work.cache.store_hr(i, &work.tile_hr, false);
-            }
+            let keep = full.then_some(false);
+            merge_new(
+                &work.grid,
+                &mut work.fx,
+                &mut work.cache,
+                i,
+                &work.tile_hr,
+                (lo, kf),
+                incremental,
+                keep,
+            );
         }
     }
 

@@ -5,6 +5,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::manifest::{Manifest, ModelSet};
+use crate::onnx::rewrite::fast_prelu;
 use crate::runtime::{self, ActiveDevice, SessionConfig};
 use crate::Error;
 
@@ -128,11 +129,14 @@ impl Model {
             }
         }
         let mut workers = Vec::new();
-        if device == ActiveDevice::Cpu {
+        if device == ActiveDevice::Cpu && cfg.cpu_workers() > 1 {
+            // The load-time rewrites once per branch, not once per worker.
+            let fast: Vec<Option<Vec<u8>>> = set.branches.iter().map(|b| fast_prelu(b)).collect();
             for _ in 1..cfg.cpu_workers() {
                 let mut sessions = Vec::with_capacity(3);
-                for (info, bytes) in m.branches.iter().zip(&set.branches) {
-                    sessions.push(runtime::session(bytes, &what(&info.file), &cfg)?.0);
+                for ((info, bytes), fast) in m.branches.iter().zip(&set.branches).zip(&fast) {
+                    let bytes = fast.as_deref().unwrap_or(bytes);
+                    sessions.push(runtime::cpu_session_as_is(bytes, &what(&info.file))?);
                 }
                 workers.push(sessions.try_into().unwrap_or_else(|_| unreachable!()));
             }
