@@ -413,3 +413,224 @@ fn full_cache_takes_qos_bicubic_tiles_back_out_exactly() {
         assert_eq!(st.full_cache_hits, expect_hits, "frame {frame}: {st:?}");
     }
 }
+
+/// A pseudo-random value in [-0.5, 0.5) (test weights and tiles).
+fn uniform(rng: &mut Rng) -> f32 {
+    (rng.next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+}
+
+/// The graph's output `sr` for `tiles` ([n, 3, t, t]) as written and after the phase-output
+/// rewrite, the former regrouped into phase planes.
+fn as_written_and_phased(bytes: &[u8], scale: usize, tiles: &[f32], n: usize, t: usize) -> (Vec<f32>, Vec<f32>) {
+    use gstclasssr::engine::accumulate::to_phases;
+    let phased = gstclasssr::onnx::phase_output::phase_output(bytes, "sr", scale).expect("the tail is recognised");
+    let ops: Vec<String> = <gstclasssr::onnx::proto::ModelProto as prost::Message>::decode(&phased[..])
+        .unwrap()
+        .graph
+        .unwrap()
+        .node
+        .iter()
+        .filter_map(|n| n.op_type.clone())
+        .collect();
+    assert!(
+        !ops.iter().any(|o| o == "ConvTranspose" || o == "DepthToSpace"),
+        "{ops:?}"
+    );
+    let run = |mut s: ort::session::Session| -> (Vec<i64>, Vec<f32>) {
+        let x = TensorRef::from_array_view(([n, 3, t, t], tiles)).unwrap();
+        let out = s.run(ort::inputs![x]).unwrap();
+        let (shape, data) = out["sr"].try_extract_tensor::<f32>().unwrap();
+        (shape.to_vec(), data.to_vec())
+    };
+    let (hr_shape, hr) = run(runtime::cpu_session_as_is(bytes, "as written").unwrap());
+    let (ph_shape, ph) = run(runtime::cpu_session_as_is(&phased, "phased").unwrap());
+    let (s, th) = (scale as i64, (t * scale) as i64);
+    assert_eq!(hr_shape, [n as i64, 3, th, th]);
+    assert_eq!(ph_shape, [n as i64, 3 * s * s, t as i64, t as i64]);
+    let item = 3 * t * t * scale * scale;
+    let mut want = vec![0f32; hr.len()];
+    for k in 0..n {
+        to_phases(
+            &hr[k * item..(k + 1) * item],
+            (t, scale),
+            &mut want[k * item..(k + 1) * item],
+        );
+    }
+    (want, ph)
+}
+
+#[test]
+fn phase_output_rewrite_matches_the_graphs_as_written() {
+    // The load-time rewrite that makes a branch output phase planes (its ConvTranspose as an
+    // ordinary convolution, the DepthToSpace left to the merge) against the graph as written:
+    // the trained default's branches and random FSRCNNs (equal to float rounding), a
+    // ConvTranspose of another geometry, and the known-answer resamplers (bit for bit: only the
+    // DepthToSpace goes). A graph whose output is not made of phases is left alone.
+    use gstclasssr::onnx::{build_bytes, Arch, Dim, GraphBuilder, Tensor, Weights};
+    let mut rng = Rng(11);
+    let t = 12;
+    let mut tiles = |n: usize| -> Vec<f32> { (0..n * 3 * t * t).map(|_| uniform(&mut rng) + 0.5).collect() };
+    let close = |want: &[f32], got: &[f32], what: &str| {
+        let diff = want.iter().zip(got).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        println!("{what}: max difference {diff:.2e}");
+        assert!(diff <= 2e-5, "{what}: {diff:.2e}");
+    };
+    let default = ModelSet::embedded();
+    for (j, bytes) in default.branches.iter().enumerate() {
+        let x = tiles(3);
+        let (want, got) = as_written_and_phased(bytes, 4, &x, 3, t);
+        close(&want, &got, &format!("default branch{}", j + 1));
+    }
+    let mut wrng = Rng(5);
+    for (d, skip) in [(16, true), (56, false)] {
+        let arch = Arch::Fsrcnn {
+            d,
+            s: 12,
+            m: 4,
+            scale: 4,
+            skip,
+        };
+        let w: Weights = arch
+            .params()
+            .into_iter()
+            .map(|(name, shape)| {
+                let data = (0..shape.iter().product()).map(|_| uniform(&mut wrng) * 0.4).collect();
+                (name, Tensor { shape, data })
+            })
+            .collect();
+        let x = tiles(2);
+        let (want, got) = as_written_and_phased(&build_bytes(&arch, &w).unwrap(), 4, &x, 2, t);
+        close(&want, &got, &arch.describe());
+    }
+    // x3, kernel 7, pads 2 (asymmetric phases), no bias
+    let (k, s, p) = (7usize, 3usize, 2i64);
+    let mut g = GraphBuilder::new("convtranspose x3");
+    let weight: Vec<f32> = (0..3 * 3 * k * k).map(|_| uniform(&mut wrng)).collect();
+    g.weight("w", &[3, 3, k, k], &weight);
+    g.input(
+        "lr",
+        &[Dim::Fixed(2), Dim::Fixed(3), Dim::Fixed(t as i64), Dim::Fixed(t as i64)],
+    );
+    let y = g.conv_transpose("lr", "w", None, k as i64, s as i64, p, 0, 1);
+    let y = g.op("Relu", &[&y], &[]);
+    let y = g.op("Identity", &[&y], &[]);
+    let th = Dim::Fixed((t * s) as i64);
+    g.output("sr", &y, &[Dim::Fixed(2), Dim::Fixed(3), th, th]);
+    let relu_last = to_bytes_of(g);
+    assert!(
+        gstclasssr::onnx::phase_output::phase_output(&relu_last, "sr", s).is_none(),
+        "a Relu after the ConvTranspose is not made of phases"
+    );
+    let mut g = GraphBuilder::new("convtranspose x3");
+    g.weight("w", &[3, 3, k, k], &weight);
+    g.input(
+        "lr",
+        &[Dim::Fixed(2), Dim::Fixed(3), Dim::Fixed(t as i64), Dim::Fixed(t as i64)],
+    );
+    let y = g.conv_transpose("lr", "w", None, k as i64, s as i64, p, 0, 1);
+    g.output("sr", &y, &[Dim::Fixed(2), Dim::Fixed(3), th, th]);
+    let x = tiles(2);
+    let (want, got) = as_written_and_phased(&to_bytes_of(g), s, &x, 2, t);
+    close(&want, &got, "ConvTranspose k7 s3 p2");
+    let ka = ModelSet::load(KA).unwrap();
+    for (j, bytes) in ka.branches.iter().enumerate() {
+        let x = tiles(2);
+        let (want, got) = as_written_and_phased(bytes, ka.manifest.scale as usize, &x, 2, t);
+        assert!(
+            want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "known-answer branch{}",
+            j + 1
+        );
+    }
+}
+
+fn to_bytes_of(g: gstclasssr::onnx::GraphBuilder) -> Vec<u8> {
+    gstclasssr::onnx::to_bytes(&g.finish("test graph", &[]))
+}
+
+#[test]
+fn engine_frames_are_the_same_with_hr_or_phase_outputs() {
+    // The known-answer branches once as shipped (rewritten to give phase planes) and once with
+    // a Mul by 1 before their output, which keeps the rewrite off (HR tiles, interleaved by
+    // ONNX Runtime): every mode's frames must be the same bytes, including QoS bicubic tiles
+    // and the full cache's take-out of earlier outputs.
+    use gstclasssr::onnx::proto::{ModelProto, NodeProto, TensorProto};
+    use prost::Message;
+    let set = ModelSet::load(KA).unwrap();
+    let mut hr_set = set.clone();
+    for bytes in hr_set.branches.iter_mut() {
+        let mut model = ModelProto::decode(&bytes[..]).unwrap();
+        let graph = model.graph.as_mut().unwrap();
+        let last = graph.node.iter_mut().find(|n| n.output == ["sr"]).unwrap();
+        let feeds = std::mem::replace(&mut last.input[0], "times_one".into());
+        graph.node.insert(
+            graph.node.len() - 1,
+            NodeProto {
+                op_type: Some("Mul".into()),
+                input: vec![feeds, "one".into()],
+                output: vec!["times_one".into()],
+                ..Default::default()
+            },
+        );
+        graph.initializer.push(TensorProto {
+            name: Some("one".into()),
+            data_type: Some(1),
+            float_data: vec![1.0],
+            ..Default::default()
+        });
+        *bytes = model.encode_to_vec();
+    }
+    let phased = Model::load(&set, &CPU).unwrap();
+    let plain = Model::load(&hr_set, &CPU).unwrap();
+    assert!(phased.phases && !plain.phases);
+    let (mut a, mut b) = (Engine::new(phased), Engine::new(plain));
+    let img = picture(150, 90, 4);
+    // a smooth band: class-1 tiles for the known-answer classifier (QoS makes them bicubic)
+    let mut moved = img.clone();
+    for (k, p) in moved.px[..150 * 40].iter_mut().enumerate() {
+        let (x, y) = ((k % 150) as u8, (k / 150) as u8);
+        *p = [90 + x / 16, 120 + y / 8, 200 - x / 24, 255];
+    }
+    for (frame, (pic, cfg)) in [
+        (&img, FrameConfig::default()),
+        (
+            &img,
+            FrameConfig {
+                mode: Mode::Original,
+                ..Default::default()
+            },
+        ),
+        (
+            &img,
+            FrameConfig {
+                cache: CacheMode::Full,
+                ..Default::default()
+            },
+        ),
+        (
+            &moved,
+            FrameConfig {
+                cache: CacheMode::Full,
+                class1_bicubic: true,
+                ..Default::default()
+            },
+        ),
+        (
+            &img,
+            FrameConfig {
+                cache: CacheMode::Full,
+                ..Default::default()
+            },
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (want, _) = run_engine(&mut b, pic, cfg);
+        let (got, st) = run_engine(&mut a, pic, cfg);
+        assert!(got == want, "frame {frame}: phase outputs give another frame ({st:?})");
+        if cfg.class1_bicubic {
+            assert!(st.tiles[0] > 0, "QoS bicubic tiles: {st:?}");
+        }
+    }
+}

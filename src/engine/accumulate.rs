@@ -26,20 +26,64 @@ pub fn contribution(w: f32, v: f32, lo: f32, k: f32) -> i32 {
     unsafe { x.to_int_unchecked::<i32>() }
 }
 
-/// Adds (`sign` 1) or takes out (`sign` -1) HR tile `i` (one NCHW item, model units) in the
-/// planar fixed-point accumulator `fx` with its blending weights.
-pub fn merge_tile(grid: &TileGrid, fx: &mut [i32], i: usize, src: &[f32], lo: f32, k: f32, sign: i32) {
+/// How a tile's output goes into the accumulator: its contributions are
+/// ((w·(v − lo))·k, and it comes as an HR tile or, with `phases`, as s² phase planes per
+/// colour (onnx/phase_output.rs).
+#[derive(Clone, Copy, Debug)]
+pub struct TileFx {
+    pub lo: f32,
+    /// FX_ONE / (hi − lo).
+    pub k: f32,
+    pub phases: bool,
+}
+
+/// Row `y` of colour `c` of an HR tile (side t·s) given as phase planes ([3·s², t, t]), into
+/// `out` (t·s samples).
+fn interleave_row(src: &[f32], c: usize, y: usize, (t, s): (usize, usize), out: &mut [f32]) {
+    let (ry, j) = (y % s, y / s);
+    for rx in 0..s {
+        let plane = &src[((c * s * s + ry * s + rx) * t + j) * t..][..t];
+        for (q, &v) in plane.iter().enumerate() {
+            out[q * s + rx] = v;
+        }
+    }
+}
+
+/// An HR tile ([3, t·s, t·s]) as phase planes ([3·s², t, t]) into `out`.
+pub fn to_phases(hr: &[f32], (t, s): (usize, usize), out: &mut [f32]) {
+    let th = t * s;
+    for c in 0..3 {
+        for y in 0..th {
+            let (ry, j) = (y % s, y / s);
+            for (x, &v) in hr[(c * th + y) * th..][..th].iter().enumerate() {
+                out[((c * s * s + ry * s + x % s) * t + j) * t + x / s] = v;
+            }
+        }
+    }
+}
+
+/// Adds (`sign` 1) or takes out (`sign` -1) tile `i`'s output `src` (one NCHW item, model
+/// units, laid out as `m` says) in the planar fixed-point accumulator `fx` with its blending
+/// weights.
+pub fn merge_tile(grid: &TileGrid, fx: &mut [i32], i: usize, src: &[f32], m: TileFx, sign: i32) {
     let (c0, r0) = grid.cell(i);
     let (x0, y0) = (grid.xs[c0] * grid.scale, grid.ys[r0] * grid.scale);
     let th = grid.tile * grid.scale;
     let ow = grid.padded_width * grid.scale;
     let plane = ow * grid.padded_height * grid.scale;
     let (wx, wy) = (&grid.wx[c0], &grid.wy[r0]);
+    let (lo, k) = (m.lo, m.k);
+    let mut interleaved = vec![0f32; if m.phases { th } else { 0 }];
     for c in 0..3 {
         for y in 0..th {
             let d = c * plane + (y0 + y) * ow + x0;
             let row = &mut fx[d..d + th];
-            let s = &src[(c * th + y) * th..(c * th + y + 1) * th];
+            let s = if m.phases {
+                interleave_row(src, c, y, (grid.tile, grid.scale), &mut interleaved);
+                &interleaved[..]
+            } else {
+                &src[(c * th + y) * th..(c * th + y + 1) * th]
+            };
             let wyy = wy[y];
             let terms = row.iter_mut().zip(s).zip(wx);
             if sign >= 0 {

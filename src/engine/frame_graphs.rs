@@ -146,7 +146,10 @@ impl Engine {
                     "unpack graph",
                 )?,
                 select: session(to_bytes(&select_graph(cfg.tile)), "select graph")?,
-                accumulate: session(to_bytes(&accumulate_graph(&grid, lo, hi)), "accumulate graph")?,
+                accumulate: session(
+                    to_bytes(&accumulate_graph(&grid, lo, hi, self.model.phases)),
+                    "accumulate graph",
+                )?,
                 pack: session(
                     to_bytes(&pack_graph(&grid, output.layout).map_err(Error::Settings)?),
                     "pack graph",

@@ -23,7 +23,7 @@ pub use tiling::TileGrid;
 
 use crate::onnx::Kernel;
 use crate::Error;
-use accumulate::{merge_tile, tile_region, FX_ONE};
+use accumulate::{merge_tile, tile_region, TileFx, FX_ONE};
 use cache::TileCache;
 use pixels::Region;
 use resample::Upsampler;
@@ -283,14 +283,14 @@ fn merge_new(
     cache: &mut TileCache,
     i: usize,
     out: &[f32],
-    (lo, kf): (f32, f32),
+    m: TileFx,
     incremental: bool,
     keep: Option<bool>,
 ) {
     if incremental {
-        merge_tile(grid, fx, i, cache.hr_of(i), lo, kf, -1);
+        merge_tile(grid, fx, i, cache.hr_of(i), m, -1);
     }
-    merge_tile(grid, fx, i, out, lo, kf, 1);
+    merge_tile(grid, fx, i, out, m, 1);
     if let Some(reusable) = keep {
         cache.store_hr(i, out, reusable);
     }
@@ -305,8 +305,7 @@ struct Job<'a> {
     what: String,
     max_batch: usize,
     merge: Mutex<(&'a mut Vec<i32>, &'a mut TileCache)>,
-    lo: f32,
-    kf: f32,
+    fx: TileFx,
     /// Keep the outputs in the cache (full mode).
     keep: bool,
     /// Take each tile's previous output out of the accumulator first.
@@ -336,7 +335,11 @@ impl Job<'_> {
                 (chunk.len(), t),
                 what,
                 |shape, data| {
-                    let want = [chunk.len() as i64, 3, th as i64, th as i64];
+                    let (n, t64, s64) = (chunk.len() as i64, t as i64, scale as i64);
+                    let want = match self.fx.phases {
+                        true => [n, 3 * s64 * s64, t64, t64],
+                        false => [n, 3, th as i64, th as i64],
+                    };
                     if shape != want || data.len() != chunk.len() * out_item {
                         return Err(Error::Model(format!(
                             "{what} returned shape {shape:?} for {} tiles of {t}x{t}; the manifest (scale {scale}) needs {want:?}",
@@ -348,16 +351,7 @@ impl Job<'_> {
                     for (k, &i) in chunk.iter().enumerate() {
                         let out = &data[k * out_item..(k + 1) * out_item];
                         let keep = self.keep.then_some(true);
-                        merge_new(
-                            self.grid,
-                            fx,
-                            cache,
-                            i as usize,
-                            out,
-                            (self.lo, self.kf),
-                            self.incremental,
-                            keep,
-                        );
+                        merge_new(self.grid, fx, cache, i as usize, out, self.fx, self.incremental, keep);
                     }
                     Ok(())
                 },
@@ -503,16 +497,20 @@ impl Engine {
                     work.fx.clear();
                     work.fx.resize(len, 0);
                 }
-                let kf = FX_ONE / (hi - lo);
+                let m = TileFx {
+                    lo,
+                    k: FX_ONE / (hi - lo),
+                    phases: self.model.phases,
+                };
                 for (class, cost) in costs.iter().enumerate() {
                     if work.groups[class].is_empty() {
                         continue;
                     }
                     if class == 0 && cfg.class1_bicubic {
-                        Self::bicubic_tiles(work, 0, lo, kf, full, incremental);
+                        Self::bicubic_tiles(work, 0, m, full, incremental);
                     } else {
                         stats.macs += cost * work.groups[class].len() as u64;
-                        stats.runs += Self::run_branch(&mut self.model, work, class, cfg, (lo, kf), incremental)?;
+                        stats.runs += Self::run_branch(&mut self.model, work, class, cfg, m, incremental)?;
                     }
                 }
                 if full {
@@ -520,7 +518,7 @@ impl Engine {
                     if !incremental {
                         for i in 0..n {
                             if work.reuses_hr(i) {
-                                merge_tile(&work.grid, &mut work.fx, i, work.cache.hr_of(i), lo, kf, 1);
+                                merge_tile(&work.grid, &mut work.fx, i, work.cache.hr_of(i), m, 1);
                             }
                         }
                     }
@@ -685,11 +683,13 @@ impl Engine {
 
     /// Upscales a group's tiles bicubically (QoS degradation of the cheapest class). In full
     /// mode their outputs are kept (to be taken out again) but not reused.
-    fn bicubic_tiles(work: &mut Work, class: usize, lo: f32, kf: f32, full: bool, incremental: bool) {
+    fn bicubic_tiles(work: &mut Work, class: usize, m: TileFx, full: bool, incremental: bool) {
         let t = work.grid.tile;
         let th = t * work.grid.scale;
         work.tile_hr.resize(3 * th * th, 0.0);
         work.tile_lr.resize(3 * t * t, 0.0);
+        // laid out as the branches' outputs are (the cache keeps them to take out again)
+        let mut phased = vec![0f32; if m.phases { 3 * th * th } else { 0 }];
         for &i in &work.groups[class] {
             let i = i as usize;
             work.tile_lr
@@ -700,16 +700,13 @@ impl Engine {
                     .upscale(src, t, t, &mut work.tile_hr[c * th * th..(c + 1) * th * th]);
             }
             let keep = full.then_some(false);
-            merge_new(
-                &work.grid,
-                &mut work.fx,
-                &mut work.cache,
-                i,
-                &work.tile_hr,
-                (lo, kf),
-                incremental,
-                keep,
-            );
+            let out = if m.phases {
+                accumulate::to_phases(&work.tile_hr, (t, work.grid.scale), &mut phased);
+                &phased
+            } else {
+                &work.tile_hr
+            };
+            merge_new(&work.grid, &mut work.fx, &mut work.cache, i, out, m, incremental, keep);
         }
     }
 
@@ -722,7 +719,7 @@ impl Engine {
         work: &mut Work,
         class: usize,
         cfg: &FrameConfig,
-        (lo, kf): (f32, f32),
+        m: TileFx,
         incremental: bool,
     ) -> Result<usize, Error> {
         let Work {
@@ -750,8 +747,7 @@ impl Engine {
             what: format!("branch{}", class + 1),
             max_batch: cfg.max_batch,
             merge: Mutex::new((fx, cache)),
-            lo,
-            kf,
+            fx: m,
             keep: cfg.cache == CacheMode::Full,
             incremental,
         };

@@ -5,6 +5,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::manifest::{Manifest, ModelSet};
+use crate::onnx::phase_output::phase_output;
 use crate::onnx::rewrite::fast_prelu;
 use crate::runtime::{self, ActiveDevice, SessionConfig};
 use crate::Error;
@@ -17,6 +18,9 @@ pub struct Model {
     /// On the CPU, the branch sessions of the other tile workers (one thread each; a branch
     /// run's tiles are shared out between `branches` and these). Empty with CUDA.
     pub workers: Vec<[Session; 3]>,
+    /// The branch sessions return phase planes [N, 3·s², t, t] instead of HR tiles (all three
+    /// branches could be rewritten so, see onnx/phase_output.rs); the merge interleaves them.
+    pub phases: bool,
     pub device: ActiveDevice,
     /// Why CUDA was not used, when `auto` fell back to CPU.
     pub fallback: Option<String>,
@@ -88,8 +92,20 @@ impl Model {
             },
             ..*cfg
         };
+        let scale = m.scale as usize;
+        let phased: Option<Vec<Vec<u8>>> = m
+            .branches
+            .iter()
+            .zip(&set.branches)
+            .map(|(info, bytes)| phase_output(bytes, &info.output, scale))
+            .collect();
+        let phases = phased.is_some();
+        let graphs: Vec<&[u8]> = match &phased {
+            Some(p) => p.iter().map(|b| &b[..]).collect(),
+            None => set.branches.iter().map(|b| &b[..]).collect(),
+        };
         let mut branches = Vec::with_capacity(3);
-        for (info, bytes) in m.branches.iter().zip(&set.branches) {
+        for (info, bytes) in m.branches.iter().zip(&graphs) {
             branches.push(runtime::session(bytes, &what(&info.file), &cfg)?.0);
         }
         let mut branches: [Session; 3] = branches.try_into().unwrap_or_else(|_| unreachable!());
@@ -116,25 +132,31 @@ impl Model {
                 what(&m.classifier.file)
             )));
         }
-        let ht = (t * m.scale as usize) as i64;
+        let ht = (t * scale) as i64;
+        // what a branch returns for one tile: the HR tile, or its phase planes
+        let want = match phases {
+            true => [1, 3 * (scale * scale) as i64, t as i64, t as i64],
+            false => [1, 3, ht, ht],
+        };
         for (session, info) in branches.iter_mut().zip(&m.branches) {
             check_names(session, &info.input, &info.output, &what(&info.file))?;
             let shape = dry_run_shape(session, &info.output, &zeros, t, &what(&info.file))?;
-            if shape != [1, 3, ht, ht] {
+            if shape != want {
                 return Err(Error::Model(format!(
-                    "{} returns shape {shape:?} for one {t}x{t} tile but the manifest says scale {} (expected [1, 3, {ht}, {ht}])",
+                    "{} returns shape {shape:?} for one {t}x{t} tile but the manifest says scale {} (expected [1, 3, {ht}, {ht}]{})",
                     what(&info.file),
-                    m.scale
+                    m.scale,
+                    if phases { format!(", as phase planes {want:?}") } else { String::new() }
                 )));
             }
         }
         let mut workers = Vec::new();
         if device == ActiveDevice::Cpu && cfg.cpu_workers() > 1 {
             // The load-time rewrites once per branch, not once per worker.
-            let fast: Vec<Option<Vec<u8>>> = set.branches.iter().map(|b| fast_prelu(b)).collect();
+            let fast: Vec<Option<Vec<u8>>> = graphs.iter().map(|b| fast_prelu(b)).collect();
             for _ in 1..cfg.cpu_workers() {
                 let mut sessions = Vec::with_capacity(3);
-                for ((info, bytes), fast) in m.branches.iter().zip(&set.branches).zip(&fast) {
+                for ((info, bytes), fast) in m.branches.iter().zip(&graphs).zip(&fast) {
                     let bytes = fast.as_deref().unwrap_or(bytes);
                     sessions.push(runtime::cpu_session_as_is(bytes, &what(&info.file))?);
                 }
@@ -146,6 +168,7 @@ impl Model {
             classifier,
             branches,
             workers,
+            phases,
             device,
             fallback,
             config: cfg,

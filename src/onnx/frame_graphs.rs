@@ -27,7 +27,8 @@ pub const ACC: &str = "acc";
 pub const IDS: &str = "tile_ids";
 /// Output of the select graph: the picked tiles [N, 3, t, t].
 pub const PICKED: &str = "picked";
-/// Input of the accumulate graph: one branch run's outputs f32 [N, 3, t·s, t·s].
+/// Input of the accumulate graph: one branch run's outputs f32 [N, 3, t·s, t·s], or as phase
+/// planes [N, 3·s², t, t] (onnx/phase_output.rs).
 pub const SR: &str = "sr";
 /// Output of the accumulate graph.
 pub const ACC_OUT: &str = "acc_out";
@@ -130,14 +131,34 @@ pub fn select_graph(t: usize) -> ModelProto {
 /// acc, branch outputs sr [N, 3, t·s, t·s] of the tiles `tile_ids` [N] → acc + the outputs'
 /// fixed-point contributions ((wy·wx)·(sr − lo))·FX_ONE/(hi − lo), clamped and truncated, as
 /// the engine's merge_tile adds them. Id n (one past the last tile) is padding: its outputs
-/// go to the accumulator's spill area.
-pub fn accumulate_graph(grid: &TileGrid, lo: f32, hi: f32) -> ModelProto {
+/// go to the accumulator's spill area. With `phases` the outputs come as phase planes
+/// [N, 3·s², t, t] and are interleaved first.
+pub fn accumulate_graph(grid: &TileGrid, lo: f32, hi: f32, phases: bool) -> ModelProto {
     let s = grid.scale;
     let (th, ow, oh) = (grid.tile * s, grid.padded_width * s, grid.padded_height * s);
     let mut g = GraphBuilder::new("classsr accumulate");
     let len = acc_len(grid);
     let acc = g.typed_input(ACC, DataType::Int32, &dims(&[len]));
-    let sr = g.input(SR, &nchw("n", th));
+    let sr = if phases {
+        // the branches give phase planes (onnx/phase_output.rs): interleave them first
+        let t = grid.tile as i64;
+        let p = g.input(
+            SR,
+            &[
+                Dim::Symbolic("n"),
+                Dim::Fixed(3 * (s * s) as i64),
+                Dim::Fixed(t),
+                Dim::Fixed(t),
+            ],
+        );
+        g.op(
+            "DepthToSpace",
+            &[&p],
+            &[("blocksize", Attr::Int(s as i64)), ("mode", Attr::Str("CRD"))],
+        )
+    } else {
+        g.input(SR, &nchw("n", th))
+    };
     let ids = g.typed_input(IDS, DataType::Int64, &[Dim::Symbolic("n")]);
     let n = grid.len();
     let cols = grid.xs.len();

@@ -10,6 +10,7 @@ pub mod proto {
 mod builder;
 pub mod frame_graphs;
 mod graphs;
+pub mod phase_output;
 pub mod rewrite;
 
 pub use builder::{to_bytes, Attr, Dim, GraphBuilder, OPSET};

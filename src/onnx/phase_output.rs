@@ -1,0 +1,266 @@
+// A load-time rewrite of a ×s branch graph to output its HR tile as s² phase planes per colour
+// ([N, C·s², h, w], channel c·s² + ry·s + rx holding HR pixels (s·y + ry, s·x + rx), the
+// layout DepthToSpace CRD reads), so that the engine interleaves them while merging the tile
+// instead of ONNX Runtime shuffling every HR pixel once more. Recognised, from the output back:
+// Identity; DepthToSpace(s, CRD), whose input already is the phases (the bicubic skip and the
+// known-answer resamplers end so); Add of two phase-able tensors; ConvTranspose whose output is
+// exactly s times its input (FSRCNN's k9 s4 p3 op1), which becomes the equivalent ordinary
+// convolution to s² phases (a 3×3 one for FSRCNN) — the same products summed in another order,
+// so equal to ~1e-6, and on the CPU much faster than ConvTranspose's scatter (col2im).
+
+use std::collections::{HashMap, HashSet};
+
+use prost::Message;
+
+use super::graphs::float_values;
+use super::proto::{attribute_proto::AttributeType, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
+
+fn ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
+    n.attribute
+        .iter()
+        .find(|a| a.name.as_deref() == Some(name))
+        .map(|a| a.ints.clone())
+}
+
+fn int(n: &NodeProto, name: &str) -> Option<i64> {
+    n.attribute
+        .iter()
+        .find(|a| a.name.as_deref() == Some(name))
+        .and_then(|a| a.i)
+}
+
+fn text(n: &NodeProto, name: &str) -> Option<String> {
+    n.attribute
+        .iter()
+        .find(|a| a.name.as_deref() == Some(name))
+        .and_then(|a| a.s.as_ref())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+}
+
+fn ints_attr(name: &str, v: Vec<i64>) -> AttributeProto {
+    AttributeProto {
+        name: Some(name.into()),
+        ints: v,
+        r#type: Some(AttributeType::Ints as i32),
+        ..Default::default()
+    }
+}
+
+/// The phase convolution equivalent to a ConvTranspose with weight `w` ([Cin, Cout, K, K]),
+/// per-axis begin pads `pb` and stride `s`, whose output is s times its input:
+/// out[s·j + r] = Σ_d x[j + d]·W[r + pb − s·d] over the d that index the kernel. Returns the
+/// weight [Cout·s², Cin, ky, kx], the pads (begin y, x, end y, x) and the kernel size.
+fn phase_weight(w: &[f32], dims: [usize; 4], pb: [i64; 2], s: usize) -> Option<(Vec<f32>, [i64; 4], [usize; 2])> {
+    let [cin, cout, kh, kw] = dims;
+    let si = s as i64;
+    // per axis, the range of input offsets d any phase uses
+    // 0 ≤ r + p − s·d < k  ⇔  ceil((r + p − k + 1) / s) ≤ d ≤ floor((r + p) / s)
+    let range = |k: usize, p: i64| -> (i64, i64) {
+        let lo = (0..si).map(|r| -(k as i64 - 1 - r - p).div_euclid(si)).min();
+        let hi = (0..si).map(|r| (r + p).div_euclid(si)).max();
+        (lo.unwrap_or(0), hi.unwrap_or(0))
+    };
+    let (dy0, dy1) = range(kh, pb[0]);
+    let (dx0, dx1) = range(kw, pb[1]);
+    if dy0 > 0 || dx0 > 0 || dy1 < 0 || dx1 < 0 {
+        return None;
+    }
+    let (ky, kx) = ((dy1 - dy0 + 1) as usize, (dx1 - dx0 + 1) as usize);
+    let mut out = vec![0f32; cout * s * s * cin * ky * kx];
+    for c in 0..cout {
+        for ry in 0..s {
+            for rx in 0..s {
+                let oc = c * s * s + ry * s + rx;
+                for (ty, dy) in (dy0..=dy1).enumerate() {
+                    let k_y = ry as i64 + pb[0] - si * dy;
+                    if !(0..kh as i64).contains(&k_y) {
+                        continue;
+                    }
+                    for (tx, dx) in (dx0..=dx1).enumerate() {
+                        let k_x = rx as i64 + pb[1] - si * dx;
+                        if !(0..kw as i64).contains(&k_x) {
+                            continue;
+                        }
+                        for ci in 0..cin {
+                            out[((oc * cin + ci) * ky + ty) * kx + tx] =
+                                w[((ci * cout + c) * kh + k_y as usize) * kw + k_x as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Some((out, [-dy0, -dx0, dy1, dx1], [ky, kx]))
+}
+
+struct Rewriter<'g> {
+    producer: HashMap<String, NodeProto>,
+    constants: HashMap<String, &'g TensorProto>,
+    scale: usize,
+    added: Vec<NodeProto>,
+    weights: Vec<TensorProto>,
+}
+
+impl Rewriter<'_> {
+    /// The name of a tensor holding `name` as phase planes, adding the nodes that make it.
+    fn phases(&mut self, name: &str) -> Option<String> {
+        let n = self.producer.get(name)?.clone();
+        if !n.domain.as_deref().unwrap_or("").is_empty() {
+            return None;
+        }
+        let s = self.scale as i64;
+        match n.op_type.as_deref()? {
+            "Identity" => self.phases(&n.input[0]),
+            "DepthToSpace" => (int(&n, "blocksize") == Some(s) && text(&n, "mode").as_deref() == Some("CRD"))
+                .then(|| n.input[0].clone()),
+            "Add" if n.input.len() == 2 => {
+                let a = self.phases(&n.input[0])?;
+                let b = self.phases(&n.input[1])?;
+                let out = format!("{name}.phases");
+                self.added.push(NodeProto {
+                    op_type: Some("Add".into()),
+                    name: Some(out.clone()),
+                    input: vec![a, b],
+                    output: vec![out.clone()],
+                    ..Default::default()
+                });
+                Some(out)
+            }
+            "ConvTranspose" => self.conv_transpose(&n, name),
+            _ => None,
+        }
+    }
+
+    fn conv_transpose(&mut self, n: &NodeProto, name: &str) -> Option<String> {
+        let s = self.scale as i64;
+        let w = self.constants.get(n.input.get(1)?)?;
+        let dims: [usize; 4] = w.dims.iter().map(|&d| d as usize).collect::<Vec<_>>().try_into().ok()?;
+        let values = float_values(w)?;
+        if values.len() != dims.iter().product::<usize>()
+            || int(n, "group").unwrap_or(1) != 1
+            || ints(n, "strides")? != [s, s]
+            || ints(n, "dilations").is_some_and(|d| d.iter().any(|&v| v != 1))
+            || text(n, "auto_pad").is_some_and(|a| a != "NOTSET")
+            || ints(n, "output_shape").is_some()
+        {
+            return None;
+        }
+        let pads = ints(n, "pads").unwrap_or(vec![0; 4]);
+        let op = ints(n, "output_padding").unwrap_or(vec![0; 2]);
+        let k = [dims[2] as i64, dims[3] as i64];
+        // the output is exactly s times the input on both axes
+        if pads.len() != 4 || op.len() != 2 || (0..2).any(|a| k[a] - pads[a] - pads[a + 2] + op[a] != s) {
+            return None;
+        }
+        let (weight, conv_pads, [ky, kx]) = phase_weight(&values, dims, [pads[0], pads[1]], self.scale)?;
+        let out = format!("{name}.phases");
+        let wname = format!("{out}.weight");
+        let cout = dims[1] * self.scale * self.scale;
+        self.weights.push(TensorProto {
+            name: Some(wname.clone()),
+            dims: vec![cout as i64, dims[0] as i64, ky as i64, kx as i64],
+            data_type: Some(1),
+            raw_data: Some(weight.iter().flat_map(|v| v.to_le_bytes()).collect()),
+            ..Default::default()
+        });
+        let mut input = vec![n.input[0].clone(), wname];
+        if let Some(b) = n.input.get(2).filter(|b| !b.is_empty()) {
+            let bias = float_values(self.constants.get(b)?)?;
+            if bias.len() != dims[1] {
+                return None;
+            }
+            let per_phase: Vec<f32> = bias
+                .iter()
+                .flat_map(|&v| std::iter::repeat_n(v, (s * s) as usize))
+                .collect();
+            let bname = format!("{out}.bias");
+            self.weights.push(TensorProto {
+                name: Some(bname.clone()),
+                dims: vec![cout as i64],
+                data_type: Some(1),
+                raw_data: Some(per_phase.iter().flat_map(|v| v.to_le_bytes()).collect()),
+                ..Default::default()
+            });
+            input.push(bname);
+        }
+        self.added.push(NodeProto {
+            op_type: Some("Conv".into()),
+            name: Some(out.clone()),
+            input,
+            output: vec![out.clone()],
+            attribute: vec![
+                ints_attr("kernel_shape", vec![ky as i64, kx as i64]),
+                ints_attr("pads", conv_pads.to_vec()),
+            ],
+            ..Default::default()
+        });
+        Some(out)
+    }
+}
+
+/// Drops the nodes and initializers nothing uses any more.
+fn prune(graph: &mut GraphProto) {
+    let mut needed: HashSet<String> = graph.output.iter().filter_map(|o| o.name.clone()).collect();
+    let mut keep = vec![false; graph.node.len()];
+    // nodes are in topological order: walk them backwards
+    for (k, n) in graph.node.iter().enumerate().rev() {
+        if n.output.iter().any(|o| needed.contains(o)) {
+            keep[k] = true;
+            needed.extend(n.input.iter().cloned());
+        }
+    }
+    let mut k = 0;
+    graph.node.retain(|_| {
+        k += 1;
+        keep[k - 1]
+    });
+    graph
+        .initializer
+        .retain(|t| t.name.as_ref().is_some_and(|n| needed.contains(n)));
+}
+
+/// The serialised ×`scale` branch with its output `output` given as phase planes (see the top
+/// of this file), or None when the graph does not end in a form recognised here.
+pub fn phase_output(bytes: &[u8], output: &str, scale: usize) -> Option<Vec<u8>> {
+    let mut model = ModelProto::decode(bytes).ok()?;
+    let graph = model.graph.as_mut()?;
+    let fed: HashSet<&str> = graph.input.iter().filter_map(|i| i.name.as_deref()).collect();
+    let mut rw = Rewriter {
+        producer: HashMap::new(),
+        constants: graph
+            .initializer
+            .iter()
+            .filter(|t| t.name.as_deref().is_some_and(|n| !fed.contains(n)))
+            .filter_map(|t| Some((t.name.clone()?, t)))
+            .collect(),
+        scale,
+        added: Vec::new(),
+        weights: Vec::new(),
+    };
+    for n in &graph.node {
+        for o in &n.output {
+            rw.producer.insert(o.clone(), n.clone());
+        }
+    }
+    let phases = rw.phases(output)?;
+    let (added, weights) = (rw.added, rw.weights);
+    // The old producer of the output goes; an Identity names the phases instead.
+    graph.node.retain(|n| !n.output.iter().any(|o| o == output));
+    graph.node.extend(added);
+    graph.node.push(NodeProto {
+        op_type: Some("Identity".into()),
+        name: Some(format!("{output}.phases_identity")),
+        input: vec![phases],
+        output: vec![output.into()],
+        ..Default::default()
+    });
+    graph.initializer.extend(weights);
+    // The declared output shape was the HR one: keep the element type, drop the shape.
+    for o in graph.output.iter_mut().filter(|o| o.name.as_deref() == Some(output)) {
+        if let Some(super::proto::type_proto::Value::TensorType(t)) = o.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+            t.shape = None;
+        }
+    }
+    prune(graph);
+    Some(model.encode_to_vec())
+}
