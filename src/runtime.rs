@@ -145,10 +145,11 @@ fn commit_as_is(mut b: ort::session::builder::SessionBuilder, bytes: &[u8], what
         .map_err(|e| Error::Model(format!("{what} is not a valid ONNX model for ONNX Runtime: {e}")))
 }
 
-/// A one-thread CPU session of `bytes` exactly as given, without the load-time rewrites (for
-/// bytes already rewritten, and to check the rewrites against the original graph).
-pub fn cpu_session_as_is(bytes: &[u8], what: &str) -> Result<Session, Error> {
-    commit_as_is(builder(1)?, bytes, what)
+/// A CPU session of `bytes` exactly as given, without the load-time rewrites (for bytes
+/// already rewritten, and to check the rewrites against the original graph), with `threads`
+/// intra-op threads (0 = ONNX Runtime's default, one per core).
+pub fn cpu_session_as_is(bytes: &[u8], what: &str, threads: usize) -> Result<Session, Error> {
+    commit_as_is(builder(threads)?, bytes, what)
 }
 
 /// A CPU session with `threads` intra-op threads (0 = ONNX Runtime's default, one per core).

@@ -97,7 +97,10 @@ fn all_tiles_classified_in_one_run_and_one_run_per_branch_group() {
     let mut engine = Engine::new(Model::load(&set, &one).unwrap());
     assert!(engine.model().workers.is_empty());
     let img = zones(200, 120);
-    let cfg = FrameConfig::default();
+    let cfg = FrameConfig {
+        max_batch: 256,
+        ..Default::default()
+    };
     let (single, stats) = run_engine(&mut engine, &img, &cfg);
     let (grid, classes) = engine.last_classes().unwrap();
     let n = grid.len();
@@ -113,6 +116,24 @@ fn all_tiles_classified_in_one_run_and_one_run_per_branch_group() {
         "one classifier run + one run per non-empty branch group"
     );
 
+    // max-batch 0 (the default) splits each group into calls of at most CPU_BATCH tiles on the
+    // CPU; the frame is the same.
+    let big = zones(400, 240);
+    let (whole, _) = run_engine(&mut engine, &big, &cfg);
+    let (auto, st) = run_engine(&mut engine, &big, &FrameConfig::default());
+    let calls: usize = st
+        .tiles
+        .iter()
+        .map(|&k| k.div_ceil(gstclasssr::engine::CPU_BATCH))
+        .sum();
+    assert!(
+        calls > 3,
+        "the picture has a group larger than one call: {:?}",
+        st.tiles
+    );
+    assert_eq!(st.runs, 1 + calls);
+    assert!(auto == whole, "automatic batches give another frame");
+
     // MACs add up from the manifest.
     let m = &set.manifest;
     let expect: u64 = m.classifier.macs_per_tile * n as u64
@@ -122,23 +143,22 @@ fn all_tiles_classified_in_one_run_and_one_run_per_branch_group() {
     assert_eq!(stats.macs, expect);
     assert_eq!(stats.original_macs, m.branches[2].macs_per_tile * n as u64);
 
-    // With W tile workers (CPU has 2) each group is shared out in W contiguous parts, each
-    // split by max-batch; the frame is the same byte for byte.
+    // With W tile workers (CPU has 2) the frame's tiles, in class order, are cut into W
+    // shares of about equal cost: each cut splits at most one group's run in two, and every
+    // run is split by max-batch. The frame is the same byte for byte.
     let mut workers = Engine::new(Model::load(&set, &CPU).unwrap());
     let w = workers.model().workers.len() + 1;
     assert_eq!(w, 2);
-    let runs = |k: usize, max_batch: usize| -> usize {
-        let parts = w.min(k);
-        (0..parts)
-            .map(|p| ((p + 1) * k / parts - p * k / parts).div_ceil(max_batch))
-            .sum()
-    };
     for max_batch in [256, 4] {
         let c = FrameConfig { max_batch, ..cfg };
         let (frame, split) = run_engine(&mut workers, &img, &c);
         assert_eq!(split.tiles, stats.tiles);
-        let expect_runs: usize = 1 + split.tiles.iter().map(|&k| runs(k, max_batch)).sum::<usize>();
-        assert_eq!(split.runs, expect_runs, "max-batch {max_batch}");
+        let least: usize = 1 + split.tiles.iter().map(|&k| k.div_ceil(max_batch)).sum::<usize>();
+        assert!(
+            (least..least + w).contains(&split.runs),
+            "max-batch {max_batch}: {} runs, {least} without cuts",
+            split.runs
+        );
         assert!(
             frame == single,
             "max-batch {max_batch}: the workers' frame differs from one worker's"
@@ -374,7 +394,7 @@ fn prelu_rewrite_gives_the_same_bits() {
             let out = s.run(ort::inputs![x]).unwrap();
             out["sr"].try_extract_tensor::<f32>().unwrap().1.to_vec()
         };
-        let want = run(runtime::cpu_session_as_is(bytes, "as written").unwrap());
+        let want = run(runtime::cpu_session_as_is(bytes, "as written", 1).unwrap());
         let got = run(runtime::cpu_session(bytes, "rewritten", 1).unwrap());
         assert!(
             want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),
@@ -442,8 +462,8 @@ fn as_written_and_phased(bytes: &[u8], scale: usize, tiles: &[f32], n: usize, t:
         let (shape, data) = out["sr"].try_extract_tensor::<f32>().unwrap();
         (shape.to_vec(), data.to_vec())
     };
-    let (hr_shape, hr) = run(runtime::cpu_session_as_is(bytes, "as written").unwrap());
-    let (ph_shape, ph) = run(runtime::cpu_session_as_is(&phased, "phased").unwrap());
+    let (hr_shape, hr) = run(runtime::cpu_session_as_is(bytes, "as written", 1).unwrap());
+    let (ph_shape, ph) = run(runtime::cpu_session_as_is(&phased, "phased", 1).unwrap());
     let (s, th) = (scale as i64, (t * scale) as i64);
     assert_eq!(hr_shape, [n as i64, 3, th, th]);
     assert_eq!(ph_shape, [n as i64, 3 * s * s, t as i64, t as i64]);

@@ -30,7 +30,7 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 
 const DEFAULT_TILE: u32 = 32;
 const DEFAULT_OVERLAP: u32 = 4;
-const DEFAULT_MAX_BATCH: u32 = 256;
+const DEFAULT_MAX_BATCH: u32 = 0;
 const DEFAULT_CACHE_THRESHOLD: f32 = 1.0;
 const DEFAULT_CACHE_REFRESH: u32 = 30;
 /// QoS degradation levels: 1 to 3 each lower the bias by the model's `qos_bias_step` (manifest;
@@ -272,8 +272,8 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecUInt::builder("max-batch")
                     .nick("Max batch")
-                    .blurb("Most tiles per branch run (larger batches are split)")
-                    .minimum(1)
+                    .blurb("Most tiles per branch run, larger groups are split (0 = automatic: 16 on the CPU, 256 with CUDA)")
+                    .minimum(0)
                     .maximum(65536)
                     .default_value(DEFAULT_MAX_BATCH)
                     .mutable_playing()

@@ -41,9 +41,18 @@ pub struct TileFx {
 /// `out` (t·s samples).
 fn interleave_row(src: &[f32], c: usize, y: usize, (t, s): (usize, usize), out: &mut [f32]) {
     let (ry, j) = (y % s, y / s);
+    let row = |rx: usize| &src[((c * s * s + ry * s + rx) * t + j) * t..][..t];
+    if s == 4 {
+        // the usual ×4: four rows into groups of four (a loop that vectorises)
+        let (p0, p1, p2, p3) = (row(0), row(1), row(2), row(3));
+        for (q, px) in out.chunks_exact_mut(4).enumerate().take(t) {
+            let px: &mut [f32; 4] = px.try_into().expect("4 samples");
+            *px = [p0[q], p1[q], p2[q], p3[q]];
+        }
+        return;
+    }
     for rx in 0..s {
-        let plane = &src[((c * s * s + ry * s + rx) * t + j) * t..][..t];
-        for (q, &v) in plane.iter().enumerate() {
+        for (q, &v) in row(rx).iter().enumerate() {
             out[q * s + rx] = v;
         }
     }
@@ -84,14 +93,20 @@ pub fn merge_tile(grid: &TileGrid, fx: &mut [i32], i: usize, src: &[f32], m: Til
             } else {
                 &src[(c * th + y) * th..(c * th + y + 1) * th]
             };
-            let wyy = wy[y];
-            let terms = row.iter_mut().zip(s).zip(wx);
-            if sign >= 0 {
-                terms.for_each(|((a, &v), &w)| *a = a.wrapping_add(contribution(wyy * w, v, lo, k)));
-            } else {
-                terms.for_each(|((a, &v), &w)| *a = a.wrapping_sub(contribution(wyy * w, v, lo, k)));
-            }
+            add_row(row, s, wx, wy[y], (lo, k), sign);
         }
+    }
+}
+
+/// Adds (or takes out) one row of a tile's output `s` with weights `wy·wx[x]`. Inlined into
+/// merge_tile: called through a function boundary the loop measured ~1.5x slower.
+#[inline(always)]
+fn add_row(row: &mut [i32], s: &[f32], wx: &[f32], wy: f32, (lo, k): (f32, f32), sign: i32) {
+    let terms = row.iter_mut().zip(s).zip(wx);
+    if sign >= 0 {
+        terms.for_each(|((a, &v), &w)| *a = a.wrapping_add(contribution(wy * w, v, lo, k)));
+    } else {
+        terms.for_each(|((a, &v), &w)| *a = a.wrapping_sub(contribution(wy * w, v, lo, k)));
     }
 }
 

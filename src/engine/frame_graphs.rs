@@ -89,8 +89,8 @@ pub fn supports(cfg: &FrameConfig, output: PixelLayout) -> Result<(), String> {
     if !matches!(cfg.mode, Mode::ClassSR | Mode::Original | Mode::Branch(_)) {
         return Err(format!("mode {} is not supported by the frame graphs", cfg.mode.name()));
     }
-    if cfg.cache != super::CacheMode::Off || cfg.class1_bicubic || cfg.max_batch == 0 {
-        return Err("the frame graphs run without cache and QoS degradation, with max-batch ≥ 1".into());
+    if cfg.cache != super::CacheMode::Off || cfg.class1_bicubic {
+        return Err("the frame graphs run without cache and QoS degradation".into());
     }
     if output.alpha_offset().is_some() {
         return Err(format!(
@@ -214,8 +214,9 @@ impl Engine {
             stats.tiles[class] = group.len();
             stats.macs += cost * group.len() as u64;
             let info = &model.manifest.branches[class];
-            for chunk in group.chunks(cfg.max_batch) {
-                let b = bucket(chunk.len(), cfg.max_batch);
+            let max_batch = super::batch_limit(cfg, model.device);
+            for chunk in group.chunks(max_batch) {
+                let b = bucket(chunk.len(), max_batch);
                 let mut picks = chunk.to_vec();
                 picks.resize(b, chunk[0]);
                 let picked = run_bound(

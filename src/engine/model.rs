@@ -158,7 +158,7 @@ impl Model {
                 let mut sessions = Vec::with_capacity(3);
                 for ((info, bytes), fast) in m.branches.iter().zip(&graphs).zip(&fast) {
                     let bytes = fast.as_deref().unwrap_or(bytes);
-                    sessions.push(runtime::cpu_session_as_is(bytes, &what(&info.file))?);
+                    sessions.push(runtime::cpu_session_as_is(bytes, &what(&info.file), 1)?);
                 }
                 workers.push(sessions.try_into().unwrap_or_else(|_| unreachable!()));
             }

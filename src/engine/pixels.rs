@@ -207,6 +207,22 @@ pub fn pack_planar(rgb: &[f32], pw: usize, ph: usize, lo: f32, hi: f32, alpha: O
     pack_region(rgb, pw, ph, all, alpha, out, |v| to_u8((v - lo) * k));
 }
 
+/// Writes three rows of bytes (`bytes`: r, then g, then b) into the pixels of `row`, `B` bytes
+/// per pixel, at the colour offsets `offs`.
+fn interleave<const B: usize>(row: &mut [u8], bytes: &[u8], offs: [usize; 3]) {
+    let n = bytes.len() / 3;
+    let (r, rest) = bytes.split_at(n);
+    let (g, b) = rest.split_at(n);
+    let [o0, o1, o2] = offs;
+    assert!(o0 < B && o1 < B && o2 < B);
+    for (px, ((&r, &g), &b)) in row.chunks_exact_mut(B).zip(r.iter().zip(g).zip(b)) {
+        let px: &mut [u8; B] = px.try_into().expect("B bytes");
+        px[o0] = r;
+        px[o1] = g;
+        px[o2] = b;
+    }
+}
+
 /// Packs `region` (clipped to the output) of planar planes of width `pw` into `out`, each
 /// sample through `conv`; alpha and padding bytes as [`pack_planar`].
 pub fn pack_region<T: Copy>(
@@ -226,14 +242,22 @@ pub fn pack_region<T: Copy>(
     if x0 >= x1 {
         return;
     }
+    // Each colour of a row is converted into a scratch row (a loop that vectorises), then
+    // the three are interleaved into the pixels.
+    let n = x1 - x0;
+    let mut bytes = vec![0u8; 3 * n];
     for y in y0..y1 {
         let row = &mut out.data[y * out.stride + x0 * bpp..y * out.stride + x1 * bpp];
         let o = y * pw + x0;
-        for (c, &off) in offs.iter().enumerate() {
-            let src = &planes[c * plane + o..c * plane + o + (x1 - x0)];
-            for (x, &v) in src.iter().enumerate() {
-                row[x * bpp + off] = conv(v);
+        for (c, dst) in bytes.chunks_exact_mut(n).enumerate() {
+            let src = &planes[c * plane + o..c * plane + o + n];
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = conv(v);
             }
+        }
+        match bpp {
+            3 => interleave::<3>(row, &bytes, offs),
+            _ => interleave::<4>(row, &bytes, offs),
         }
         if let Some(ao) = out.layout.alpha_offset() {
             if let Some(alpha) = alpha {
