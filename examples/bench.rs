@@ -184,9 +184,12 @@ fn main() -> Result<(), String> {
             );
         }
     }
+    let set = gstclasssr::manifest::ModelSet::load(&model).map_err(|e| e.to_string())?;
+    // the any-time knob two QoS steps towards the cheaper branches (see the bias table)
+    let bias = -2.0 * set.manifest.qos_step();
     println!("\n## Modes (cache off)\n");
     println!(
-        "Median fps of {reps} alternated runs of {frames} frames; ratios against `original` from the same runs.\n"
+        "Median fps of {reps} alternated runs of {frames} frames; ratios against `original` from the same runs. `classsr bias={bias:.2}` is the element with its routing knob two QoS steps towards the cheaper branches (its PSNR on photographs is in the bias table below).\n"
     );
     println!("| source | input | mode | fps (median) | x original |");
     println!("|---|---|---|---|---|");
@@ -199,20 +202,27 @@ fn main() -> Result<(), String> {
             format!("videotestsrc num-buffers={frames} ! video/x-raw,format=RGB,width=320,height=240"),
         ),
     ];
-    let modes = ["classsr", "original", "bicubic"];
+    // (label, element properties)
+    let modes: Vec<(String, String)> = ["classsr", "original", "bicubic"]
+        .iter()
+        .map(|m| (m.to_string(), format!("mode={m}")))
+        .chain(std::iter::once((
+            format!("classsr bias={bias:.2}"),
+            format!("mode=classsr bias={bias}"),
+        )))
+        .collect();
     for (name, size, src) in &sources {
         let mut t: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
         for _ in 0..reps {
-            for (k, mode) in modes.iter().enumerate() {
-                let desc = format!(
-                    "{src} ! classsr {model_prop} device=cpu cache=off mode={mode} ! appsink name=s sync=false"
-                );
+            for (k, (_, props)) in modes.iter().enumerate() {
+                let desc =
+                    format!("{src} ! classsr {model_prop} device=cpu cache=off {props} ! appsink name=s sync=false");
                 let out = run(&desc, false)?;
                 t[k].push(out.frames.len() as f64 / out.seconds);
             }
         }
         let orig = median(t[1].clone());
-        for (k, mode) in modes.iter().enumerate() {
+        for (k, (mode, _)) in modes.iter().enumerate() {
             let fps = median(t[k].clone());
             println!("| {name} | {size} | {mode} | {fps:.1} | {:.2} |", fps / orig);
         }
@@ -230,7 +240,6 @@ fn main() -> Result<(), String> {
         BATCHES.map(|b| format!("tiles/s B={b}")).join(" | ")
     );
     println!("|---|---|{}---|---|---|", "---|".repeat(BATCHES.len()));
-    let set = gstclasssr::manifest::ModelSet::load(&model).map_err(|e| e.to_string())?;
     let t = set.manifest.tile_size as usize;
     let item = 3 * t * t;
     let n = 256;

@@ -27,7 +27,6 @@ use crate::runtime::ActiveDevice;
 use crate::Error;
 use accumulate::{merge_tile, tile_region, TileFx, FX_ONE};
 use cache::TileCache;
-use pixels::Region;
 use resample::Upsampler;
 use share::{share_out, Share, TileCosts};
 
@@ -570,12 +569,13 @@ impl Engine {
                 *t = work.class_of.iter().filter(|&&k| k as usize == c).count();
             }
         }
+        let bands = self.model.config.cpu_workers();
         let work = self.work.as_mut().expect("prepared");
         if with_alpha {
             work.cubic.upscale(&work.alpha_lr, pw, ph, &mut work.alpha_hr);
         }
         if networks {
-            Self::pack_fx(work, cfg, output, with_alpha);
+            Self::pack_fx(work, cfg, output, with_alpha, bands);
         } else {
             let alpha = with_alpha.then_some(&work.alpha_hr[..]);
             pixels::pack_planar(&work.acc, pw * s, ph * s, lo, hi, alpha, output);
@@ -589,7 +589,8 @@ impl Engine {
     /// Packs the fixed-point frame into `output`. After a full-cache frame whose previous
     /// output was kept, only the recomputed tiles (this frame's `groups`) are repacked over a
     /// copy of it.
-    fn pack_fx(work: &mut Work, cfg: &FrameConfig, output: &mut ImageMut, with_alpha: bool) {
+    /// The full frame is packed in `bands` row bands in parallel.
+    fn pack_fx(work: &mut Work, cfg: &FrameConfig, output: &mut ImageMut, with_alpha: bool, bands: usize) {
         let (hw, hh) = (
             work.grid.padded_width * work.grid.scale,
             work.grid.padded_height * work.grid.scale,
@@ -615,14 +616,7 @@ impl Engine {
             output.data[..need].copy_from_slice(&work.last_out[..need]);
             return;
         }
-        accumulate::pack(
-            &work.fx,
-            hw,
-            hh,
-            Region::all(output.width, output.height),
-            alpha,
-            output,
-        );
+        accumulate::pack_all(&work.fx, hw, hh, alpha, output, bands);
         if keep {
             work.last_out.clear();
             work.last_out.extend_from_slice(&output.data[..need]);
