@@ -224,6 +224,10 @@ fn prune(graph: &mut GraphProto) {
 pub fn phase_output(bytes: &[u8], output: &str, scale: usize) -> Option<Vec<u8>> {
     let mut model = ModelProto::decode(bytes).ok()?;
     let graph = model.graph.as_mut()?;
+    // the output's HR values must not be used inside the graph too
+    if graph.node.iter().any(|n| n.input.iter().any(|i| i == output)) {
+        return None;
+    }
     let fed: HashSet<&str> = graph.input.iter().filter_map(|i| i.name.as_deref()).collect();
     let mut rw = Rewriter {
         producer: HashMap::new(),
