@@ -1,12 +1,12 @@
 // Benchmarks through the real element (used by scripts/bench.sh to write BENCHMARKS.md):
 // fps of cache off/class/full on a static-camera clip with each run's PSNR against cache=off,
-// fps of classsr/original/bicubic on the clip and on videotestsrc, and branch tiles/s batched
+// fps of classsr/original/bicubic on the clip, on videotestsrc and on photographs (--photos), and branch tiles/s batched
 // against one tile per ONNX Runtime call (the official test code's way). The clip is decoded
 // and scaled once to raw RGB first, so the decoder's time is not counted as the element's.
 // Runs are alternated and the median of several repetitions is reported, with ratios from the
 // same run.
 //
-//   cargo run --release --example bench -- CLIP [--frames N] [--reps R] [--model DIR]
+//   cargo run --release --example bench -- CLIP [--frames N] [--reps R] [--model DIR] [--photos DIR]
 
 use std::time::Instant;
 
@@ -94,12 +94,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Sizes the clip is scaled to (192x144 gives the issue's 768x576 output).
 const CLIP_SIZES: [(u32, u32); 2] = [(192, 144), (384, 288)];
+/// Size the photographs of --photos are scaled to (2560x1600 photographs: their x4 LR).
+const PHOTO_SIZE: (u32, u32) = (640, 400);
 
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let clip = args
         .first()
-        .ok_or("usage: bench CLIP [--frames N] [--reps R] [--model DIR]")?
+        .ok_or("usage: bench CLIP [--frames N] [--reps R] [--model DIR] [--photos DIR]")?
         .clone();
     let opt = |name: &str, default: &str| -> String {
         args.iter()
@@ -108,6 +110,7 @@ fn main() -> Result<(), String> {
             .unwrap_or_else(|| default.to_string())
     };
     let frames: usize = opt("--frames", "200").parse().map_err(|_| "--frames")?;
+    let photos = opt("--photos", "");
     let reps: usize = opt("--reps", "3").parse().map_err(|_| "--reps")?;
     let model = opt("--model", "");
     gst::init().map_err(|e| e.to_string())?;
@@ -132,6 +135,42 @@ fn main() -> Result<(), String> {
         )?;
         std::fs::write(&file, decoded.frames.concat()).map_err(|e| e.to_string())?;
         raw.insert((w, h), file);
+    }
+    // The photographs of --photos (each decoded and scaled to PHOTO_SIZE once), one after the
+    // other, each repeated for an equal part of the frames, as one raw RGB file.
+    let mut photo_names = Vec::new();
+    if !photos.is_empty() {
+        let mut files: Vec<_> = std::fs::read_dir(&photos)
+            .map_err(|e| format!("{photos}: {e}"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        let (w, h) = PHOTO_SIZE;
+        let mut all = Vec::new();
+        for (k, f) in files.iter().enumerate() {
+            let one = run(
+                &format!(
+                    "filesrc location={} ! decodebin ! videoconvert ! videoscale ! video/x-raw,format=RGB,width={w},height={h} \
+                     ! appsink name=s sync=false",
+                    f.display()
+                ),
+                true,
+            )?;
+            let frame = one.frames.first().ok_or(format!("{}: no frame", f.display()))?;
+            let count = (k + 1) * frames / files.len() - k * frames / files.len();
+            for _ in 0..count {
+                all.extend_from_slice(frame);
+            }
+            photo_names.push(
+                f.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+        }
+        let file = tmp.join("photos.rgb");
+        std::fs::write(&file, all).map_err(|e| e.to_string())?;
+        raw.insert(PHOTO_SIZE, file);
     }
     let clip_src = |w: u32, h: u32| {
         format!(
@@ -185,15 +224,17 @@ fn main() -> Result<(), String> {
         }
     }
     let set = gstclasssr::manifest::ModelSet::load(&model).map_err(|e| e.to_string())?;
-    // the any-time knob two QoS steps towards the cheaper branches (see the bias table)
-    let bias = -2.0 * set.manifest.qos_step();
+    // the any-time knob three QoS steps towards the cheaper branches (see the bias table)
+    let bias = -3.0 * set.manifest.qos_step();
     println!("\n## Modes (cache off)\n");
     println!(
-        "Median fps of {reps} alternated runs of {frames} frames; ratios against `original` from the same runs. `classsr bias={bias:.2}` is the element with its routing knob two QoS steps towards the cheaper branches (its PSNR on photographs is in the bias table below).\n"
+        "Median fps of {reps} alternated runs of {frames} frames; ratios against `original` from the same runs. The photographs (with --photos) are scaled to {}x{} and shown one after the other, each for an equal part of the frames. `classsr bias={bias:.2}` is the element with its routing knob three QoS steps towards the cheaper branches (its PSNR on photographs is in the bias table below).\n",
+        PHOTO_SIZE.0,
+        PHOTO_SIZE.1
     );
     println!("| source | input | mode | fps (median) | x original |");
     println!("|---|---|---|---|---|");
-    let sources: Vec<(String, String, String)> = vec![
+    let mut sources: Vec<(String, String, String)> = vec![
         ("vtest.avi".into(), "192x144".into(), clip_src(192, 144)),
         ("vtest.avi".into(), "384x288".into(), clip_src(384, 288)),
         (
@@ -202,6 +243,14 @@ fn main() -> Result<(), String> {
             format!("videotestsrc num-buffers={frames} ! video/x-raw,format=RGB,width=320,height=240"),
         ),
     ];
+    if !photo_names.is_empty() {
+        let (w, h) = PHOTO_SIZE;
+        sources.push((
+            format!("photographs ({})", photo_names.join(", ")),
+            format!("{w}x{h}"),
+            clip_src(w, h),
+        ));
+    }
     // (label, element properties)
     let modes: Vec<(String, String)> = ["classsr", "original", "bicubic"]
         .iter()

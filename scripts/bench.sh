@@ -26,7 +26,7 @@ case "$model" in
   *) biases=${BIASES:-$(python3 -c "s=$step; print(' '.join('%.2f' % (k*s) for k in (-3,-2,-1,0,1,2,3)))")} ;;
 esac
 out=$(mktemp)
-./target/release/examples/bench "$clip" "${args[@]}" > "$out"
+./target/release/examples/bench "$clip" --photos data/val "${args[@]}" > "$out"
 {
   echo
   echo "## Quality on real photographs"
