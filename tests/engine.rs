@@ -444,18 +444,26 @@ fn uniform(rng: &mut Rng) -> f32 {
 fn as_written_and_phased(bytes: &[u8], scale: usize, tiles: &[f32], n: usize, t: usize) -> (Vec<f32>, Vec<f32>) {
     use gstclasssr::engine::accumulate::to_phases;
     let phased = gstclasssr::onnx::phase_output::phase_output(bytes, "sr", scale).expect("the tail is recognised");
-    let ops: Vec<String> = <gstclasssr::onnx::proto::ModelProto as prost::Message>::decode(&phased[..])
+    let graph = <gstclasssr::onnx::proto::ModelProto as prost::Message>::decode(&phased[..])
         .unwrap()
         .graph
-        .unwrap()
-        .node
-        .iter()
-        .filter_map(|n| n.op_type.clone())
-        .collect();
+        .unwrap();
+    let ops: Vec<String> = graph.node.iter().filter_map(|n| n.op_type.clone()).collect();
     assert!(
         !ops.iter().any(|o| o == "ConvTranspose" || o == "DepthToSpace"),
         "{ops:?}"
     );
+    // every tensor is made once: one producer per node output, one initializer per name
+    let mut names: Vec<&str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.output.iter().map(|o| o.as_str()))
+        .collect();
+    names.extend(graph.initializer.iter().filter_map(|i| i.name.as_deref()));
+    let total = names.len();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), total, "a tensor is defined twice");
     let run = |mut s: ort::session::Session| -> (Vec<i64>, Vec<f32>) {
         let x = TensorRef::from_array_view(([n, 3, t, t], tiles)).unwrap();
         let out = s.run(ort::inputs![x]).unwrap();
@@ -486,7 +494,7 @@ fn phase_output_rewrite_matches_the_graphs_as_written() {
     // the trained default's branches and random FSRCNNs (equal to float rounding), a
     // ConvTranspose of another geometry, and the known-answer resamplers (bit for bit: only the
     // DepthToSpace goes). A graph whose output is not made of phases is left alone.
-    use gstclasssr::onnx::{build_bytes, Arch, Dim, GraphBuilder, Tensor, Weights};
+    use gstclasssr::onnx::{build_bytes, Arch, Tensor, Weights};
     let mut rng = Rng(11);
     let t = 12;
     let mut tiles = |n: usize| -> Vec<f32> { (0..n * 3 * t * t).map(|_| uniform(&mut rng) + 0.5).collect() };
@@ -522,36 +530,27 @@ fn phase_output_rewrite_matches_the_graphs_as_written() {
         let (want, got) = as_written_and_phased(&build_bytes(&arch, &w).unwrap(), 4, &x, 2, t);
         close(&want, &got, &arch.describe());
     }
-    // x3, kernel 7, pads 2 (asymmetric phases), no bias
-    let (k, s, p) = (7usize, 3usize, 2i64);
-    let mut g = GraphBuilder::new("convtranspose x3");
-    let weight: Vec<f32> = (0..3 * 3 * k * k).map(|_| uniform(&mut wrng)).collect();
-    g.weight("w", &[3, 3, k, k], &weight);
-    g.input(
-        "lr",
-        &[Dim::Fixed(2), Dim::Fixed(3), Dim::Fixed(t as i64), Dim::Fixed(t as i64)],
-    );
-    let y = g.conv_transpose("lr", "w", None, k as i64, s as i64, p, 0, 1);
-    let y = g.op("Relu", &[&y], &[]);
-    let y = g.op("Identity", &[&y], &[]);
-    let th = Dim::Fixed((t * s) as i64);
-    g.output("sr", &y, &[Dim::Fixed(2), Dim::Fixed(3), th, th]);
-    let relu_last = to_bytes_of(g);
-    assert!(
-        gstclasssr::onnx::phase_output::phase_output(&relu_last, "sr", s).is_none(),
-        "a Relu after the ConvTranspose is not made of phases"
-    );
-    let mut g = GraphBuilder::new("convtranspose x3");
-    g.weight("w", &[3, 3, k, k], &weight);
-    g.input(
-        "lr",
-        &[Dim::Fixed(2), Dim::Fixed(3), Dim::Fixed(t as i64), Dim::Fixed(t as i64)],
-    );
-    let y = g.conv_transpose("lr", "w", None, k as i64, s as i64, p, 0, 1);
-    g.output("sr", &y, &[Dim::Fixed(2), Dim::Fixed(3), th, th]);
-    let x = tiles(2);
-    let (want, got) = as_written_and_phased(&to_bytes_of(g), s, &x, 2, t);
-    close(&want, &got, "ConvTranspose k7 s3 p2");
+    // other geometries: x3 k7 p2 without bias (phases of different tap counts), x2 k5 p2 with
+    // output padding; a tensor reached twice (Add of the ConvTranspose with itself)
+    for (k, s, p, op, bias, tail) in [
+        (7, 3, 2, 0, false, "none"),
+        (5, 2, 2, 1, true, "none"),
+        (9, 4, 3, 1, true, "self add"),
+    ] {
+        let g = convtranspose_graph((k, s, p, op, bias), t, tail, &mut wrng);
+        let x = tiles(2);
+        let (want, got) = as_written_and_phased(&g, s, &x, 2, t);
+        close(&want, &got, &format!("ConvTranspose k{k} s{s} p{p} op{op}, {tail}"));
+    }
+    // not rewritten: a Relu after the ConvTranspose (not recognised), and an output that the
+    // graph also uses inside
+    for tail in ["relu", "used inside"] {
+        let g = convtranspose_graph((9, 4, 3, 1, true), t, tail, &mut wrng);
+        assert!(
+            gstclasssr::onnx::phase_output::phase_output(&g, "sr", 4).is_none(),
+            "{tail}: left as written"
+        );
+    }
     let ka = ModelSet::load(KA).unwrap();
     for (j, bytes) in ka.branches.iter().enumerate() {
         let x = tiles(2);
@@ -564,7 +563,38 @@ fn phase_output_rewrite_matches_the_graphs_as_written() {
     }
 }
 
-fn to_bytes_of(g: gstclasssr::onnx::GraphBuilder) -> Vec<u8> {
+/// A graph of one ×s ConvTranspose (kernel k, pads p, output padding op, random weights) from
+/// "lr" [2, 3, t, t] to "sr", followed by `tail`: "none", "relu", "self add" (Add(y, y)) or
+/// "used inside" (a second output Relu(sr)).
+fn convtranspose_graph(
+    (k, s, p, op, bias): (usize, usize, i64, i64, bool),
+    t: usize,
+    tail: &str,
+    rng: &mut Rng,
+) -> Vec<u8> {
+    use gstclasssr::onnx::{Dim, GraphBuilder};
+    let mut g = GraphBuilder::new("convtranspose");
+    let weight: Vec<f32> = (0..3 * 3 * k * k).map(|_| uniform(rng)).collect();
+    g.weight("w", &[3, 3, k, k], &weight);
+    if bias {
+        let b: Vec<f32> = (0..3).map(|_| uniform(rng)).collect();
+        g.weight("b", &[3], &b);
+    }
+    let n = Dim::Fixed(2);
+    let (lt, ht) = (Dim::Fixed(t as i64), Dim::Fixed((t * s) as i64));
+    g.input("lr", &[n, Dim::Fixed(3), lt, lt]);
+    let b = bias.then_some("b");
+    let mut y = g.conv_transpose("lr", "w", b, k as i64, s as i64, p, op, 1);
+    match tail {
+        "relu" => y = g.op("Relu", &[&y], &[]),
+        "self add" => y = g.op("Add", &[&y, &y], &[]),
+        _ => {}
+    }
+    g.output("sr", &y, &[n, Dim::Fixed(3), ht, ht]);
+    if tail == "used inside" {
+        let r = g.op("Relu", &["sr"], &[]);
+        g.output("extra", &r, &[n, Dim::Fixed(3), ht, ht]);
+    }
     gstclasssr::onnx::to_bytes(&g.finish("test graph", &[]))
 }
 

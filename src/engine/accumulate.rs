@@ -26,9 +26,9 @@ pub fn contribution(w: f32, v: f32, lo: f32, k: f32) -> i32 {
     unsafe { x.to_int_unchecked::<i32>() }
 }
 
-/// How a tile's output goes into the accumulator: its contributions are
-/// ((w·(v − lo))·k, and it comes as an HR tile or, with `phases`, as s² phase planes per
-/// colour (onnx/phase_output.rs).
+/// How a tile's output goes into the accumulator: its contributions are (w·(v − lo))·k, and
+/// it comes as an HR tile or, with `phases`, as s² phase planes per colour
+/// (onnx/phase_output.rs).
 #[derive(Clone, Copy, Debug)]
 pub struct TileFx {
     pub lo: f32,

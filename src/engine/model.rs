@@ -15,11 +15,12 @@ pub struct Model {
     pub manifest: Manifest,
     pub classifier: Session,
     pub branches: [Session; 3],
-    /// On the CPU, the branch sessions of the other tile workers (one thread each; a branch
-    /// run's tiles are shared out between `branches` and these). Empty with CUDA.
+    /// On the CPU, the branch sessions of the other tile workers (one thread each; a frame's
+    /// branch runs are shared out between `branches` and these). Empty with CUDA.
     pub workers: Vec<[Session; 3]>,
     /// The branch sessions return phase planes [N, 3·s², t, t] instead of HR tiles (all three
-    /// branches could be rewritten so, see onnx/phase_output.rs); the merge interleaves them.
+    /// branches could be rewritten so and loaded, see onnx/phase_output.rs); the merge
+    /// interleaves them.
     pub phases: bool,
     pub device: ActiveDevice,
     /// Why CUDA was not used, when `auto` fell back to CPU.
@@ -77,6 +78,39 @@ fn dry_run_shape(session: &mut Session, output: &str, zeros: &[f32], t: usize, w
     })
 }
 
+/// The three branch sessions of `graphs` (the set's branches, possibly rewritten to give phase
+/// planes: `phases`), checked against the manifest: tensor names, and the output shape of a
+/// dry run on one tile.
+fn load_branches(set: &ModelSet, cfg: &SessionConfig, graphs: &[&[u8]], phases: bool) -> Result<[Session; 3], Error> {
+    let m = &set.manifest;
+    let what = |file: &str| format!("{} ({})", file, set.origin);
+    let mut branches = Vec::with_capacity(3);
+    for (info, bytes) in m.branches.iter().zip(graphs) {
+        branches.push(runtime::session(bytes, &what(&info.file), cfg)?.0);
+    }
+    let mut branches: [Session; 3] = branches.try_into().unwrap_or_else(|_| unreachable!());
+    let (t, scale) = (m.tile_size as usize, m.scale as usize);
+    let zeros = vec![m.value_range[0]; 3 * t * t];
+    let ht = (t * scale) as i64;
+    // what a branch returns for one tile: the HR tile, or its phase planes
+    let want = match phases {
+        true => [1, 3 * (scale * scale) as i64, t as i64, t as i64],
+        false => [1, 3, ht, ht],
+    };
+    for (session, info) in branches.iter_mut().zip(&m.branches) {
+        check_names(session, &info.input, &info.output, &what(&info.file))?;
+        let shape = dry_run_shape(session, &info.output, &zeros, t, &what(&info.file))?;
+        if shape != want {
+            return Err(Error::Model(format!(
+                "{} returns shape {shape:?} for one {t}x{t} tile but the manifest says scale {} (expected {want:?})",
+                what(&info.file),
+                m.scale,
+            )));
+        }
+    }
+    Ok(branches)
+}
+
 impl Model {
     /// Creates the four sessions and checks them against the manifest.
     pub fn load(set: &ModelSet, cfg: &SessionConfig) -> Result<Model, Error> {
@@ -92,24 +126,6 @@ impl Model {
             },
             ..*cfg
         };
-        let scale = m.scale as usize;
-        let phased: Option<Vec<Vec<u8>>> = m
-            .branches
-            .iter()
-            .zip(&set.branches)
-            .map(|(info, bytes)| phase_output(bytes, &info.output, scale))
-            .collect();
-        let phases = phased.is_some();
-        let graphs: Vec<&[u8]> = match &phased {
-            Some(p) => p.iter().map(|b| &b[..]).collect(),
-            None => set.branches.iter().map(|b| &b[..]).collect(),
-        };
-        let mut branches = Vec::with_capacity(3);
-        for (info, bytes) in m.branches.iter().zip(&graphs) {
-            branches.push(runtime::session(bytes, &what(&info.file), &cfg)?.0);
-        }
-        let mut branches: [Session; 3] = branches.try_into().unwrap_or_else(|_| unreachable!());
-
         // Names, then shapes by a dry run on one tile of the manifest's size.
         check_names(
             &classifier,
@@ -132,24 +148,24 @@ impl Model {
                 what(&m.classifier.file)
             )));
         }
-        let ht = (t * scale) as i64;
-        // what a branch returns for one tile: the HR tile, or its phase planes
-        let want = match phases {
-            true => [1, 3 * (scale * scale) as i64, t as i64, t as i64],
-            false => [1, 3, ht, ht],
+        let scale = m.scale as usize;
+        let phased: Option<Vec<Vec<u8>>> = m
+            .branches
+            .iter()
+            .zip(&set.branches)
+            .map(|(info, bytes)| phase_output(bytes, &info.output, scale))
+            .collect();
+        let as_written: Vec<&[u8]> = set.branches.iter().map(|b| &b[..]).collect();
+        // The rewritten graphs when all three load and check out, else the graphs as written
+        // (whose errors are the ones worth reporting).
+        let rewritten = phased
+            .as_ref()
+            .map(|p| p.iter().map(|b| &b[..]).collect::<Vec<&[u8]>>())
+            .and_then(|graphs| Some((load_branches(set, &cfg, &graphs, true).ok()?, graphs)));
+        let (branches, graphs, phases) = match rewritten {
+            Some((branches, graphs)) => (branches, graphs, true),
+            None => (load_branches(set, &cfg, &as_written, false)?, as_written, false),
         };
-        for (session, info) in branches.iter_mut().zip(&m.branches) {
-            check_names(session, &info.input, &info.output, &what(&info.file))?;
-            let shape = dry_run_shape(session, &info.output, &zeros, t, &what(&info.file))?;
-            if shape != want {
-                return Err(Error::Model(format!(
-                    "{} returns shape {shape:?} for one {t}x{t} tile but the manifest says scale {} (expected [1, 3, {ht}, {ht}]{})",
-                    what(&info.file),
-                    m.scale,
-                    if phases { format!(", as phase planes {want:?}") } else { String::new() }
-                )));
-            }
-        }
         let mut workers = Vec::new();
         if device == ActiveDevice::Cpu && cfg.cpu_workers() > 1 {
             // The load-time rewrites once per branch, not once per worker.

@@ -99,23 +99,38 @@ struct Rewriter<'g> {
     scale: usize,
     added: Vec<NodeProto>,
     weights: Vec<TensorProto>,
+    /// Tensors already given as phases (a tensor reached twice gets one set of nodes).
+    done: HashMap<String, String>,
 }
+
+/// Recursion limit of the walk back from the output (the recognised tails are a few nodes).
+const MAX_DEPTH: usize = 64;
 
 impl Rewriter<'_> {
     /// The name of a tensor holding `name` as phase planes, adding the nodes that make it.
-    fn phases(&mut self, name: &str) -> Option<String> {
+    fn phases(&mut self, name: &str, depth: usize) -> Option<String> {
+        if let Some(done) = self.done.get(name) {
+            return Some(done.clone());
+        }
+        let found = self.make_phases(name, depth)?;
+        self.done.insert(name.to_string(), found.clone());
+        Some(found)
+    }
+
+    fn make_phases(&mut self, name: &str, depth: usize) -> Option<String> {
         let n = self.producer.get(name)?.clone();
-        if !n.domain.as_deref().unwrap_or("").is_empty() {
+        if depth > MAX_DEPTH || !matches!(n.domain.as_deref().unwrap_or(""), "" | "ai.onnx") {
             return None;
         }
         let s = self.scale as i64;
         match n.op_type.as_deref()? {
-            "Identity" => self.phases(&n.input[0]),
+            "Identity" => self.phases(n.input.first()?, depth + 1),
             "DepthToSpace" => (int(&n, "blocksize") == Some(s) && text(&n, "mode").as_deref() == Some("CRD"))
-                .then(|| n.input[0].clone()),
+                .then(|| n.input.first().cloned())
+                .flatten(),
             "Add" if n.input.len() == 2 => {
-                let a = self.phases(&n.input[0])?;
-                let b = self.phases(&n.input[1])?;
+                let a = self.phases(&n.input[0], depth + 1)?;
+                let b = self.phases(&n.input[1], depth + 1)?;
                 let out = format!("{name}.phases");
                 self.added.push(NodeProto {
                     op_type: Some("Add".into()),
@@ -198,15 +213,29 @@ impl Rewriter<'_> {
     }
 }
 
-/// Drops the nodes and initializers nothing uses any more.
+/// Drops the nodes and initializers nothing uses any more (initializers that are also graph
+/// inputs stay: they are part of the graph's interface).
 fn prune(graph: &mut GraphProto) {
+    let producer: HashMap<&str, usize> = graph
+        .node
+        .iter()
+        .enumerate()
+        .flat_map(|(k, n)| n.output.iter().map(move |o| (o.as_str(), k)))
+        .collect();
     let mut needed: HashSet<String> = graph.output.iter().filter_map(|o| o.name.clone()).collect();
+    let mut todo: Vec<String> = needed.iter().cloned().collect();
     let mut keep = vec![false; graph.node.len()];
-    // nodes are in topological order: walk them backwards
-    for (k, n) in graph.node.iter().enumerate().rev() {
-        if n.output.iter().any(|o| needed.contains(o)) {
+    while let Some(t) = todo.pop() {
+        let Some(&k) = producer.get(t.as_str()) else {
+            continue;
+        };
+        if !keep[k] {
             keep[k] = true;
-            needed.extend(n.input.iter().cloned());
+            for i in &graph.node[k].input {
+                if needed.insert(i.clone()) {
+                    todo.push(i.clone());
+                }
+            }
         }
     }
     let mut k = 0;
@@ -214,9 +243,15 @@ fn prune(graph: &mut GraphProto) {
         k += 1;
         keep[k - 1]
     });
+    let inputs: HashSet<String> = graph.input.iter().filter_map(|i| i.name.clone()).collect();
+    graph.initializer.retain(|t| {
+        t.name
+            .as_ref()
+            .is_some_and(|n| needed.contains(n) || inputs.contains(n))
+    });
     graph
-        .initializer
-        .retain(|t| t.name.as_ref().is_some_and(|n| needed.contains(n)));
+        .value_info
+        .retain(|v| v.name.as_ref().is_some_and(|n| needed.contains(n)));
 }
 
 /// The serialised ×`scale` branch with its output `output` given as phase planes (see the top
@@ -240,13 +275,14 @@ pub fn phase_output(bytes: &[u8], output: &str, scale: usize) -> Option<Vec<u8>>
         scale,
         added: Vec::new(),
         weights: Vec::new(),
+        done: HashMap::new(),
     };
     for n in &graph.node {
         for o in &n.output {
             rw.producer.insert(o.clone(), n.clone());
         }
     }
-    let phases = rw.phases(output)?;
+    let phases = rw.phases(output, 0)?;
     let (added, weights) = (rw.added, rw.weights);
     // The old producer of the output goes; an Identity names the phases instead.
     graph.node.retain(|n| !n.output.iter().any(|o| o == output));
@@ -260,6 +296,7 @@ pub fn phase_output(bytes: &[u8], output: &str, scale: usize) -> Option<Vec<u8>>
     });
     graph.initializer.extend(weights);
     // The declared output shape was the HR one: keep the element type, drop the shape.
+    graph.value_info.retain(|v| v.name.as_deref() != Some(output));
     for o in graph.output.iter_mut().filter(|o| o.name.as_deref() == Some(output)) {
         if let Some(super::proto::type_proto::Value::TensorType(t)) = o.r#type.as_mut().and_then(|t| t.value.as_mut()) {
             t.shape = None;
