@@ -441,6 +441,17 @@ pub(crate) fn float_values(t: &super::proto::TensorProto) -> Option<Vec<f32>> {
     })
 }
 
+/// A FLOAT tensor named `name` of shape `dims` holding `values` (as raw data).
+pub(crate) fn float_tensor(name: &str, dims: Vec<i64>, values: &[f32]) -> super::proto::TensorProto {
+    super::proto::TensorProto {
+        name: Some(name.to_string()),
+        dims,
+        data_type: Some(1),
+        raw_data: Some(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        ..Default::default()
+    }
+}
+
 /// The f32 initializers of a serialised ONNX model, by name (e.g. to start training from an
 /// exported model). Reads raw_data and float_data; other element types are skipped.
 pub fn read_weights(bytes: &[u8]) -> Result<Weights, String> {

@@ -12,8 +12,9 @@ use std::collections::{HashMap, HashSet};
 
 use prost::Message;
 
-use super::graphs::float_values;
+use super::graphs::{float_tensor, float_values};
 use super::proto::{attribute_proto::AttributeType, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
+use super::rewrite::{constants, node};
 
 fn ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
     n.attribute
@@ -132,13 +133,7 @@ impl Rewriter<'_> {
                 let a = self.phases(&n.input[0], depth + 1)?;
                 let b = self.phases(&n.input[1], depth + 1)?;
                 let out = format!("{name}.phases");
-                self.added.push(NodeProto {
-                    op_type: Some("Add".into()),
-                    name: Some(out.clone()),
-                    input: vec![a, b],
-                    output: vec![out.clone()],
-                    ..Default::default()
-                });
+                self.added.push(node("Add", out.clone(), vec![a, b], out.clone()));
                 Some(out)
             }
             "ConvTranspose" => self.conv_transpose(&n, name),
@@ -171,13 +166,8 @@ impl Rewriter<'_> {
         let out = format!("{name}.phases");
         let wname = format!("{out}.weight");
         let cout = dims[1] * self.scale * self.scale;
-        self.weights.push(TensorProto {
-            name: Some(wname.clone()),
-            dims: vec![cout as i64, dims[0] as i64, ky as i64, kx as i64],
-            data_type: Some(1),
-            raw_data: Some(weight.iter().flat_map(|v| v.to_le_bytes()).collect()),
-            ..Default::default()
-        });
+        let wdims = vec![cout as i64, dims[0] as i64, ky as i64, kx as i64];
+        self.weights.push(float_tensor(&wname, wdims, &weight));
         let mut input = vec![n.input[0].clone(), wname];
         if let Some(b) = n.input.get(2).filter(|b| !b.is_empty()) {
             let bias = float_values(self.constants.get(b)?)?;
@@ -189,25 +179,15 @@ impl Rewriter<'_> {
                 .flat_map(|&v| std::iter::repeat_n(v, (s * s) as usize))
                 .collect();
             let bname = format!("{out}.bias");
-            self.weights.push(TensorProto {
-                name: Some(bname.clone()),
-                dims: vec![cout as i64],
-                data_type: Some(1),
-                raw_data: Some(per_phase.iter().flat_map(|v| v.to_le_bytes()).collect()),
-                ..Default::default()
-            });
+            self.weights.push(float_tensor(&bname, vec![cout as i64], &per_phase));
             input.push(bname);
         }
         self.added.push(NodeProto {
-            op_type: Some("Conv".into()),
-            name: Some(out.clone()),
-            input,
-            output: vec![out.clone()],
             attribute: vec![
                 ints_attr("kernel_shape", vec![ky as i64, kx as i64]),
                 ints_attr("pads", conv_pads.to_vec()),
             ],
-            ..Default::default()
+            ..node("Conv", out.clone(), input, out.clone())
         });
         Some(out)
     }
@@ -263,15 +243,9 @@ pub fn phase_output(bytes: &[u8], output: &str, scale: usize) -> Option<Vec<u8>>
     if graph.node.iter().any(|n| n.input.iter().any(|i| i == output)) {
         return None;
     }
-    let fed: HashSet<&str> = graph.input.iter().filter_map(|i| i.name.as_deref()).collect();
     let mut rw = Rewriter {
         producer: HashMap::new(),
-        constants: graph
-            .initializer
-            .iter()
-            .filter(|t| t.name.as_deref().is_some_and(|n| !fed.contains(n)))
-            .filter_map(|t| Some((t.name.clone()?, t)))
-            .collect(),
+        constants: constants(graph),
         scale,
         added: Vec::new(),
         weights: Vec::new(),
@@ -287,13 +261,12 @@ pub fn phase_output(bytes: &[u8], output: &str, scale: usize) -> Option<Vec<u8>>
     // The old producer of the output goes; an Identity names the phases instead.
     graph.node.retain(|n| !n.output.iter().any(|o| o == output));
     graph.node.extend(added);
-    graph.node.push(NodeProto {
-        op_type: Some("Identity".into()),
-        name: Some(format!("{output}.phases_identity")),
-        input: vec![phases],
-        output: vec![output.into()],
-        ..Default::default()
-    });
+    graph.node.push(node(
+        "Identity",
+        format!("{output}.phases_identity"),
+        vec![phases],
+        output.into(),
+    ));
     graph.initializer.extend(weights);
     // The declared output shape was the HR one: keep the element type, drop the shape.
     graph.value_info.retain(|v| v.name.as_deref() != Some(output));

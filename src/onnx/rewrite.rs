@@ -10,9 +10,10 @@ use std::collections::{HashMap, HashSet};
 use prost::Message;
 
 use super::graphs::float_values;
-use super::proto::{ModelProto, NodeProto};
+use super::proto::{GraphProto, ModelProto, NodeProto, TensorProto};
 
-fn node(op: &str, name: String, input: Vec<String>, output: String) -> NodeProto {
+/// A node of the default domain with one output.
+pub(super) fn node(op: &str, name: String, input: Vec<String>, output: String) -> NodeProto {
     NodeProto {
         op_type: Some(op.into()),
         name: Some(name),
@@ -22,18 +23,26 @@ fn node(op: &str, name: String, input: Vec<String>, output: String) -> NodeProto
     }
 }
 
+/// The graph's constant initializers by name: initializers that are also graph inputs can be
+/// fed at run time, so they are left out.
+pub(super) fn constants(graph: &GraphProto) -> HashMap<String, &TensorProto> {
+    let fed: HashSet<&str> = graph.input.iter().filter_map(|i| i.name.as_deref()).collect();
+    graph
+        .initializer
+        .iter()
+        .filter(|t| t.name.as_deref().is_some_and(|n| !fed.contains(n)))
+        .filter_map(|t| Some((t.name.clone()?, t)))
+        .collect()
+}
+
 /// The serialised model with its constant-slope PRelu nodes rewritten as above, or None when
 /// there is nothing to rewrite (or the bytes are not a model: ONNX Runtime will say so).
 pub fn fast_prelu(bytes: &[u8]) -> Option<Vec<u8>> {
     let mut model = ModelProto::decode(bytes).ok()?;
     let graph = model.graph.as_mut()?;
-    // Initializers that are also graph inputs can be fed at run time: not constants.
-    let fed: HashSet<&str> = graph.input.iter().filter_map(|i| i.name.as_deref()).collect();
-    let slopes: HashMap<String, Vec<f32>> = graph
-        .initializer
-        .iter()
-        .filter(|t| t.name.as_deref().is_some_and(|n| !fed.contains(n)))
-        .filter_map(|t| Some((t.name.clone()?, float_values(t)?)))
+    let slopes: HashMap<String, Vec<f32>> = constants(graph)
+        .into_iter()
+        .filter_map(|(name, t)| Some((name, float_values(t)?)))
         .collect();
     let mut changed = false;
     let mut nodes = Vec::with_capacity(graph.node.len() + 8);
