@@ -72,6 +72,18 @@ fn run(desc: &str, keep: bool) -> Result<Run, String> {
     })
 }
 
+/// The frames of the media file `path` (at most `limit`), decoded and scaled to RGB `w`x`h`.
+fn decode(path: &str, (w, h): (u32, u32), limit: Option<usize>) -> Result<Run, String> {
+    let limit = limit.map_or(String::new(), |n| format!("! identity eos-after={n} "));
+    run(
+        &format!(
+            "filesrc location={path} ! decodebin ! videoconvert ! videoscale ! video/x-raw,format=RGB,width={w},height={h} \
+             {limit}! appsink name=s sync=false"
+        ),
+        true,
+    )
+}
+
 fn psnr(a: &[Vec<u8>], b: &[Vec<u8>]) -> f64 {
     let (mut se, mut n) = (0f64, 0usize);
     for (x, y) in a.iter().zip(b) {
@@ -126,13 +138,7 @@ fn main() -> Result<(), String> {
     let mut raw = std::collections::HashMap::new();
     for (w, h) in CLIP_SIZES {
         let file = tmp.join(format!("clip-{w}x{h}.rgb"));
-        let decoded = run(
-            &format!(
-                "filesrc location={clip} ! decodebin ! videoconvert ! videoscale ! video/x-raw,format=RGB,width={w},height={h} \
-                 ! identity eos-after={frames} ! appsink name=s sync=false"
-            ),
-            true,
-        )?;
+        let decoded = decode(&clip, (w, h), Some(frames))?;
         std::fs::write(&file, decoded.frames.concat()).map_err(|e| e.to_string())?;
         raw.insert((w, h), file);
     }
@@ -149,14 +155,7 @@ fn main() -> Result<(), String> {
         let (w, h) = PHOTO_SIZE;
         let mut all = Vec::new();
         for (k, f) in files.iter().enumerate() {
-            let one = run(
-                &format!(
-                    "filesrc location={} ! decodebin ! videoconvert ! videoscale ! video/x-raw,format=RGB,width={w},height={h} \
-                     ! appsink name=s sync=false",
-                    f.display()
-                ),
-                true,
-            )?;
+            let one = decode(&f.display().to_string(), (w, h), None)?;
             let frame = one.frames.first().ok_or(format!("{}: no frame", f.display()))?;
             let count = (k + 1) * frames / files.len() - k * frames / files.len();
             for _ in 0..count {
@@ -351,9 +350,8 @@ fn main() -> Result<(), String> {
                     .zip(tiles.chunks(share))
                     .map(|(session, part)| {
                         s.spawn(move || {
-                            let calls = (part.len() / item).div_ceil(gstclasssr::engine::CPU_BATCH);
-                            let per = (part.len() / item).div_ceil(calls) * item;
-                            part.chunks(per).try_for_each(|c| run_on(session, c))
+                            gstclasssr::engine::batch_calls(part.len() / item, gstclasssr::engine::CPU_BATCH)
+                                .try_for_each(|r| run_on(session, &part[r.start * item..r.end * item]))
                         })
                     })
                     .collect();

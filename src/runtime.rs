@@ -97,13 +97,14 @@ impl std::fmt::Display for ActiveDevice {
 pub struct SessionConfig {
     pub device: DeviceRequest,
     pub device_id: i32,
-    /// On the CPU: tiles are split across this many parallel one-thread sessions of each
-    /// branch (0 = one per core). With CUDA: ONNX Runtime's intra-op threads (0 = its default).
+    /// On the CPU: a frame's branch runs are shared out between this many parallel one-thread
+    /// sessions of the branches (0 = one per core). With CUDA: ONNX Runtime's intra-op threads
+    /// (0 = its default).
     pub threads: usize,
 }
 
 impl SessionConfig {
-    /// How many one-thread CPU sessions share the tiles of a branch run.
+    /// How many one-thread CPU sessions share a frame's branch runs (the tile workers).
     pub fn cpu_workers(&self) -> usize {
         match self.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),

@@ -28,6 +28,7 @@ use crate::Error;
 use accumulate::{merge_tile, tile_region, TileFx, FX_ONE};
 use cache::TileCache;
 use resample::Upsampler;
+pub use share::batch_calls;
 use share::{share_out, Share, TileCosts};
 
 /// Largest accepted input frame side (the output is `scale` times larger).
@@ -358,10 +359,7 @@ impl Job<'_> {
         let out_item = 3 * th * th;
         let what = &format!("branch{}", class + 1);
         let mut runs = 0;
-        // as many calls as max-batch needs, of near-equal sizes
-        let calls = part.len().div_ceil(self.max_batch.max(1)).max(1);
-        let bounds: Vec<usize> = (0..=calls).map(|k| k * part.len() / calls).collect();
-        for chunk in bounds.windows(2).map(|b| &part[b[0]..b[1]]) {
+        for chunk in batch_calls(part.len(), self.max_batch).map(|r| &part[r]) {
             buf.resize(buf.len().max(chunk.len() * item), 0.0);
             for (k, &i) in chunk.iter().enumerate() {
                 let i = i as usize;
@@ -375,11 +373,7 @@ impl Job<'_> {
                 (chunk.len(), t),
                 what,
                 |shape, data| {
-                    let (n, t64, s64) = (chunk.len() as i64, t as i64, scale as i64);
-                    let want = match self.fx.phases {
-                        true => [n, 3 * s64 * s64, t64, t64],
-                        false => [n, 3, th as i64, th as i64],
-                    };
+                    let want = model::branch_output_shape(chunk.len(), t, scale, self.fx.phases);
                     if shape != want || data.len() != chunk.len() * out_item {
                         return Err(Error::Model(format!(
                             "{what} returned shape {shape:?} for {} tiles of {t}x{t}; the manifest (scale {scale}) needs {want:?}",
@@ -586,10 +580,9 @@ impl Engine {
         Ok(stats)
     }
 
-    /// Packs the fixed-point frame into `output`. After a full-cache frame whose previous
-    /// output was kept, only the recomputed tiles (this frame's `groups`) are repacked over a
-    /// copy of it.
-    /// The full frame is packed in `bands` row bands in parallel.
+    /// Packs the fixed-point frame into `output`, the full frame in `bands` row bands in
+    /// parallel. After a full-cache frame whose previous output was kept, only the recomputed
+    /// tiles (this frame's `groups`) are repacked over a copy of it.
     fn pack_fx(work: &mut Work, cfg: &FrameConfig, output: &mut ImageMut, with_alpha: bool, bands: usize) {
         let (hw, hh) = (
             work.grid.padded_width * work.grid.scale,

@@ -78,6 +78,16 @@ fn dry_run_shape(session: &mut Session, output: &str, zeros: &[f32], t: usize, w
     })
 }
 
+/// The output shape of a branch run on `n` tiles of side `t`: the HR tiles, or with `phases`
+/// their phase planes (onnx/phase_output.rs).
+pub(crate) fn branch_output_shape(n: usize, t: usize, scale: usize, phases: bool) -> [i64; 4] {
+    let (n, t, s) = (n as i64, t as i64, scale as i64);
+    match phases {
+        true => [n, 3 * s * s, t, t],
+        false => [n, 3, t * s, t * s],
+    }
+}
+
 /// The three branch sessions of `graphs` (the set's branches, possibly rewritten to give phase
 /// planes: `phases`), checked against the manifest: tensor names, and the output shape of a
 /// dry run on one tile.
@@ -91,12 +101,7 @@ fn load_branches(set: &ModelSet, cfg: &SessionConfig, graphs: &[&[u8]], phases: 
     let mut branches: [Session; 3] = branches.try_into().unwrap_or_else(|_| unreachable!());
     let (t, scale) = (m.tile_size as usize, m.scale as usize);
     let zeros = vec![m.value_range[0]; 3 * t * t];
-    let ht = (t * scale) as i64;
-    // what a branch returns for one tile: the HR tile, or its phase planes
-    let want = match phases {
-        true => [1, 3 * (scale * scale) as i64, t as i64, t as i64],
-        false => [1, 3, ht, ht],
-    };
+    let want = branch_output_shape(1, t, scale, phases);
     for (session, info) in branches.iter_mut().zip(&m.branches) {
         check_names(session, &info.input, &info.output, &what(&info.file))?;
         let shape = dry_run_shape(session, &info.output, &zeros, t, &what(&info.file))?;

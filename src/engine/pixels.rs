@@ -261,17 +261,17 @@ pub fn pack_region<T: Copy>(
         }
         if let Some(ao) = out.layout.alpha_offset() {
             if let Some(alpha) = alpha {
-                for (x, &v) in alpha[o..o + (x1 - x0)].iter().enumerate() {
+                for (x, &v) in alpha[o..o + n].iter().enumerate() {
                     row[x * bpp + ao] = to_u8(v * 255.0);
                 }
             } else {
-                for x in 0..x1 - x0 {
+                for x in 0..n {
                     row[x * bpp + ao] = 255;
                 }
             }
         }
         if let Some(po) = out.layout.pad_offset() {
-            for x in 0..x1 - x0 {
+            for x in 0..n {
                 row[x * bpp + po] = 255;
             }
         }

@@ -39,6 +39,13 @@ impl TileCosts {
     }
 }
 
+/// The calls a run of `len` tiles is split into: as many as `max_batch` needs (at least one),
+/// of near-equal sizes, as ranges of the run.
+pub fn batch_calls(len: usize, max_batch: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let calls = len.div_ceil(max_batch.max(1)).max(1);
+    (0..calls).map(move |k| k * len / calls..(k + 1) * len / calls)
+}
+
 /// One worker's part of a frame's branch runs: per class, a run of that class's tiles.
 pub type Share<'g> = Vec<(usize, &'g [u32])>;
 
@@ -73,6 +80,16 @@ pub fn share_out(groups: [&[u32]; 3], costs: [u64; 3], parts: usize) -> Vec<Shar
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_calls_are_near_equal_and_cover_the_run() {
+        let sizes = |len, max| batch_calls(len, max).map(|r| r.len()).collect::<Vec<_>>();
+        assert_eq!(sizes(17, 16), [8, 9]);
+        assert_eq!(sizes(32, 16), [16, 16]);
+        assert_eq!(sizes(5, 16), [5]);
+        assert_eq!(sizes(0, 16), [0]);
+        assert_eq!(batch_calls(40, 16).map(|r| r.start).collect::<Vec<_>>(), [0, 13, 26]);
+    }
 
     #[test]
     fn tile_costs_start_from_macs_and_follow_the_runs() {
