@@ -1,6 +1,7 @@
 // ONNX Runtime: locating and loading libonnxruntime once per process, one Environment that is
 // never dropped, and building sessions on the requested device (CPU or CUDA).
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -133,12 +134,11 @@ fn builder(threads: usize) -> Result<ort::session::builder::SessionBuilder, Erro
     Ok(b)
 }
 
-/// Loads `bytes` after the rewrites of onnx/rewrite.rs (the same values, faster).
-fn commit(b: ort::session::builder::SessionBuilder, bytes: &[u8], what: &str) -> Result<Session, Error> {
-    match crate::onnx::rewrite::fast_prelu(bytes) {
-        Some(fast) => commit_as_is(b, &fast, what),
-        None => commit_as_is(b, bytes, what),
-    }
+/// `bytes` after the load-time rewrites of onnx/rewrite.rs (the same values, faster), or as
+/// given when there is nothing to rewrite. For sessions of [`session_as_is`] /
+/// [`cpu_session_as_is`], so that a graph loaded several times is rewritten once.
+pub fn rewritten(bytes: &[u8]) -> Cow<'_, [u8]> {
+    crate::onnx::rewrite::fast_prelu(bytes).map_or(Cow::Borrowed(bytes), Cow::Owned)
 }
 
 fn commit_as_is(mut b: ort::session::builder::SessionBuilder, bytes: &[u8], what: &str) -> Result<Session, Error> {
@@ -147,8 +147,8 @@ fn commit_as_is(mut b: ort::session::builder::SessionBuilder, bytes: &[u8], what
 }
 
 /// A CPU session of `bytes` exactly as given, without the load-time rewrites (for bytes
-/// already rewritten, and to check the rewrites against the original graph), with `threads`
-/// intra-op threads (0 = ONNX Runtime's default, one per core).
+/// already [`rewritten`], and to check the rewrites against the original graph), with
+/// `threads` intra-op threads (0 = ONNX Runtime's default, one per core).
 pub fn cpu_session_as_is(bytes: &[u8], what: &str, threads: usize) -> Result<Session, Error> {
     commit_as_is(builder(threads)?, bytes, what)
 }
@@ -157,19 +157,28 @@ pub fn cpu_session_as_is(bytes: &[u8], what: &str, threads: usize) -> Result<Ses
 /// The engine's CPU sessions have one thread each: tiles are shared out between sessions
 /// instead, which on small convolutions beats splitting each operator across threads.
 pub fn cpu_session(bytes: &[u8], what: &str, threads: usize) -> Result<Session, Error> {
-    commit(builder(threads)?, bytes, what)
+    cpu_session_as_is(&rewritten(bytes), what, threads)
 }
 
-/// Builds a session for one graph (on the CPU with one intra-op thread, see [`cpu_session`]).
-/// With `Auto`, a CUDA provider that fails to register falls back to CPU and the reason is
-/// returned as a warning.
+/// [`session_as_is`] after the load-time rewrites ([`rewritten`]).
 pub fn session(
     bytes: &[u8],
     what: &str,
     cfg: &SessionConfig,
 ) -> Result<(Session, ActiveDevice, Option<String>), Error> {
+    session_as_is(&rewritten(bytes), what, cfg)
+}
+
+/// Builds a session for one graph as given (on the CPU with one intra-op thread, see
+/// [`cpu_session`]). With `Auto`, a CUDA provider that fails to register falls back to CPU and
+/// the reason is returned as a warning.
+pub fn session_as_is(
+    bytes: &[u8],
+    what: &str,
+    cfg: &SessionConfig,
+) -> Result<(Session, ActiveDevice, Option<String>), Error> {
     if cfg.device == DeviceRequest::Cpu {
-        return Ok((cpu_session(bytes, what, 1)?, ActiveDevice::Cpu, None));
+        return Ok((cpu_session_as_is(bytes, what, 1)?, ActiveDevice::Cpu, None));
     }
     let cuda = ort::ep::CUDA::default()
         .with_device_id(cfg.device_id)
@@ -178,7 +187,7 @@ pub fn session(
         .error_on_failure();
     let registered = builder(cfg.threads)?.with_execution_providers([cuda]);
     match registered {
-        Ok(b) => Ok((commit(b, bytes, what)?, ActiveDevice::Cuda(cfg.device_id), None)),
+        Ok(b) => Ok((commit_as_is(b, bytes, what)?, ActiveDevice::Cuda(cfg.device_id), None)),
         Err(e) => {
             let why = format!(
                 "CUDA execution provider (device {}) did not register: {e}. It needs an NVIDIA driver, \
@@ -189,7 +198,7 @@ pub fn session(
             if cfg.device == DeviceRequest::Cuda {
                 Err(Error::Runtime(why))
             } else {
-                Ok((cpu_session(bytes, what, 1)?, ActiveDevice::Cpu, Some(why)))
+                Ok((cpu_session_as_is(bytes, what, 1)?, ActiveDevice::Cpu, Some(why)))
             }
         }
     }

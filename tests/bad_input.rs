@@ -98,23 +98,47 @@ fn unsupported_caps_do_not_negotiate() {
 
 #[test]
 fn huge_frames_get_a_clear_error() {
+    // Within the caps' side limit but over the pixel limit: an element error that says so.
+    let err = run_pipeline(&format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=4000,height=2400 ! classsr model={KA} ! fakesink"
+    ))
+    .unwrap_err();
+    assert!(err.contains("too large") && err.contains("4000x2400"), "{err}");
+    // Over the side limit: the caps say so, so linking fails naming the caps…
     let err = run_pipeline(&format!(
         "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=5000,height=16 ! classsr model={KA} ! fakesink"
     ))
     .unwrap_err();
-    assert!(err.contains("too large") && err.contains("5000x16"), "{err}");
+    assert!(err.contains("width=(int)5000"), "{err}");
+    // …and a videoscale in front adapts to them.
+    run_pipeline(&format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=5000,height=16 ! videoscale ! classsr model={KA} ! fakesink"
+    ))
+    .unwrap();
 }
 
 #[test]
-fn overlap_not_below_tile_size_is_an_element_error() {
+fn interlaced_input_is_refused_at_negotiation() {
     let err = run_pipeline(&format!(
-        "videotestsrc num-buffers=1 ! video/x-raw,width=64,height=48 ! classsr model={KA} tile-size=16 overlap=16 ! fakesink"
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width=64,height=48,interlace-mode=interleaved ! classsr model={KA} ! fakesink"
     ))
     .unwrap_err();
-    assert!(err.contains("overlap 16 must be smaller than tile-size 16"), "{err}");
+    assert!(err.contains("interleaved"), "{err}");
+}
+
+#[test]
+fn overlap_above_half_a_tile_is_an_element_error() {
+    let err = run_pipeline(&format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,width=64,height=48 ! classsr model={KA} tile-size=16 overlap=9 ! fakesink"
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("overlap 9 is more than half of tile-size 16; use at most 8"),
+        "{err}"
+    );
     // The process (and GStreamer) carry on: a good pipeline still runs.
     run_pipeline(&format!(
-        "videotestsrc num-buffers=1 ! video/x-raw,width=64,height=48 ! classsr model={KA} ! fakesink"
+        "videotestsrc num-buffers=1 ! video/x-raw,width=64,height=48 ! classsr model={KA} tile-size=16 overlap=8 ! fakesink"
     ))
     .unwrap();
 }

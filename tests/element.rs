@@ -235,6 +235,24 @@ fn property_changes_while_playing_apply_from_the_next_frame() {
     let out = from_buffer(&h.pull().unwrap(), VideoFormat::Rgb, 384, 192);
     assert_eq!(out, b1, "nearest is exact for any tiling");
 
+    // A pair that cannot tile (overlap above half a tile) set while playing is not fatal:
+    // refused with a warning, frames go on with the last good pair.
+    let bus = gst::Bus::new();
+    element.set_bus(Some(&bus));
+    element.set_property("overlap", 9u32);
+    h.push(to_buffer(&img, VideoFormat::Rgb)).unwrap();
+    let out = from_buffer(&h.pull().unwrap(), VideoFormat::Rgb, 384, 192);
+    assert_eq!(out, b1);
+    let warning = bus.pop_filtered(&[gst::MessageType::Warning]).expect("a warning");
+    let gst::MessageView::Warning(w) = warning.view() else {
+        unreachable!()
+    };
+    assert!(
+        w.error().to_string().contains("Ignoring tile-size 16 with overlap 9"),
+        "{}",
+        w.error()
+    );
+
     // The model cannot change under a running element: refused with a warning, value kept.
     element.set_property("model", "/nonexistent");
     assert_eq!(element.property::<String>("model"), KA);

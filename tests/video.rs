@@ -276,3 +276,117 @@ fn qos_lateness_degrades_with_a_warning_and_recovers() {
     let full = u(&stats(&bus)[0], "macs");
     assert!(degraded < full, "{degraded} < {full}");
 }
+
+/// `img` as a buffer at frame `n` of a 30 fps stream.
+fn timed(img: &Rgba, n: u64) -> gst::Buffer {
+    let mut b = to_buffer(img, VideoFormat::Rgb);
+    let m = b.get_mut().unwrap();
+    m.set_pts(gst::ClockTime::from_mseconds(33 * n));
+    m.set_duration(gst::ClockTime::from_mseconds(33));
+    b
+}
+
+/// A downstream report that the frame of time `at_ms` was rendered 200 ms late.
+fn late(kind: gst::QOSType, at_ms: u64) -> gst::Event {
+    gst::event::Qos::new(kind, 1.5, 200_000_000, gst::ClockTime::from_mseconds(at_ms))
+}
+
+/// Pushes frame `n`; whether an output came out (the base class drops frames known late).
+fn passes(h: &mut gst_check::Harness, img: &Rgba, n: u64) -> bool {
+    h.push(timed(img, n)).unwrap();
+    h.try_pull().is_some()
+}
+
+#[test]
+fn qos_degrades_before_any_frame_is_dropped() {
+    let (mut h, _) = element(&[]);
+    let img = zones(96, 64);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 96, 64));
+    let e = h.element().unwrap();
+    assert!(passes(&mut h, &img, 0));
+    // Each late report says frames until its time + 200 ms are hopeless; until the last
+    // level they are still made, cheaper.
+    for k in 1..=3 {
+        assert!(h.push_upstream_event(late(gst::QOSType::Overflow, 33 * k)));
+        assert_eq!(e.property::<u32>("qos-level"), k as u32);
+        assert!(passes(&mut h, &img, k), "frame {k} made at level {k}");
+    }
+    // At the last level the base class drops what is known to be late…
+    assert!(h.push_upstream_event(late(gst::QOSType::Overflow, 4 * 33)));
+    assert_eq!(e.property::<u32>("qos-level"), 4);
+    assert!(
+        !passes(&mut h, &img, 5),
+        "a frame known late is dropped at the last level"
+    );
+    // …and frames after the late window still come out.
+    assert!(passes(&mut h, &img, 20));
+    // Recovery without much headroom (proportion 0.95) takes a run of on-time reports.
+    let on_time = |at: u64| {
+        gst::event::Qos::new(
+            gst::QOSType::Underflow,
+            0.95,
+            -5_000_000,
+            gst::ClockTime::from_mseconds(at),
+        )
+    };
+    for k in 0..7 {
+        h.push_upstream_event(on_time(700 + k));
+    }
+    assert_eq!(
+        e.property::<u32>("qos-level"),
+        4,
+        "7 on-time reports are not yet a trend"
+    );
+    h.push_upstream_event(on_time(710));
+    assert_eq!(e.property::<u32>("qos-level"), 3, "the 8th steps back up");
+    // A flush starts the stream on time.
+    assert!(h.push_event(gst::event::FlushStart::new()));
+    assert!(h.push_event(gst::event::FlushStop::new(true)));
+    assert_eq!(e.property::<u32>("qos-level"), 0);
+}
+
+#[test]
+fn qos_off_throttle_reports_and_fixed_modes_do_not_degrade() {
+    let img = zones(96, 64);
+    // qos=false (the base class's switch): no degradation and no dropped frames.
+    let (mut h, _) = element(&[("qos", "false")]);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 96, 64));
+    assert!(passes(&mut h, &img, 0));
+    for k in 1..=6 {
+        h.push_upstream_event(late(gst::QOSType::Overflow, 33 * k));
+    }
+    assert_eq!(h.element().unwrap().property::<u32>("qos-level"), 0);
+    assert!(passes(&mut h, &img, 2), "nothing is dropped with qos=false");
+    // A throttle report is a requested rate, not lateness.
+    let (mut h, _) = element(&[]);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 96, 64));
+    assert!(passes(&mut h, &img, 0));
+    for k in 1..=6 {
+        h.push_upstream_event(late(gst::QOSType::Throttle, 33 * k));
+    }
+    assert_eq!(h.element().unwrap().property::<u32>("qos-level"), 0);
+    // mode=original has no cheaper routing: it drops late frames as any filter does.
+    let (mut h, _) = element(&[("mode", "original")]);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 96, 64));
+    assert!(passes(&mut h, &img, 0));
+    h.push_upstream_event(late(gst::QOSType::Overflow, 33));
+    assert_eq!(h.element().unwrap().property::<u32>("qos-level"), 0);
+    assert!(!passes(&mut h, &img, 2), "late frame dropped");
+    assert!(passes(&mut h, &img, 20));
+}
+
+#[test]
+fn region_of_interest_metas_are_scaled_with_the_frame() {
+    let (mut h, _) = element(&[]);
+    let img = zones(96, 64);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 96, 64));
+    let mut b = timed(&img, 0);
+    gst_video::VideoRegionOfInterestMeta::add(b.get_mut().unwrap(), "face", (10, 12, 20, 16));
+    h.push(b).unwrap();
+    let out = h.pull().unwrap();
+    let roi = out
+        .meta::<gst_video::VideoRegionOfInterestMeta>()
+        .expect("the ROI is kept");
+    assert_eq!(roi.rect(), (40, 48, 80, 64));
+    assert_eq!(roi.roi_type(), "face");
+}

@@ -2,8 +2,9 @@
 // model loading in start(), and per-frame processing through the shared engine.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use gst::glib;
 use gst::prelude::*;
@@ -13,8 +14,9 @@ use gst_video::prelude::*;
 use gst_video::subclass::prelude::*;
 
 use super::{caps, ClassSrCache, ClassSrDevice, ClassSrMode};
+use crate::engine::tiling::check_tiling;
 use crate::engine::{
-    frame_graphs, CacheMode, Engine, FrameConfig, FrameStats, Image, ImageMut, Mode, Model, PixelLayout,
+    frame_graphs, CacheMode, Engine, FrameConfig, FrameStats, Image, ImageMut, Mode, Model, PixelLayout, MAX_SIDE,
 };
 use crate::manifest::ModelSet;
 use crate::runtime::{DeviceRequest, SessionConfig};
@@ -34,8 +36,14 @@ const DEFAULT_MAX_BATCH: u32 = 0;
 const DEFAULT_CACHE_THRESHOLD: f32 = 1.0;
 const DEFAULT_CACHE_REFRESH: u32 = 30;
 /// QoS degradation levels: 1 to 3 each lower the bias by the model's `qos_bias_step` (manifest;
-/// 0.5 when absent); at the last, class 1 also goes bicubic.
+/// 0.5 when absent); at the last, class 1 also goes bicubic, and only then may the base class
+/// drop late frames.
 const QOS_MAX_LEVEL: u32 = 4;
+/// On-time QoS reports in a row after which the level steps back down (at once when the
+/// reported proportion shows ≥ 10 % headroom).
+const QOS_RECOVER_REPORTS: u32 = 8;
+/// Least time between two "running late" warnings on the bus.
+const QOS_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, PartialEq)]
 struct Settings {
@@ -52,7 +60,6 @@ struct Settings {
     cache_threshold: f32,
     cache_refresh: u32,
     stats: bool,
-    qos: bool,
     frame_graphs: bool,
 }
 
@@ -72,7 +79,6 @@ impl Default for Settings {
             cache_threshold: DEFAULT_CACHE_THRESHOLD,
             cache_refresh: DEFAULT_CACHE_REFRESH,
             stats: false,
-            qos: true,
             frame_graphs: false,
         }
     }
@@ -123,16 +129,38 @@ struct State {
     in_layout: Option<PixelLayout>,
     out_layout: Option<PixelLayout>,
     frames: u64,
-    /// QoS degradation level (0 = none).
-    qos_level: u32,
+    /// The last (tile-size, overlap) a frame was made with: kept when they are changed while
+    /// playing to a pair that cannot tile a frame.
+    tiling: Option<(usize, usize)>,
+    /// The last refused (tile-size, overlap) pair, warned about once.
+    refused_tiling: Option<(usize, usize)>,
+    /// Why the frame graphs were last not used (logged once per reason).
+    graphs_skipped: Option<String>,
+}
+
+/// QoS state, apart from `State` so that QoS events (sent from downstream's thread) never wait
+/// for a frame being processed.
+#[derive(Default)]
+struct Qos {
+    /// Degradation level (0 = none … QOS_MAX_LEVEL).
+    level: u32,
+    /// On-time reports since the level last changed.
+    on_time: u32,
+    /// When the last "running late" warning was posted.
+    warned: Option<Instant>,
 }
 
 pub struct ClassSr {
     settings: Mutex<Settings>,
     state: Mutex<Option<State>>,
+    /// Whether a model is loaded (start() to stop()).
+    running: AtomicBool,
+    qos: Mutex<Qos>,
     /// The loaded model's scale (4 until a model is loaded), used for caps.
     scale: AtomicU32,
     active_device: Mutex<String>,
+    /// Input and output video info of the negotiated caps (for scaling metas).
+    infos: Mutex<Option<(gst_video::VideoInfo, gst_video::VideoInfo)>>,
 }
 
 impl Default for ClassSr {
@@ -140,8 +168,11 @@ impl Default for ClassSr {
         ClassSr {
             settings: Mutex::new(Settings::default()),
             state: Mutex::new(None),
+            running: AtomicBool::new(false),
+            qos: Mutex::new(Qos::default()),
             scale: AtomicU32::new(4),
             active_device: Mutex::new("none".to_string()),
+            infos: Mutex::new(None),
         }
     }
 }
@@ -183,7 +214,7 @@ impl ClassSr {
 
     /// Whether a property that needs the model reloaded may change now; warns if not.
     fn may_reload(&self, name: &str) -> bool {
-        if self.state.lock().unwrap().is_none() {
+        if !self.running.load(Ordering::SeqCst) {
             return true;
         }
         gst::warning!(
@@ -245,7 +276,8 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecUInt::builder("qos-level")
                     .nick("QoS level")
-                    .blurb("Current QoS degradation level: 0 = full quality, 1-3 = lowered bias, 4 = also the cheapest class bicubic")
+                    .blurb("Current QoS degradation level (with qos=true, mode=classsr): 0 = full quality, 1-3 = lowered bias, 4 = also the cheapest class bicubic; only at 4 are late frames dropped")
+                    .maximum(QOS_MAX_LEVEL)
                     .read_only()
                     .build(),
                 glib::ParamSpecUInt::builder("threads")
@@ -265,7 +297,7 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecUInt::builder("overlap")
                     .nick("Overlap")
-                    .blurb("LR pixels shared by neighbouring tiles, blended with a linear feather; must be below tile-size")
+                    .blurb("LR pixels shared by neighbouring tiles, blended with a linear feather; at most half of tile-size")
                     .maximum(255)
                     .default_value(DEFAULT_OVERLAP)
                     .mutable_playing()
@@ -301,12 +333,6 @@ impl ObjectImpl for ClassSr {
                     .nick("Statistics")
                     .blurb("Post a classsr-stats element message per frame: tiles per class, cache hits, MACs used and of the original model, processing time")
                     .default_value(false)
-                    .mutable_playing()
-                    .build(),
-                glib::ParamSpecBoolean::builder("qos")
-                    .nick("QoS")
-                    .blurb("When downstream reports lateness, degrade smoothly (lower the bias, then upscale the cheapest class bicubically) and recover when on time")
-                    .default_value(true)
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecBoolean::builder("frame-graphs")
@@ -348,7 +374,6 @@ impl ObjectImpl for ClassSr {
             "cache-threshold" => s.cache_threshold = value.get().expect("type checked"),
             "cache-refresh" => s.cache_refresh = value.get().expect("type checked"),
             "stats" => s.stats = value.get().expect("type checked"),
-            "qos" => s.qos = value.get().expect("type checked"),
             "frame-graphs" => s.frame_graphs = value.get().expect("type checked"),
             _ => unimplemented!("property {name}"),
         }
@@ -358,15 +383,7 @@ impl ObjectImpl for ClassSr {
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
         match pspec.name() {
             "active-device" => return self.active_device.lock().unwrap().to_value(),
-            "qos-level" => {
-                return self
-                    .state
-                    .lock()
-                    .unwrap()
-                    .as_ref()
-                    .map_or(0u32, |s| s.qos_level)
-                    .to_value()
-            }
+            "qos-level" => return self.qos.lock().unwrap().level.to_value(),
             _ => {}
         }
         let s = self.settings.lock().unwrap();
@@ -384,7 +401,6 @@ impl ObjectImpl for ClassSr {
             "cache-threshold" => s.cache_threshold.to_value(),
             "cache-refresh" => s.cache_refresh.to_value(),
             "stats" => s.stats.to_value(),
-            "qos" => s.qos.to_value(),
             "frame-graphs" => s.frame_graphs.to_value(),
             name => unimplemented!("property {name}"),
         }
@@ -411,12 +427,21 @@ impl ElementImpl for ClassSr {
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             use gst_video::VideoFormat as F;
-            let caps = gst_video::VideoCapsBuilder::new()
-                .format_list([F::Rgb, F::Bgr, F::Rgbx, F::Bgrx, F::Xrgb, F::Xbgr, F::Rgba, F::Bgra])
-                .build();
+            // Progressive frames only (fields would be mixed by the tiles); the input within the
+            // engine's side limit, so that a videoscale upstream can adapt to it. Outputs up to
+            // the manifest's largest scale (8).
+            let caps = |max_side: usize| {
+                gst_video::VideoCapsBuilder::new()
+                    .format_list([F::Rgb, F::Bgr, F::Rgbx, F::Bgrx, F::Xrgb, F::Xbgr, F::Rgba, F::Bgra])
+                    .width_range(1..=max_side as i32)
+                    .height_range(1..=max_side as i32)
+                    .field("interlace-mode", "progressive")
+                    .build()
+            };
+            let (src, sink) = (caps(8 * MAX_SIDE), caps(MAX_SIDE));
             vec![
-                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &caps).unwrap(),
-                gst::PadTemplate::new("sink", gst::PadDirection::Sink, gst::PadPresence::Always, &caps).unwrap(),
+                gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &src).unwrap(),
+                gst::PadTemplate::new("sink", gst::PadDirection::Sink, gst::PadPresence::Always, &sink).unwrap(),
             ]
         });
         TEMPLATES.as_ref()
@@ -455,13 +480,20 @@ impl BaseTransformImpl for ClassSr {
             in_layout: None,
             out_layout: None,
             frames: 0,
-            qos_level: 0,
+            tiling: None,
+            refused_tiling: None,
+            graphs_skipped: None,
         });
+        *self.qos.lock().unwrap() = Qos::default();
+        self.running.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         *self.state.lock().unwrap() = None;
+        self.running.store(false, Ordering::SeqCst);
+        *self.qos.lock().unwrap() = Qos::default();
+        *self.infos.lock().unwrap() = None;
         *self.active_device.lock().unwrap() = "none".to_string();
         gst::info!(CAT, imp = self, "stopped");
         Ok(())
@@ -481,10 +513,35 @@ impl BaseTransformImpl for ClassSr {
         })
     }
 
+    fn accept_caps(&self, direction: gst::PadDirection, caps: &gst::Caps) -> bool {
+        let accepted = self.parent_accept_caps(direction, caps);
+        if !accepted && direction == gst::PadDirection::Sink {
+            // Say why when it is the size (the pad templates stop at MAX_SIDE per side, so
+            // that a videoscale upstream adapts; a fixed larger size ends in not-negotiated).
+            if let Ok(info) = gst_video::VideoInfo::from_caps(caps) {
+                if let Err(e) = Engine::check_size(info.width() as usize, info.height() as usize) {
+                    gst::warning!(CAT, imp = self, "refusing {caps:?}: {e}");
+                    gst::element_imp_warning!(self, gst::StreamError::Format, ("{}", e));
+                }
+            }
+        }
+        accepted
+    }
+
     fn src_event(&self, event: gst::Event) -> bool {
         if let gst::EventView::Qos(q) = event.view() {
-            let (_, proportion, diff, _) = q.get();
-            self.handle_qos(diff, proportion);
+            let (kind, proportion, diff, _) = q.get();
+            // The base class's `qos` property switches QoS as a whole. Only mode=classsr has
+            // anything to degrade (the bias, then class 1 bicubic); throttle reports are a
+            // requested rate, not lateness.
+            let degrades = self.obj().property::<bool>("qos")
+                && self.settings.lock().unwrap().mode == ClassSrMode::ClassSr
+                && kind != gst::QOSType::Throttle;
+            if degrades && self.handle_qos(diff, proportion) < QOS_MAX_LEVEL {
+                // Degrade before dropping: until the last level the report goes upstream
+                // without the base class's bookkeeping, which would drop late frames.
+                return self.obj().sink_pads().first().is_some_and(|p| p.push_event(event));
+            }
         }
         self.parent_src_event(event)
     }
@@ -494,8 +551,43 @@ impl BaseTransformImpl for ClassSr {
             if let Some(state) = self.state.lock().unwrap().as_mut() {
                 state.engine.reset();
             }
+            // After a flush the stream starts on time (the base class resets its QoS too).
+            let mut q = self.qos.lock().unwrap();
+            (q.level, q.on_time) = (0, 0);
         }
         self.parent_sink_event(event)
+    }
+
+    fn transform_meta<'a>(
+        &self,
+        outbuf: &mut gst::BufferRef,
+        meta: gst::MetaRef<'a, gst::Meta>,
+        inbuf: &'a gst::BufferRef,
+    ) -> bool {
+        use gst::meta::MetaTag;
+        use gst_video::video_meta::tags;
+        // As videoscale: metas tagged only with what a scaler keeps (video, colour space,
+        // orientation, size) are copied, those with a size (regions of interest, crops,
+        // overlays) scaled with the frame; anything else is the base class's decision.
+        let keeps = [
+            tags::Video::TAG_NAME.as_str(),
+            tags::Colorspace::TAG_NAME.as_str(),
+            tags::Orientation::TAG_NAME.as_str(),
+            tags::Size::TAG_NAME.as_str(),
+        ];
+        if !meta.tags_contain_only(&keeps) {
+            return self.parent_transform_meta(outbuf, meta, inbuf);
+        }
+        if !meta.has_tag::<tags::Size>() {
+            return true;
+        }
+        if let Some((in_info, out_info)) = self.infos.lock().unwrap().as_ref() {
+            let scale = gst_video::video_meta::VideoMetaTransformScale::new(in_info, out_info);
+            if let Err(e) = meta.transform(outbuf, &scale) {
+                gst::debug!(CAT, imp = self, "{:?} not scaled: {e}", meta.api());
+            }
+        }
+        false
     }
 }
 
@@ -521,27 +613,40 @@ impl ClassSr {
             .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
     }
 
-    /// Adjusts the degradation level from a downstream QoS event.
-    fn handle_qos(&self, diff: i64, proportion: f64) {
-        if !self.settings.lock().unwrap().qos {
-            return;
-        }
-        let mut guard = self.state.lock().unwrap();
-        let Some(state) = guard.as_mut() else { return };
-        let before = state.qos_level;
+    /// Adjusts the degradation level from a downstream QoS report (lateness `diff`, running
+    /// `proportion` of the real-time rate) and returns the new level: one level up per late
+    /// report, one down when well ahead (proportion < 0.9) or after a run of on-time reports.
+    fn handle_qos(&self, diff: i64, proportion: f64) -> u32 {
+        let mut q = self.qos.lock().unwrap();
+        let before = q.level;
         if diff > 0 || proportion > 1.05 {
-            state.qos_level = (state.qos_level + 1).min(QOS_MAX_LEVEL);
-        } else if proportion < 0.9 && state.qos_level > 0 {
-            state.qos_level -= 1;
+            q.on_time = 0;
+            q.level = (q.level + 1).min(QOS_MAX_LEVEL);
+        } else {
+            q.on_time += 1;
+            if q.level > 0 && (proportion < 0.9 || q.on_time >= QOS_RECOVER_REPORTS) {
+                q.level -= 1;
+                q.on_time = 0;
+            }
         }
-        let level = state.qos_level;
-        drop(guard);
+        let level = q.level;
+        // One warning on the bus per episode of lateness (and at most one per interval): the
+        // log has every step.
+        let warn = level > before && q.warned.is_none_or(|t| t.elapsed() >= QOS_WARN_INTERVAL);
+        if warn {
+            q.warned = Some(Instant::now());
+        }
+        drop(q);
         if level > before {
             gst::warning!(
                 CAT,
                 imp = self,
                 "downstream is late (diff {diff} ns, proportion {proportion:.2}): degrading to level {level}"
             );
+        } else if level < before {
+            gst::info!(CAT, imp = self, "on time again: degradation level {level}");
+        }
+        if warn {
             gst::element_imp_warning!(
                 self,
                 gst::CoreError::Clock,
@@ -550,14 +655,44 @@ impl ClassSr {
                     level,
                     QOS_MAX_LEVEL,
                     if level >= QOS_MAX_LEVEL {
-                        ", cheapest class bicubic"
+                        ", cheapest class bicubic; late frames are dropped"
                     } else {
-                        ""
+                        "; late frames are dropped only at the last level"
                     }
                 )
             );
-        } else if level < before {
-            gst::info!(CAT, imp = self, "on time again: degradation level {level}");
+        }
+        level
+    }
+
+    /// The (tile-size, overlap) to make this frame with: the settings when they can tile a
+    /// frame, else (changed while playing) the last good pair, with a warning once.
+    fn tiling(&self, state: &mut State, cfg: &FrameConfig) -> Result<(usize, usize), Error> {
+        let want = (cfg.tile, cfg.overlap);
+        match (check_tiling(cfg.tile, cfg.overlap), state.tiling) {
+            (Ok(()), _) => {
+                state.refused_tiling = None;
+                Ok(want)
+            }
+            (Err(e), None) => Err(Error::Settings(e)),
+            (Err(e), Some(last)) => {
+                if state.refused_tiling != Some(want) {
+                    state.refused_tiling = Some(want);
+                    gst::element_imp_warning!(
+                        self,
+                        gst::LibraryError::Settings,
+                        (
+                            "Ignoring tile-size {} with overlap {}: {}; keeping {} and {}",
+                            want.0,
+                            want.1,
+                            e,
+                            last.0,
+                            last.1
+                        )
+                    );
+                }
+                Ok(last)
+            }
         }
     }
 }
@@ -591,6 +726,7 @@ impl VideoFilterImpl for ClassSr {
         }
         state.in_layout = layout_of(in_info.format());
         state.out_layout = layout_of(out_info.format());
+        *self.infos.lock().unwrap() = Some((in_info.clone(), out_info.clone()));
         // A new geometry is re-tiled on the next frame.
         state.engine.reset();
         gst::info!(
@@ -610,27 +746,26 @@ impl VideoFilterImpl for ClassSr {
         inframe: &gst_video::VideoFrameRef<&gst::BufferRef>,
         outframe: &mut gst_video::VideoFrameRef<&mut gst::BufferRef>,
     ) -> Result<gst::FlowSuccess, gst::FlowError> {
-        let (mut cfg, want_stats, qos, graphs) = {
+        let (mut cfg, want_stats, graphs) = {
             let s = self.settings.lock().unwrap();
-            (s.frame_config(), s.stats, s.qos, s.frame_graphs)
+            (s.frame_config(), s.stats, s.frame_graphs)
         };
+        // The level is only ever raised with qos on and mode=classsr (see src_event).
+        let qos_level = self.qos.lock().unwrap().level;
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut().ok_or(gst::FlowError::NotNegotiated)?;
-        if qos && state.qos_level > 0 {
+        if qos_level > 0 {
             let step = state.engine.model().manifest.qos_step();
-            cfg.bias -= step * state.qos_level.min(QOS_MAX_LEVEL - 1) as f32;
-            cfg.class1_bicubic = state.qos_level >= QOS_MAX_LEVEL;
+            cfg.bias -= step * qos_level.min(QOS_MAX_LEVEL - 1) as f32;
+            cfg.class1_bicubic = qos_level >= QOS_MAX_LEVEL;
         }
         let (Some(in_layout), Some(out_layout)) = (state.in_layout, state.out_layout) else {
             return Err(gst::FlowError::NotNegotiated);
         };
-        if cfg.overlap >= cfg.tile {
-            self.post_error(&Error::Settings(format!(
-                "overlap {} must be smaller than tile-size {}",
-                cfg.overlap, cfg.tile
-            )));
-            return Err(gst::FlowError::Error);
-        }
+        (cfg.tile, cfg.overlap) = self.tiling(state, &cfg).map_err(|e| {
+            self.post_error(&e);
+            gst::FlowError::Error
+        })?;
         let input = Image {
             data: inframe.plane_data(0).map_err(|_| gst::FlowError::Error)?,
             width: inframe.width() as usize,
@@ -650,7 +785,20 @@ impl VideoFilterImpl for ClassSr {
             stride: ostride,
             layout: out_layout,
         };
-        let graphs = graphs && frame_graphs::supports(&cfg, out_layout).is_ok();
+        let graphs = graphs
+            && match frame_graphs::supports(&cfg, out_layout) {
+                Ok(()) => {
+                    state.graphs_skipped = None;
+                    true
+                }
+                Err(why) => {
+                    if state.graphs_skipped.as_ref() != Some(&why) {
+                        gst::warning!(CAT, imp = self, "frame-graphs not used for this frame: {why}");
+                        state.graphs_skipped = Some(why);
+                    }
+                    false
+                }
+            };
         let result = catch_unwind(AssertUnwindSafe(|| {
             if graphs {
                 state.engine.process_graphs(&cfg, &input, &mut output)
@@ -662,6 +810,7 @@ impl VideoFilterImpl for ClassSr {
         match result {
             Ok(stats) => {
                 state.frames += 1;
+                state.tiling = Some((cfg.tile, cfg.overlap));
                 gst::trace!(CAT, imp = self, "frame {}: {:?}", state.frames, stats);
                 if want_stats {
                     let frame = state.frames;
@@ -671,10 +820,8 @@ impl VideoFilterImpl for ClassSr {
                 Ok(gst::FlowSuccess::Ok)
             }
             Err(e) => {
-                if matches!(e, Error::Runtime(_)) {
-                    // A panic or failed run may leave buffers half-written: start clean next time.
-                    state.engine.reset();
-                }
+                // A panic or failed run may leave buffers half-written: start clean next time.
+                state.engine.reset();
                 self.post_error(&e);
                 Err(gst::FlowError::Error)
             }

@@ -10,20 +10,23 @@ use super::tiling::TileGrid;
 
 /// Fixed-point units per unit of the model's value range (hi − lo).
 pub const FX_ONE: f32 = 1_048_576.0;
-/// Bound on one weighted contribution (64 value ranges): sums of the few tiles covering a
-/// sample stay far from i32 overflow whatever a model outputs.
-pub const FX_LIMIT: f32 = 64.0 * FX_ONE;
+/// Bound on a sample's distance from `lo`, in value ranges, before it is weighted: as the
+/// weights of the tiles covering a sample add up to 1, their sum stays within ±64·FX_ONE
+/// (far from i32 overflow) whatever a model outputs and however many tiles overlap.
+pub const FX_RANGES: f32 = 64.0;
 
-/// One weighted contribution: ((wy·wx)·(v − lo))·k, clamped to ±FX_LIMIT and truncated
-/// (NaN counts as −FX_LIMIT). `k` is FX_ONE / (hi − lo).
+/// One weighted contribution: (w·d)·k with d = v − lo clamped to ±FX_RANGES·(hi − lo), then
+/// truncated (NaN counts as the lower bound). `k` is FX_ONE / (hi − lo).
 #[inline]
 pub fn contribution(w: f32, v: f32, lo: f32, k: f32) -> i32 {
-    // max/min return the other operand for a NaN, so the value is finite and within ±2^26.
+    let bound = FX_RANGES * FX_ONE / k;
+    // max/min return the other operand for a NaN, so d is finite and within ±bound.
     #[allow(clippy::manual_clamp)] // clamp would keep a NaN
-    let x = ((w * (v - lo)) * k).max(-FX_LIMIT).min(FX_LIMIT);
-    // SAFETY: x is finite and its truncation fits an i32 (|x| ≤ 2^26). Unlike `as`, whose
-    // saturation checks keep the loop scalar, this conversion vectorises.
-    unsafe { x.to_int_unchecked::<i32>() }
+    let d = (v - lo).max(-bound).min(bound);
+    // SAFETY: |w| ≤ 1 and |d·k| ≤ FX_RANGES·FX_ONE = 2^26, so the value is finite and its
+    // truncation fits an i32. Unlike `as`, whose saturation checks keep the loop scalar, this
+    // conversion vectorises.
+    unsafe { ((w * d) * k).to_int_unchecked::<i32>() }
 }
 
 /// How a tile's output goes into the accumulator: its contributions are (w·(v − lo))·k, and
@@ -165,4 +168,28 @@ pub fn pack_all(fx: &[i32], pw: usize, ph: usize, alpha: Option<&[f32]>, out: &m
 pub fn pack(fx: &[i32], pw: usize, ph: usize, region: Region, alpha: Option<&[f32]>, out: &mut ImageMut) {
     let k = 255.0 / FX_ONE;
     pixels::pack_region(fx, pw, ph, region, alpha, out, |v| pixels::to_u8(v as f32 * k));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contributions_are_bounded_by_their_weight() {
+        let (lo, k) = (0.0, FX_ONE);
+        // In range: the weighted value.
+        assert_eq!(contribution(0.5, 0.25, lo, k), (0.125 * FX_ONE) as i32);
+        // A wild or broken output counts at most FX_RANGES value ranges, times its weight:
+        // in the outer quarter of an overlap (weight ~1e-6) it changes nothing visible.
+        for v in [f32::INFINITY, 1e30, f32::NEG_INFINITY, -1e30, f32::NAN] {
+            let c = contribution(1e-6, v, lo, k);
+            assert!(c.abs() <= (1e-6 * FX_RANGES * FX_ONE) as i32 + 1, "{v}: {c}");
+        }
+        // So any number of tiles covering a sample (weights adding up to 1) cannot overflow.
+        let n = 1000;
+        let sum = (0..n).fold(0i32, |a, _| {
+            a.checked_add(contribution(1.0 / n as f32, 1e30, lo, k)).unwrap()
+        });
+        assert!(sum <= (FX_RANGES * FX_ONE) as i32, "{sum}");
+    }
 }

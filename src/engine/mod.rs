@@ -343,22 +343,32 @@ impl Job<'_> {
         for &(class, part) in share {
             let session = sessions[class].as_deref_mut().expect("one session per class");
             let started = Instant::now();
-            runs += self.run(session, class, buf, part)?;
+            let (r, waited) = self.run(session, class, buf, part)?;
+            runs += r;
+            // the tiles' own time: waiting for another worker's merge is not their cost
+            let secs = (started.elapsed().as_secs_f64() - waited).max(0.0);
             let mut timing = self.timing.lock().unwrap_or_else(|e| e.into_inner());
-            timing[class].0 += started.elapsed().as_secs_f64();
+            timing[class].0 += secs;
             timing[class].1 += part.len();
         }
         Ok(runs)
     }
 
     /// Runs `part` (tile ids of `class`) on `session` in batches, staging the tiles in `buf`.
-    fn run(&self, session: &mut Session, class: usize, buf: &mut Vec<f32>, part: &[u32]) -> Result<usize, Error> {
+    /// Returns the runs made and the seconds spent waiting for the merge lock.
+    fn run(
+        &self,
+        session: &mut Session,
+        class: usize,
+        buf: &mut Vec<f32>,
+        part: &[u32],
+    ) -> Result<(usize, f64), Error> {
         let t = self.grid.tile;
         let item = 3 * t * t;
         let th = t * self.grid.scale;
         let out_item = 3 * th * th;
         let what = &format!("branch{}", class + 1);
-        let mut runs = 0;
+        let (mut runs, mut waited) = (0, 0.0);
         for chunk in batch_calls(part.len(), self.max_batch).map(|r| &part[r]) {
             buf.resize(buf.len().max(chunk.len() * item), 0.0);
             for (k, &i) in chunk.iter().enumerate() {
@@ -380,7 +390,9 @@ impl Job<'_> {
                             chunk.len()
                         )));
                     }
+                    let asked = Instant::now();
                     let mut guard = self.merge.lock().unwrap_or_else(|e| e.into_inner());
+                    waited += asked.elapsed().as_secs_f64();
                     let (fx, cache) = &mut *guard;
                     for (k, &i) in chunk.iter().enumerate() {
                         let out = &data[k * out_item..(k + 1) * out_item];
@@ -392,7 +404,7 @@ impl Job<'_> {
             )?;
             runs += 1;
         }
-        Ok(runs)
+        Ok((runs, waited))
     }
 }
 
@@ -472,7 +484,17 @@ impl Engine {
     }
 
     /// Upscales `input` into `output` (which must be `scale` times its size, any layout).
+    /// After an error the next frame starts from scratch (no cache, re-tiled): a frame that
+    /// failed part-way may have left the accumulator, the cache and the kept output apart.
     pub fn process(&mut self, cfg: &FrameConfig, input: &Image, output: &mut ImageMut) -> Result<FrameStats, Error> {
+        let result = self.process_frame(cfg, input, output);
+        if result.is_err() {
+            self.reset();
+        }
+        result
+    }
+
+    fn process_frame(&mut self, cfg: &FrameConfig, input: &Image, output: &mut ImageMut) -> Result<FrameStats, Error> {
         let started = Instant::now();
         self.check_frames(input, output)?;
         let s = self.scale();

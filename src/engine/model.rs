@@ -1,12 +1,13 @@
 // A model set loaded into ONNX Runtime sessions: the classifier and three branches, checked
 // against the manifest (tensor names, and shapes by a dry run on one tile) before first use.
 
+use std::borrow::Cow;
+
 use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::manifest::{Manifest, ModelSet};
 use crate::onnx::phase_output::phase_output;
-use crate::onnx::rewrite::fast_prelu;
 use crate::runtime::{self, ActiveDevice, SessionConfig};
 use crate::Error;
 
@@ -89,14 +90,14 @@ pub(crate) fn branch_output_shape(n: usize, t: usize, scale: usize, phases: bool
 }
 
 /// The three branch sessions of `graphs` (the set's branches, possibly rewritten to give phase
-/// planes: `phases`), checked against the manifest: tensor names, and the output shape of a
-/// dry run on one tile.
+/// planes: `phases`; already through [`runtime::rewritten`]), checked against the manifest:
+/// tensor names, and the output shape of a dry run on one tile.
 fn load_branches(set: &ModelSet, cfg: &SessionConfig, graphs: &[&[u8]], phases: bool) -> Result<[Session; 3], Error> {
     let m = &set.manifest;
     let what = |file: &str| format!("{} ({})", file, set.origin);
     let mut branches = Vec::with_capacity(3);
     for (info, bytes) in m.branches.iter().zip(graphs) {
-        branches.push(runtime::session(bytes, &what(&info.file), cfg)?.0);
+        branches.push(runtime::session_as_is(bytes, &what(&info.file), cfg)?.0);
     }
     let mut branches: [Session; 3] = branches.try_into().unwrap_or_else(|_| unreachable!());
     let (t, scale) = (m.tile_size as usize, m.scale as usize);
@@ -160,25 +161,29 @@ impl Model {
             .zip(&set.branches)
             .map(|(info, bytes)| phase_output(bytes, &info.output, scale))
             .collect();
-        let as_written: Vec<&[u8]> = set.branches.iter().map(|b| &b[..]).collect();
-        // The rewritten graphs when all three load and check out, else the graphs as written
+        // The load-time rewrites (runtime::rewritten) once per branch, for the main sessions
+        // and the workers'. The rewritten graphs when all three load and check out, else the graphs as written
         // (whose errors are the ones worth reporting).
         let rewritten = phased
             .as_ref()
-            .map(|p| p.iter().map(|b| &b[..]).collect::<Vec<&[u8]>>())
-            .and_then(|graphs| Some((load_branches(set, &cfg, &graphs, true).ok()?, graphs)));
+            .map(|p| p.iter().map(|b| runtime::rewritten(b)).collect::<Vec<_>>())
+            .and_then(|graphs| {
+                let bytes: Vec<&[u8]> = graphs.iter().map(|b| &b[..]).collect();
+                Some((load_branches(set, &cfg, &bytes, true).ok()?, graphs))
+            });
         let (branches, graphs, phases) = match rewritten {
             Some((branches, graphs)) => (branches, graphs, true),
-            None => (load_branches(set, &cfg, &as_written, false)?, as_written, false),
+            None => {
+                let as_written: Vec<Cow<[u8]>> = set.branches.iter().map(|b| runtime::rewritten(b)).collect();
+                let bytes: Vec<&[u8]> = as_written.iter().map(|b| &b[..]).collect();
+                (load_branches(set, &cfg, &bytes, false)?, as_written, false)
+            }
         };
         let mut workers = Vec::new();
         if device == ActiveDevice::Cpu && cfg.cpu_workers() > 1 {
-            // The load-time rewrites once per branch, not once per worker.
-            let fast: Vec<Option<Vec<u8>>> = graphs.iter().map(|b| fast_prelu(b)).collect();
             for _ in 1..cfg.cpu_workers() {
                 let mut sessions = Vec::with_capacity(3);
-                for ((info, bytes), fast) in m.branches.iter().zip(&graphs).zip(&fast) {
-                    let bytes = fast.as_deref().unwrap_or(bytes);
+                for (info, bytes) in m.branches.iter().zip(&graphs) {
                     sessions.push(runtime::cpu_session_as_is(bytes, &what(&info.file), 1)?);
                 }
                 workers.push(sessions.try_into().unwrap_or_else(|_| unreachable!()));

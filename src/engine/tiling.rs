@@ -67,6 +67,22 @@ pub fn axis_weights(pos: &[usize], tile: usize, scale: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// Whether tiles of side `tile` overlapping by `overlap` can tile frames: the overlap at most
+/// half a tile. More would cover each pixel by up to (tile / (tile − overlap))² tiles (a
+/// thousand at 32 and 31: gigabytes of tile buffers for one HD frame) for no better blend.
+pub fn check_tiling(tile: usize, overlap: usize) -> Result<(), String> {
+    if tile == 0 {
+        return Err("the tile size must be at least 1".into());
+    }
+    if 2 * overlap > tile {
+        return Err(format!(
+            "overlap {overlap} is more than half of tile-size {tile}; use at most {}",
+            tile / 2
+        ));
+    }
+    Ok(())
+}
+
 /// The tiles of one frame size.
 #[derive(Debug, Clone)]
 pub struct TileGrid {
@@ -90,9 +106,7 @@ impl TileGrid {
         if width == 0 || height == 0 {
             return Err(format!("frame size {width}x{height} is empty"));
         }
-        if tile == 0 || overlap >= tile {
-            return Err(format!("overlap {overlap} must be smaller than the tile size {tile}"));
-        }
+        check_tiling(tile, overlap)?;
         let (pw, ph) = (width.max(tile), height.max(tile));
         let xs = positions(pw, tile, tile - overlap);
         let ys = positions(ph, tile, tile - overlap);

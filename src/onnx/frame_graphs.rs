@@ -10,7 +10,7 @@
 use super::builder::{Attr, Dim, GraphBuilder};
 use super::proto::tensor_proto::DataType;
 use super::proto::ModelProto;
-use crate::engine::accumulate::{FX_LIMIT, FX_ONE};
+use crate::engine::accumulate::{FX_ONE, FX_RANGES};
 use crate::engine::{PixelLayout, TileGrid};
 
 /// Input of the unpack graph: the packed frame, u8 [height, stride].
@@ -129,8 +129,8 @@ pub fn select_graph(t: usize) -> ModelProto {
 }
 
 /// acc, branch outputs sr [N, 3, t·s, t·s] of the tiles `tile_ids` [N] → acc + the outputs'
-/// fixed-point contributions ((wy·wx)·(sr − lo))·FX_ONE/(hi − lo), clamped and truncated, as
-/// the engine's merge_tile adds them. Id n (one past the last tile) is padding: its outputs
+/// fixed-point contributions ((wy·wx)·d)·FX_ONE/(hi − lo), d = sr − lo clamped to
+/// ±FX_RANGES·(hi − lo), truncated, as the engine's merge_tile adds them. Id n (one past the last tile) is padding: its outputs
 /// go to the accumulator's spill area. With `phases` the outputs come as phase planes
 /// [N, 3·s², t, t] and are interleaved first.
 pub fn accumulate_graph(grid: &TileGrid, lo: f32, hi: f32, phases: bool) -> ModelProto {
@@ -215,14 +215,13 @@ pub fn accumulate_graph(grid: &TileGrid, lo: f32, hi: f32, phases: bool) -> Mode
     let wgt = g.op("Mul", &[&wy, &wx], &[]);
     let lo_w = g.weight("lo", &[], &[lo]);
     let d = g.op("Sub", &[&sr, &lo_w], &[]);
+    let fx_k = FX_ONE / (hi - lo);
+    let bound = FX_RANGES * FX_ONE / fx_k;
+    let (min, max) = (g.weight("d.min", &[], &[-bound]), g.weight("d.max", &[], &[bound]));
+    let d = g.op("Clip", &[&d, &min, &max], &[]);
     let upd = g.op("Mul", &[&wgt, &d], &[]);
-    let k = g.weight("fx.scale", &[], &[FX_ONE / (hi - lo)]);
+    let k = g.weight("fx.scale", &[], &[fx_k]);
     let upd = g.op("Mul", &[&upd, &k], &[]);
-    let (min, max) = (
-        g.weight("fx.min", &[], &[-FX_LIMIT]),
-        g.weight("fx.max", &[], &[FX_LIMIT]),
-    );
-    let upd = g.op("Clip", &[&upd, &min, &max], &[]);
     let upd = g.op("Cast", &[&upd], &[("to", Attr::Int(DataType::Int32 as i64))]);
     let upd = g.op("Reshape", &[&upd, &flat], &[]);
     let x = g.op(
