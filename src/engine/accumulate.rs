@@ -15,15 +15,22 @@ pub const FX_ONE: f32 = 1_048_576.0;
 /// (far from i32 overflow) whatever a model outputs and however many tiles overlap.
 pub const FX_RANGES: f32 = 64.0;
 
-/// One weighted contribution: (w·d)·k with d = v − lo clamped to ±FX_RANGES·(hi − lo), then
-/// truncated (NaN counts as the lower bound). `k` is FX_ONE / (hi − lo).
+/// The bound on v − lo in [`contribution`]: FX_RANGES value ranges, for `k` = FX_ONE / (hi − lo).
 #[inline]
-pub fn contribution(w: f32, v: f32, lo: f32, k: f32) -> i32 {
-    let bound = FX_RANGES * FX_ONE / k;
-    // max/min return the other operand for a NaN, so d is finite and within ±bound.
-    #[allow(clippy::manual_clamp)] // clamp would keep a NaN
-    let d = (v - lo).max(-bound).min(bound);
-    // SAFETY: |w| ≤ 1 and |d·k| ≤ FX_RANGES·FX_ONE = 2^26, so the value is finite and its
+pub fn fx_bound(k: f32) -> f32 {
+    FX_RANGES * FX_ONE / k
+}
+
+/// One weighted contribution: (w·d)·k with d = v − lo clamped to ±`bound` ([`fx_bound`]),
+/// then truncated (NaN counts as the lower bound). `k` is FX_ONE / (hi − lo).
+#[inline]
+pub fn contribution(w: f32, v: f32, lo: f32, k: f32, bound: f32) -> i32 {
+    // Comparisons with a NaN are false, so a NaN becomes -bound and d is finite and within
+    // ±bound (written as selects, which map onto single max/min instructions).
+    let d = v - lo;
+    let d = if d > -bound { d } else { -bound };
+    let d = if d < bound { d } else { bound };
+    // SAFETY: |w| ≤ 1 and |d·k| ≤ FX_RANGES·FX_ONE = 2^26 (bound from fx_bound), so the value is finite and its
     // truncation fits an i32. Unlike `as`, whose saturation checks keep the loop scalar, this
     // conversion vectorises.
     unsafe { ((w * d) * k).to_int_unchecked::<i32>() }
@@ -85,6 +92,7 @@ pub fn merge_tile(grid: &TileGrid, fx: &mut [i32], i: usize, src: &[f32], m: Til
     let plane = ow * grid.padded_height * grid.scale;
     let (wx, wy) = (&grid.wx[c0], &grid.wy[r0]);
     let (lo, k) = (m.lo, m.k);
+    let bound = fx_bound(k);
     let mut interleaved = vec![0f32; if m.phases { th } else { 0 }];
     for c in 0..3 {
         for y in 0..th {
@@ -96,7 +104,7 @@ pub fn merge_tile(grid: &TileGrid, fx: &mut [i32], i: usize, src: &[f32], m: Til
             } else {
                 &src[(c * th + y) * th..(c * th + y + 1) * th]
             };
-            add_row(row, s, wx, wy[y], (lo, k), sign);
+            add_row(row, s, wx, wy[y], (lo, k, bound), sign);
         }
     }
 }
@@ -104,12 +112,12 @@ pub fn merge_tile(grid: &TileGrid, fx: &mut [i32], i: usize, src: &[f32], m: Til
 /// Adds (or takes out) one row of a tile's output `s` with weights `wy·wx[x]`. Inlined into
 /// merge_tile: called through a function boundary the loop measured ~1.5x slower.
 #[inline(always)]
-fn add_row(row: &mut [i32], s: &[f32], wx: &[f32], wy: f32, (lo, k): (f32, f32), sign: i32) {
+fn add_row(row: &mut [i32], s: &[f32], wx: &[f32], wy: f32, (lo, k, bound): (f32, f32, f32), sign: i32) {
     let terms = row.iter_mut().zip(s).zip(wx);
     if sign >= 0 {
-        terms.for_each(|((a, &v), &w)| *a = a.wrapping_add(contribution(wy * w, v, lo, k)));
+        terms.for_each(|((a, &v), &w)| *a = a.wrapping_add(contribution(wy * w, v, lo, k, bound)));
     } else {
-        terms.for_each(|((a, &v), &w)| *a = a.wrapping_sub(contribution(wy * w, v, lo, k)));
+        terms.for_each(|((a, &v), &w)| *a = a.wrapping_sub(contribution(wy * w, v, lo, k, bound)));
     }
 }
 
@@ -178,17 +186,18 @@ mod tests {
     fn contributions_are_bounded_by_their_weight() {
         let (lo, k) = (0.0, FX_ONE);
         // In range: the weighted value.
-        assert_eq!(contribution(0.5, 0.25, lo, k), (0.125 * FX_ONE) as i32);
+        assert_eq!(contribution(0.5, 0.25, lo, k, fx_bound(k)), (0.125 * FX_ONE) as i32);
         // A wild or broken output counts at most FX_RANGES value ranges, times its weight:
         // in the outer quarter of an overlap (weight ~1e-6) it changes nothing visible.
         for v in [f32::INFINITY, 1e30, f32::NEG_INFINITY, -1e30, f32::NAN] {
-            let c = contribution(1e-6, v, lo, k);
+            let c = contribution(1e-6, v, lo, k, fx_bound(k));
             assert!(c.abs() <= (1e-6 * FX_RANGES * FX_ONE) as i32 + 1, "{v}: {c}");
         }
         // So any number of tiles covering a sample (weights adding up to 1) cannot overflow.
         let n = 1000;
         let sum = (0..n).fold(0i32, |a, _| {
-            a.checked_add(contribution(1.0 / n as f32, 1e30, lo, k)).unwrap()
+            a.checked_add(contribution(1.0 / n as f32, 1e30, lo, k, fx_bound(k)))
+                .unwrap()
         });
         assert!(sum <= (FX_RANGES * FX_ONE) as i32, "{sum}");
     }

@@ -10,7 +10,7 @@
 use super::builder::{Attr, Dim, GraphBuilder};
 use super::proto::tensor_proto::DataType;
 use super::proto::ModelProto;
-use crate::engine::accumulate::{FX_ONE, FX_RANGES};
+use crate::engine::accumulate::{fx_bound, FX_ONE};
 use crate::engine::{PixelLayout, TileGrid};
 
 /// Input of the unpack graph: the packed frame, u8 [height, stride].
@@ -216,7 +216,7 @@ pub fn accumulate_graph(grid: &TileGrid, lo: f32, hi: f32, phases: bool) -> Mode
     let lo_w = g.weight("lo", &[], &[lo]);
     let d = g.op("Sub", &[&sr, &lo_w], &[]);
     let fx_k = FX_ONE / (hi - lo);
-    let bound = FX_RANGES * FX_ONE / fx_k;
+    let bound = fx_bound(fx_k);
     let (min, max) = (g.weight("d.min", &[], &[-bound]), g.weight("d.max", &[], &[bound]));
     let d = g.op("Clip", &[&d, &min, &max], &[]);
     let upd = g.op("Mul", &[&wgt, &d], &[]);
