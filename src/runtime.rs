@@ -99,8 +99,8 @@ pub struct SessionConfig {
     pub device: DeviceRequest,
     pub device_id: i32,
     /// On the CPU: a frame's branch runs are shared out between this many parallel one-thread
-    /// sessions of the branches (0 = one per core). With CUDA: ONNX Runtime's intra-op threads
-    /// (0 = its default).
+    /// sessions of the branches, and the classifier gets as many intra-op threads (0 = one per
+    /// core). With CUDA: ONNX Runtime's intra-op threads (0 = its default).
     pub threads: usize,
 }
 
@@ -166,19 +166,20 @@ pub fn session(
     what: &str,
     cfg: &SessionConfig,
 ) -> Result<(Session, ActiveDevice, Option<String>), Error> {
-    session_as_is(&rewritten(bytes), what, cfg)
+    session_as_is(&rewritten(bytes), what, cfg, 1)
 }
 
-/// Builds a session for one graph as given (on the CPU with one intra-op thread, see
-/// [`cpu_session`]). With `Auto`, a CUDA provider that fails to register falls back to CPU and
-/// the reason is returned as a warning.
+/// Builds a session for one graph as given: on the CPU with `cpu_threads` intra-op threads
+/// (see [`cpu_session`]). With `Auto`, a CUDA provider that fails to register falls back to
+/// CPU and the reason is returned as a warning.
 pub fn session_as_is(
     bytes: &[u8],
     what: &str,
     cfg: &SessionConfig,
+    cpu_threads: usize,
 ) -> Result<(Session, ActiveDevice, Option<String>), Error> {
     if cfg.device == DeviceRequest::Cpu {
-        return Ok((cpu_session_as_is(bytes, what, 1)?, ActiveDevice::Cpu, None));
+        return Ok((cpu_session_as_is(bytes, what, cpu_threads)?, ActiveDevice::Cpu, None));
     }
     let cuda = ort::ep::CUDA::default()
         .with_device_id(cfg.device_id)
@@ -198,7 +199,11 @@ pub fn session_as_is(
             if cfg.device == DeviceRequest::Cuda {
                 Err(Error::Runtime(why))
             } else {
-                Ok((cpu_session_as_is(bytes, what, 1)?, ActiveDevice::Cpu, Some(why)))
+                Ok((
+                    cpu_session_as_is(bytes, what, cpu_threads)?,
+                    ActiveDevice::Cpu,
+                    Some(why),
+                ))
             }
         }
     }

@@ -97,7 +97,7 @@ fn load_branches(set: &ModelSet, cfg: &SessionConfig, graphs: &[&[u8]], phases: 
     let what = |file: &str| format!("{} ({})", file, set.origin);
     let mut branches = Vec::with_capacity(3);
     for (info, bytes) in m.branches.iter().zip(graphs) {
-        branches.push(runtime::session_as_is(bytes, &what(&info.file), cfg)?.0);
+        branches.push(runtime::session_as_is(bytes, &what(&info.file), cfg, 1)?.0);
     }
     let mut branches: [Session; 3] = branches.try_into().unwrap_or_else(|_| unreachable!());
     let (t, scale) = (m.tile_size as usize, m.scale as usize);
@@ -123,7 +123,13 @@ impl Model {
         let m = &set.manifest;
         m.validate()?;
         let what = |file: &str| format!("{} ({})", file, set.origin);
-        let (mut classifier, device, fallback) = runtime::session(&set.classifier, &what(&m.classifier.file), cfg)?;
+        // On the CPU the classifier runs alone (before the branches), on all the workers' cores.
+        let (mut classifier, device, fallback) = runtime::session_as_is(
+            &runtime::rewritten(&set.classifier),
+            &what(&m.classifier.file),
+            cfg,
+            cfg.cpu_workers(),
+        )?;
         // Once auto has settled on a device, the branches use the same one.
         let cfg = SessionConfig {
             device: match device {
