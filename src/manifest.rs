@@ -181,10 +181,22 @@ impl ModelSet {
             )));
         }
         std::fs::create_dir_all(dir).map_err(|e| Error::Model(format!("cannot create '{}': {e}", dir.display())))?;
+        // The manifest goes first and comes back last: a model being replaced is no model
+        // until all its graphs are written, so an interrupted export cannot leave new graphs
+        // under an old manifest that loads.
+        let manifest = dir.join(MANIFEST_FILE);
+        if manifest.exists() {
+            std::fs::remove_file(&manifest)
+                .map_err(|e| Error::Model(format!("cannot replace '{}': {e}", manifest.display())))?;
+        }
         let write = |name: &str, bytes: &[u8]| -> Result<(), Error> {
-            // Write to a temporary name and rename, so an interrupted export never leaves a torn file.
+            // Write to a temporary name, sync and rename, so no file is ever torn.
             let tmp: PathBuf = dir.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, bytes)
+            let written = std::fs::File::create(&tmp).and_then(|mut f| {
+                std::io::Write::write_all(&mut f, bytes)?;
+                f.sync_all()
+            });
+            written
                 .and_then(|_| std::fs::rename(&tmp, dir.join(name)))
                 .map_err(|e| Error::Model(format!("cannot write '{}': {e}", dir.join(name).display())))
         };

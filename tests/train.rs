@@ -460,3 +460,63 @@ fn class_split_cuts_thirds_within_each_image() {
     let global = class_split(&psnr, &[0; 9]);
     assert_eq!(global, vec![0, 0, 1, 1, 2, 2, 0, 2, 1]);
 }
+
+#[test]
+fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
+    let root = scratch("stages");
+    make_images(&root.join("train"), 2, 200, 6);
+    make_images(&root.join("small"), 3, 128, 7);
+    make_images(&root.join("val"), 1, 128, 8);
+    // a trailing slash on --out still puts the work folder beside the model
+    let out = format!("{}/", root.join("model").display());
+    let (data, small, val) = (root.join("train"), root.join("small"), root.join("val"));
+    let run = |cmd: &str, data: &Path, extra: &[&str]| {
+        let mut args = vec![
+            cmd,
+            "--data",
+            data.to_str().unwrap(),
+            "--val",
+            val.to_str().unwrap(),
+            "--out",
+            &out,
+        ];
+        args.extend_from_slice(&["--iters", "2", "--iters-original", "2", "--batch", "2", "--aug", "1.0"]);
+        args.extend_from_slice(extra);
+        let r = train_cmd(&args);
+        (r.status.success(), String::from_utf8_lossy(&r.stderr).to_string())
+    };
+    // Images too small for three sub-images each: a clear error, not a panic.
+    let (ok, log) = run("stage1", &small, &["--work", root.join("small.work").to_str().unwrap()]);
+    assert!(
+        !ok && log.contains("leaves class") && log.contains("--global-split"),
+        "{log}"
+    );
+    // A bad scale factor is refused before anything runs.
+    let (ok, log) = run("prepare", &data, &["--aug", "0"]);
+    assert!(!ok && log.contains("--aug: '0'"), "{log}");
+    // Each stage on its own, no --resume needed for the next one.
+    for stage in ["stage1", "stage2", "stage3"] {
+        let (ok, log) = run(stage, &data, &[]);
+        assert!(ok, "{stage}: {log}");
+    }
+    let work = root.join("model.work");
+    assert!(work.join("joint.done.ckpt").exists() && !root.join("model").join(".work").exists());
+    // Redoing stage2 keeps stage 1.
+    let (ok, log) = run("stage2", &data, &["--force"]);
+    assert!(ok, "{log}");
+    assert!(work.join("branch3.done.ckpt").exists() && !work.join("joint.done.ckpt").exists());
+    // A checkpoint made with other options is refused, not exported as nonsense.
+    let (ok, log) = run("export", &data, &["--plain"]);
+    assert!(!ok && log.contains("but this run builds"), "{log}");
+    let (ok, log) = run("export", &data, &[]);
+    assert!(ok, "{log}");
+    // stage2 read the split of the data it was made from: other data is refused clearly.
+    let (ok, log) = run("stage2", &small, &["--force"]);
+    assert!(!ok && log.contains("made from other training data"), "{log}");
+    // `all` over an existing model is refused before any training.
+    let (ok, log) = run("all", &data, &[]);
+    assert!(
+        !ok && log.contains("already holds a model") && !log.contains("original:"),
+        "{log}"
+    );
+}

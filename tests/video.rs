@@ -339,6 +339,29 @@ fn qos_degrades_before_any_frame_is_dropped() {
     );
     h.push_upstream_event(on_time(710));
     assert_eq!(e.property::<u32>("qos-level"), 3, "the 8th steps back up");
+    // Below the last level again, frames are made even after a very late report at it.
+    assert!(h.push_upstream_event(late(gst::QOSType::Overflow, 720)));
+    assert_eq!(e.property::<u32>("qos-level"), 4);
+    let very_late = gst::event::Qos::new(
+        gst::QOSType::Overflow,
+        1.5,
+        2_000_000_000,
+        gst::ClockTime::from_mseconds(730),
+    );
+    assert!(h.push_upstream_event(very_late));
+    h.push_upstream_event(gst::event::Qos::new(
+        gst::QOSType::Underflow,
+        0.5,
+        -5_000_000,
+        gst::ClockTime::from_mseconds(740),
+    ));
+    assert_eq!(e.property::<u32>("qos-level"), 3);
+    assert!(passes(&mut h, &img, 25), "made at level 3 though 2 s late at level 4");
+    // Switching qos off returns to full quality at once.
+    e.set_property("qos", false);
+    assert!(passes(&mut h, &img, 26));
+    assert_eq!(e.property::<u32>("qos-level"), 0);
+    e.set_property("qos", true);
     // A flush starts the stream on time.
     assert!(h.push_event(gst::event::FlushStart::new()));
     assert!(h.push_event(gst::event::FlushStop::new(true)));

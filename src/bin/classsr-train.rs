@@ -85,7 +85,12 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
             "--aug" => {
                 o.aug = v("--aug")?
                     .split(',')
-                    .map(|s| s.parse::<f64>().map_err(|_| format!("--aug: '{s}' is not a number")))
+                    .map(|s| {
+                        s.parse::<f64>()
+                            .ok()
+                            .filter(|a| *a > 0.0 && *a <= 1.0)
+                            .ok_or_else(|| format!("--aug: '{s}' is not a scale factor in (0, 1]"))
+                    })
                     .collect::<Result<_, _>>()?
             }
             "--resume" => o.resume = true,
@@ -96,7 +101,7 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
     o.data = data.ok_or("--data DIR is required")?;
     o.val = val.ok_or("--val DIR is required")?;
     o.out = out.ok_or("--out DIR is required")?;
-    o.work = work.unwrap_or_else(|| PathBuf::from(format!("{}.work", o.out.display())));
+    o.work = work.unwrap_or_else(|| Options::work_of(&o.out));
     if o.scale != 4 {
         return Err("only --scale 4 is supported (the sub-image geometry is LR 32 / HR 128)".into());
     }
@@ -125,10 +130,15 @@ usable NVIDIA GPU or driver (install the driver, or put its folder on LD_LIBRARY
 }
 
 fn run<B: burn::tensor::backend::AutodiffBackend>(cmd: &str, opts: Options, device: B::Device) -> Result<(), String> {
-    let mut t = Trainer::<B>::new(opts, device)?;
-    if cmd != "export" {
-        t.check_work()?;
+    // `all` ends in an export: refuse an existing model before training, not after.
+    if cmd == "all" && opts.out.join(gstclasssr::manifest::MANIFEST_FILE).exists() && !opts.force {
+        return Err(format!(
+            "'{}' already holds a model; pass --force to overwrite it (with `all`, --force also redoes the training: add --resume to keep what the work folder holds)",
+            opts.out.display()
+        ));
     }
+    let mut t = Trainer::<B>::new(opts, device)?;
+    t.check_work(Trainer::<B>::steps_of(cmd))?;
     let result = (|| {
         match cmd {
             "prepare" => t.prepare(),

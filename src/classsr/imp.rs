@@ -155,6 +155,8 @@ pub struct ClassSr {
     state: Mutex<Option<State>>,
     /// Whether a model is loaded (start() to stop()).
     running: AtomicBool,
+    /// Whether the refusal of too large caps was posted on the bus since start().
+    size_warned: AtomicBool,
     qos: Mutex<Qos>,
     /// The loaded model's scale (4 until a model is loaded), used for caps.
     scale: AtomicU32,
@@ -169,6 +171,7 @@ impl Default for ClassSr {
             settings: Mutex::new(Settings::default()),
             state: Mutex::new(None),
             running: AtomicBool::new(false),
+            size_warned: AtomicBool::new(false),
             qos: Mutex::new(Qos::default()),
             scale: AtomicU32::new(4),
             active_device: Mutex::new("none".to_string()),
@@ -486,6 +489,7 @@ impl BaseTransformImpl for ClassSr {
         });
         *self.qos.lock().unwrap() = Qos::default();
         self.running.store(true, Ordering::SeqCst);
+        self.size_warned.store(false, Ordering::SeqCst);
         Ok(())
     }
 
@@ -521,7 +525,10 @@ impl BaseTransformImpl for ClassSr {
             if let Ok(info) = gst_video::VideoInfo::from_caps(caps) {
                 if let Err(e) = Engine::check_size(info.width() as usize, info.height() as usize) {
                     gst::warning!(CAT, imp = self, "refusing {caps:?}: {e}");
-                    gst::element_imp_warning!(self, gst::StreamError::Format, ("{}", e));
+                    // on the bus once per start: negotiation asks again and again
+                    if !self.size_warned.swap(true, Ordering::SeqCst) {
+                        gst::element_imp_warning!(self, gst::StreamError::Format, ("{}", e));
+                    }
                 }
             }
         }
@@ -530,17 +537,16 @@ impl BaseTransformImpl for ClassSr {
 
     fn src_event(&self, event: gst::Event) -> bool {
         if let gst::EventView::Qos(q) = event.view() {
-            let (kind, proportion, diff, _) = q.get();
-            // The base class's `qos` property switches QoS as a whole. Only mode=classsr has
-            // anything to degrade (the bias, then class 1 bicubic); throttle reports are a
-            // requested rate, not lateness.
-            let degrades = self.obj().property::<bool>("qos")
-                && self.settings.lock().unwrap().mode == ClassSrMode::ClassSr
-                && kind != gst::QOSType::Throttle;
-            if degrades && self.handle_qos(diff, proportion) < QOS_MAX_LEVEL {
-                // Degrade before dropping: until the last level the report goes upstream
-                // without the base class's bookkeeping, which would drop late frames.
-                return self.obj().sink_pads().first().is_some_and(|p| p.push_event(event));
+            let (kind, proportion, diff, timestamp) = q.get();
+            // Throttle reports are a requested rate, not lateness.
+            if self.degrades() && kind != gst::QOSType::Throttle && self.handle_qos(diff, proportion) < QOS_MAX_LEVEL {
+                // Degrade before dropping: until the last level the base class (which drops
+                // frames up to the reported time + lateness) learns the report as if on time,
+                // so no frame after the reported one is dropped; it goes upstream as it is.
+                if let Some(ts) = timestamp {
+                    self.obj().update_qos(proportion, diff.min(0) - 1, ts);
+                }
+                return self.obj().sink_pad().push_event(event);
             }
         }
         self.parent_src_event(event)
@@ -611,6 +617,12 @@ impl ClassSr {
         let _ = self
             .obj()
             .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
+    }
+
+    /// Whether lateness is met by degrading: the base class's `qos` switch is on and the mode
+    /// has something to degrade (mode=classsr: the bias, then class 1 bicubic).
+    fn degrades(&self) -> bool {
+        self.obj().is_qos() && self.settings.lock().unwrap().mode == ClassSrMode::ClassSr
     }
 
     /// Adjusts the degradation level from a downstream QoS report (lateness `diff`, running
@@ -750,8 +762,15 @@ impl VideoFilterImpl for ClassSr {
             let s = self.settings.lock().unwrap();
             (s.frame_config(), s.stats, s.frame_graphs)
         };
-        // The level is only ever raised with qos on and mode=classsr (see src_event).
-        let qos_level = self.qos.lock().unwrap().level;
+        // The level applies with qos on and mode=classsr (see src_event); switching either
+        // off returns to full quality.
+        let qos_level = {
+            let mut q = self.qos.lock().unwrap();
+            if q.level > 0 && !(self.obj().is_qos() && matches!(cfg.mode, Mode::ClassSR)) {
+                (q.level, q.on_time) = (0, 0);
+            }
+            q.level
+        };
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut().ok_or(gst::FlowError::NotNegotiated)?;
         if qos_level > 0 {

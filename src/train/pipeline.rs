@@ -130,8 +130,15 @@ impl Options {
         }
     }
 
+    /// The default work folder of a model directory: `<out>.work` beside it (`m/` gives
+    /// `m.work`, not `m/.work` inside the model).
+    pub fn work_of(out: &Path) -> PathBuf {
+        let out: PathBuf = out.components().collect();
+        PathBuf::from(format!("{}.work", out.display()))
+    }
+
     pub fn new(data: PathBuf, val: PathBuf, out: PathBuf) -> Options {
-        let work = PathBuf::from(format!("{}.work", out.display()));
+        let work = Options::work_of(&out);
         Options {
             data,
             val,
@@ -159,7 +166,7 @@ impl Options {
     }
 }
 
-const STEPS: [&str; 8] = [
+static STEPS: [&str; 8] = [
     "original",
     "split",
     "branch1",
@@ -254,27 +261,47 @@ impl<B: AutodiffBackend> Trainer<B> {
         })
     }
 
-    /// Refuses to silently restart or mix runs: an interrupted step needs --resume or --force.
-    pub fn check_work(&self) -> Result<(), String> {
+    /// The steps a command runs: `prepare`, `stage1`, `stage2`, `stage3`, `all` (others none).
+    pub fn steps_of(cmd: &str) -> &'static [&'static str] {
+        match cmd {
+            "stage1" => &STEPS[..5],
+            "stage2" => &STEPS[5..7],
+            "stage3" => &STEPS[7..],
+            "all" => &STEPS,
+            _ => &[],
+        }
+    }
+
+    /// Refuses to silently restart or mix runs: a command whose steps have checkpoints (done
+    /// or interrupted) needs --resume to continue them or --force to redo them. Earlier
+    /// stages' finished steps are its inputs, not an earlier run: they are kept. --force
+    /// removes the command's steps and every later one (made from them), with their log rows.
+    pub fn check_work(&self, steps: &[&str]) -> Result<(), String> {
+        let Some(first) = steps.first().and_then(|s| STEPS.iter().position(|x| x == s)) else {
+            return Ok(());
+        };
         if self.opts.force && !self.opts.resume {
-            for s in STEPS {
+            let redo = &STEPS[first..];
+            for s in redo {
                 for done in [false, true] {
                     let _ = std::fs::remove_file(self.ckpt(s, done));
                 }
             }
-            let _ = std::fs::remove_file(self.opts.work.join("split.json"));
-            self.log.clear()?;
+            if redo.contains(&"split") {
+                let _ = std::fs::remove_file(self.opts.work.join("split.json"));
+            }
+            self.log.drop_steps(redo)?;
             return Ok(());
         }
         if !self.opts.resume {
-            let earlier: Vec<&str> = STEPS
+            let earlier: Vec<&str> = steps
                 .iter()
                 .copied()
                 .filter(|s| self.ckpt(s, false).exists() || self.ckpt(s, true).exists())
                 .collect();
             if !earlier.is_empty() {
                 return Err(format!(
-                    "the work folder '{}' holds an earlier run (steps {earlier:?}); pass --resume to continue it or --force to start over",
+                    "the work folder '{}' holds an earlier run of these steps ({earlier:?}); pass --resume to continue it or --force to redo them (and the later steps)",
                     self.opts.work.display()
                 ));
             }
@@ -361,6 +388,19 @@ impl<B: AutodiffBackend> Trainer<B> {
             return Ok(None);
         }
         let (meta, tensors) = checkpoint::load(&path)?;
+        // A checkpoint of other architectures (another --plain, --family or
+        // --classifier-width) could load (the bicubic skip has no weights) and train or
+        // export nonsense.
+        let want: Vec<String> = archs.iter().map(|a| a.describe()).collect();
+        if let Some(made) = meta["archs"].as_array() {
+            let made: Vec<&str> = made.iter().filter_map(|v| v.as_str()).collect();
+            if made != want {
+                return Err(format!(
+                    "{} holds {made:?} but this run builds {want:?}: run with the options that made it, or --force to redo the step",
+                    path.display()
+                ));
+            }
+        }
         let mut nets = Vec::new();
         let mut adams = Vec::new();
         for (k, arch) in archs.iter().enumerate() {
@@ -697,15 +737,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         let scope = if self.opts.global_split { "global" } else { "per-image" };
         let n = self.train.as_ref().unwrap().subs.len();
         if path.exists() {
-            let (classes, stored) = self.read_split()?;
-            if classes.len() == n && stored == scope {
-                return Ok(classes);
+            match self.read_split() {
+                Ok((classes, stored)) if stored == scope => return Ok(classes),
+                Ok((_, stored)) => eprintln!(
+                    "split: {} was made with the {stored} split, this run asks for {scope}: recomputing",
+                    path.display()
+                ),
+                Err(e) => eprintln!("split: {e}: recomputing"),
             }
-            eprintln!(
-                "split: {} no longer matches the data or the split scope ({} vs {n} sub-images, {stored} vs {scope}), recomputing",
-                path.display(),
-                classes.len()
-            );
         }
         let net = original.inner();
         let mut psnr = Vec::with_capacity(n);
@@ -724,12 +763,26 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         let classes = class_split(&psnr, &groups);
         let counts = [0u8, 1, 2].map(|c| classes.iter().filter(|&&k| k == c).count());
+        if let Some(empty) = counts.iter().position(|&c| c == 0) {
+            return Err(format!(
+                "the {scope} class split of {n} sub-images leaves class {} empty (counts {counts:?}): \
+                 the training images give too few sub-images each (images of at least 256x128 px \
+                 give three); use larger images or --global-split",
+                empty + 1,
+            ));
+        }
         let mean_db = [0u8, 1, 2].map(|c| {
             let v: Vec<f64> = (0..n).filter(|&i| classes[i] == c).map(|i| psnr[i]).collect();
             v.iter().sum::<f64>() / v.len().max(1) as f64
         });
-        let json = serde_json::json!({ "scope": scope, "mean_db": mean_db, "counts": counts, "classes": classes });
-        std::fs::write(&path, json.to_string()).map_err(|e| e.to_string())?;
+        let json = serde_json::json!({
+            "scope": scope, "data": self.data_key(), "mean_db": mean_db, "counts": counts, "classes": classes,
+        });
+        // temporary name and rename: an interrupted write never leaves a torn split
+        let tmp = self.opts.work.join(".split.json.tmp");
+        std::fs::write(&tmp, json.to_string())
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| format!("cannot write '{}': {e}", path.display()))?;
         eprintln!(
             "split ({scope}): mean -O PSNR of the classes {:.2} / {:.2} / {:.2} dB, counts {counts:?} → {}",
             mean_db[0],
@@ -881,17 +934,43 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(())
     }
 
-    fn load_split(&self) -> Result<Vec<u8>, String> {
-        self.read_split().map(|(classes, _)| classes)
+    /// The stored split, for the data of this run (loaded if needed).
+    fn load_split(&mut self) -> Result<Vec<u8>, String> {
+        self.datasets()?;
+        self.read_split()
+            .map(|(classes, _)| classes)
+            .map_err(|e| format!("{e}; run stage1 with this --data and --aug (with --force to redo it)"))
     }
 
-    /// The stored split: classes and scope (splits written before the scope was recorded
-    /// were global).
+    /// What the class split depends on in the data: the training images, the scales and the
+    /// sub-image count.
+    fn data_key(&self) -> serde_json::Value {
+        let t = self.train.as_ref().expect("data loaded");
+        serde_json::json!({
+            "images": t.images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "aug": self.opts.aug,
+            "sub_images": t.subs.len(),
+        })
+    }
+
+    /// The stored split (classes and scope; splits written before the scope was recorded
+    /// were global), checked against the data of this run (loaded).
     fn read_split(&self) -> Result<(Vec<u8>, String), String> {
         let path = self.opts.work.join("split.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}; run stage1 first", path.display()))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let classes = serde_json::from_value(v["classes"].clone()).map_err(|e| format!("{}: {e}", path.display()))?;
+        let classes: Vec<u8> =
+            serde_json::from_value(v["classes"].clone()).map_err(|e| format!("{}: {e}", path.display()))?;
+        let n = self.train.as_ref().expect("data loaded").subs.len();
+        // splits written before the data was recorded are checked by their length alone
+        let other_data = !v["data"].is_null() && v["data"] != self.data_key();
+        if classes.len() != n || other_data {
+            return Err(format!(
+                "{} was made from other training data ({} sub-images, this run has {n})",
+                path.display(),
+                classes.len()
+            ));
+        }
         Ok((classes, v["scope"].as_str().unwrap_or("global").to_string()))
     }
 
@@ -923,6 +1002,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         if self.ckpt("joint", true).exists() {
             Ok((self.finished("joint", &all)?, "joint"))
         } else {
+            if self.ckpt("joint", false).exists() {
+                eprintln!("export: stage3 (joint) was interrupted: exporting the classifier stage; finish it with `stage3 --resume` to export it");
+            }
             Ok((self.finished("classifier", &all)?, "classifier"))
         }
     }

@@ -36,8 +36,16 @@ impl TrainLog {
         Ok(TrainLog { path })
     }
 
-    pub fn clear(&self) -> Result<(), String> {
-        std::fs::write(&self.path, format!("{HEADER}\n"))
+    /// Removes the rows of `steps` (redone from scratch), keeping the others'.
+    pub fn drop_steps(&self, steps: &[&str]) -> Result<(), String> {
+        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let kept: String = text
+            .lines()
+            .skip(1)
+            .filter(|l| !steps.contains(&l.split(',').next().unwrap_or("")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&self.path, format!("{HEADER}\n{kept}"))
             .map_err(|e| format!("cannot write '{}': {e}", self.path.display()))
     }
 
