@@ -49,6 +49,7 @@ pub struct TileFx {
 
 /// Row `y` of colour `c` of an HR tile (side t·s) given as phase planes ([3·s², t, t]), into
 /// `out` (t·s samples).
+#[inline(always)]
 fn interleave_row(src: &[f32], c: usize, y: usize, (t, s): (usize, usize), out: &mut [f32]) {
     let (ry, j) = (y % s, y / s);
     let row = |rx: usize| &src[((c * s * s + ry * s + rx) * t + j) * t..][..t];
@@ -81,44 +82,73 @@ pub fn to_phases(hr: &[f32], (t, s): (usize, usize), out: &mut [f32]) {
     }
 }
 
-/// Adds (`sign` 1) or takes out (`sign` -1) tile `i`'s output `src` (one NCHW item, model
-/// units, laid out as `m` says) in the planar fixed-point accumulator `fx` with its blending
-/// weights.
-pub fn merge_tile(grid: &TileGrid, fx: &mut [i32], i: usize, src: &[f32], m: TileFx, sign: i32) {
+/// Walks tile `i`'s rows in the planar accumulator `fx`: for each colour and row, calls `f`
+/// with the accumulator's row, the same row of each of `srcs` (tile outputs laid out as `m`
+/// says, interleaved first when they are phase planes) and the row's blending weights.
+#[inline(always)]
+fn tile_rows<const N: usize>(
+    grid: &TileGrid,
+    fx: &mut [i32],
+    i: usize,
+    srcs: [&[f32]; N],
+    m: TileFx,
+    mut f: impl FnMut(&mut [i32], [&[f32]; N], &[f32], f32),
+) {
     let (c0, r0) = grid.cell(i);
     let (x0, y0) = (grid.xs[c0] * grid.scale, grid.ys[r0] * grid.scale);
     let th = grid.tile * grid.scale;
     let ow = grid.padded_width * grid.scale;
     let plane = ow * grid.padded_height * grid.scale;
     let (wx, wy) = (&grid.wx[c0], &grid.wy[r0]);
-    let (lo, k) = (m.lo, m.k);
-    let bound = fx_bound(k);
-    let mut interleaved = vec![0f32; if m.phases { th } else { 0 }];
+    let mut interleaved = [(); N].map(|_| vec![0f32; if m.phases { th } else { 0 }]);
     for c in 0..3 {
         for y in 0..th {
             let d = c * plane + (y0 + y) * ow + x0;
-            let row = &mut fx[d..d + th];
-            let s = if m.phases {
-                interleave_row(src, c, y, (grid.tile, grid.scale), &mut interleaved);
-                &interleaved[..]
-            } else {
-                &src[(c * th + y) * th..(c * th + y + 1) * th]
-            };
-            add_row(row, s, wx, wy[y], (lo, k, bound), sign);
+            if m.phases {
+                for (src, buf) in srcs.iter().zip(interleaved.iter_mut()) {
+                    interleave_row(src, c, y, (grid.tile, grid.scale), buf);
+                }
+            }
+            let bufs = &interleaved;
+            let rows: [&[f32]; N] = std::array::from_fn(move |k| {
+                if m.phases {
+                    &bufs[k][..]
+                } else {
+                    &srcs[k][(c * th + y) * th..][..th]
+                }
+            });
+            f(&mut fx[d..d + th], rows, wx, wy[y]);
         }
     }
 }
 
-/// Adds (or takes out) one row of a tile's output `s` with weights `wy·wx[x]`. Inlined into
-/// merge_tile: called through a function boundary the loop measured ~1.5x slower.
-#[inline(always)]
-fn add_row(row: &mut [i32], s: &[f32], wx: &[f32], wy: f32, (lo, k, bound): (f32, f32, f32), sign: i32) {
-    let terms = row.iter_mut().zip(s).zip(wx);
-    if sign >= 0 {
-        terms.for_each(|((a, &v), &w)| *a = a.wrapping_add(contribution(wy * w, v, lo, k, bound)));
-    } else {
-        terms.for_each(|((a, &v), &w)| *a = a.wrapping_sub(contribution(wy * w, v, lo, k, bound)));
-    }
+/// Adds tile `i`'s output `src` (one NCHW item, model units, laid out as `m` says) to the
+/// planar fixed-point accumulator `fx` with its blending weights.
+pub fn merge_tile(grid: &TileGrid, fx: &mut [i32], i: usize, src: &[f32], m: TileFx) {
+    let (lo, k) = (m.lo, m.k);
+    let bound = fx_bound(k);
+    tile_rows(grid, fx, i, [src], m, |row, [s], wx, wy| {
+        row.iter_mut()
+            .zip(s)
+            .zip(wx)
+            .for_each(|((a, &v), &w)| *a = a.wrapping_add(contribution(wy * w, v, lo, k, bound)));
+    });
+}
+
+/// Replaces tile `i`'s output `old` by `new` in `fx` in one pass: the same sums as taking
+/// `old` out and putting `new` in with [`merge_tile`] (integer contributions, exact), with
+/// half the accumulator traffic (a full-cache frame replaces every tile it recomputes).
+pub fn replace_tile(grid: &TileGrid, fx: &mut [i32], i: usize, old: &[f32], new: &[f32], m: TileFx) {
+    let (lo, k) = (m.lo, m.k);
+    let bound = fx_bound(k);
+    tile_rows(grid, fx, i, [old, new], m, |row, [o, n], wx, wy| {
+        row.iter_mut().zip(o).zip(n).zip(wx).for_each(|(((a, &vo), &vn), &w)| {
+            let w = wy * w;
+            *a = a
+                .wrapping_sub(contribution(w, vo, lo, k, bound))
+                .wrapping_add(contribution(w, vn, lo, k, bound));
+        });
+    });
 }
 
 /// The HR region (padded-frame coordinates) tile `i` writes.

@@ -25,7 +25,7 @@ pub use tiling::TileGrid;
 use crate::onnx::Kernel;
 use crate::runtime::ActiveDevice;
 use crate::Error;
-use accumulate::{merge_tile, tile_region, TileFx, FX_ONE};
+use accumulate::{merge_tile, replace_tile, tile_region, TileFx, FX_ONE};
 use cache::TileCache;
 use resample::Upsampler;
 pub use share::batch_calls;
@@ -309,9 +309,10 @@ fn merge_new(
     keep: Option<bool>,
 ) {
     if incremental {
-        merge_tile(grid, fx, i, cache.hr_of(i), m, -1);
+        replace_tile(grid, fx, i, cache.hr_of(i), out, m);
+    } else {
+        merge_tile(grid, fx, i, out, m);
     }
-    merge_tile(grid, fx, i, out, m, 1);
     if let Some(reusable) = keep {
         cache.store_hr(i, out, reusable);
     }
@@ -574,7 +575,7 @@ impl Engine {
                     if !incremental {
                         for i in 0..n {
                             if work.reuses_hr(i) {
-                                merge_tile(&work.grid, &mut work.fx, i, work.cache.hr_of(i), m, 1);
+                                merge_tile(&work.grid, &mut work.fx, i, work.cache.hr_of(i), m);
                             }
                         }
                     }
