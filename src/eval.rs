@@ -26,12 +26,18 @@ impl EvalImage {
             .to_rgb8();
         let stride = img.width() as usize;
         let (w, h) = (stride / scale * scale, img.height() as usize / scale * scale);
-        if w < scale || h < scale {
+        // scored with a `scale`-pixel border shaved and an 11x11 SSIM window inside it
+        let least = 2 * scale + 11;
+        if w < least || h < least {
             return Err(Error::Input(format!(
-                "'{}' is smaller than {scale}x{scale}",
-                path.display()
+                "'{}' ({}x{}) is too small to score: at least {least}x{least} (a {scale}-pixel border is shaved)",
+                path.display(),
+                img.width(),
+                img.height()
             )));
         }
+        Engine::check_size(w / scale, h / scale)
+            .map_err(|e| Error::Input(format!("'{}': its x1/{scale} LR version: {e}", path.display())))?;
         let raw = img.into_raw();
         let mut hr = Vec::with_capacity(w * h * 3);
         for y in 0..h {

@@ -157,3 +157,70 @@ fn embedded_default_is_trained_and_sharper_than_bicubic() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs the `classsr` binary; (success, stderr).
+fn classsr(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_classsr")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+}
+
+#[test]
+fn the_command_line_never_loses_a_file_and_names_what_it_skips() {
+    let dir = std::env::temp_dir().join(format!("classsr-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let hr = dir.join("hr");
+    std::fs::create_dir_all(&hr).unwrap();
+    let save = |img: &Rgba, name: &str| {
+        let rgb: Vec<u8> = img.px.iter().flat_map(|p| [p[0], p[1], p[2]]).collect();
+        image::RgbImage::from_raw(img.width as u32, img.height as u32, rgb)
+            .unwrap()
+            .save(hr.join(name))
+            .unwrap();
+    };
+    save(&picture(40, 32, 1), "a.png");
+    save(&picture(40, 32, 2), "a.jpg");
+    save(&picture(17, 17, 3), "tiny.png");
+    let ka = concat!(env!("CARGO_MANIFEST_DIR"), "/models/known-answer");
+    let p = |name: &str| dir.join(name).display().to_string();
+    let input = hr.join("a.png").display().to_string();
+    // The input is never the output.
+    let (ok, err) = classsr(&["upscale", &input, &input, "--model", ka]);
+    assert!(!ok && err.contains("is the input"), "{err}");
+    assert_eq!(image::open(&input).unwrap().width(), 40);
+    // A name without an image format fails before anything is written.
+    let (ok, err) = classsr(&["upscale", &input, &p("out.foo"), "--model", ka]);
+    assert!(!ok && err.contains("end it in .png"), "{err}");
+    assert!(!dir.join("out.foo").exists());
+    // An existing file is replaced only by a whole new one.
+    std::fs::write(dir.join("out.png"), b"keep").unwrap();
+    let (ok, err) = classsr(&["upscale", &input, &p("out.png"), "--model", ka, "--device", "cpu"]);
+    assert!(ok, "{err}");
+    assert_eq!(image::open(dir.join("out.png")).unwrap().width(), 160);
+    // Options of the other command, and values out of range, are refused.
+    let (ok, err) = classsr(&["upscale", &input, &p("o.png"), "--modes", "bicubic"]);
+    assert!(!ok && err.contains("option of `classsr eval`"), "{err}");
+    let (ok, err) = classsr(&["upscale", &input, &p("o.png"), "--tile", "100000"]);
+    assert!(!ok && err.contains("8..=256"), "{err}");
+    let (ok, err) = classsr(&["upscale", &input, &p("o.png"), "--bias", "nan"]);
+    assert!(!ok && err.contains("finite"), "{err}");
+    // eval skips, by name, an image too small to score, and --save keeps two images that
+    // share a stem apart.
+    let sr = p("sr");
+    let (ok, err) = classsr(&[
+        "eval",
+        "--hr",
+        hr.to_str().unwrap(),
+        "--model",
+        ka,
+        "--modes",
+        "bicubic",
+        "--device",
+        "cpu",
+        "--save",
+        &sr,
+    ]);
+    assert!(ok && err.contains("tiny.png") && err.contains("too small"), "{err}");
+    for name in ["a.png_bicubic.ppm", "a.jpg_bicubic.ppm", "a.png_hr.ppm", "a.jpg_hr.ppm"] {
+        assert!(dir.join("sr").join(name).exists(), "{name}");
+    }
+}

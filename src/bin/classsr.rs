@@ -11,10 +11,16 @@ use gstclasssr::manifest::ModelSet;
 use gstclasssr::runtime::{DeviceRequest, SessionConfig};
 
 const USAGE: &str =
-    "usage: classsr eval --hr DIR [--model DIR] [--modes classsr,original,bicubic,branch1,branch2,branch3] \
-[--json] [--save DIR] [--device auto|cpu|cuda] [--tile N] [--overlap N] [--bias B]
-       classsr upscale IN OUT [--model DIR] [--mode classsr|original|bicubic|branch1|branch2|branch3] \
+    "usage: classsr eval --hr DIR [--model DIR] [--modes classsr,original,bicubic,branch1,branch2,branch3,classmap] \
+[--json] [--save DIR] [--device auto|cpu|cuda] [--tile N] [--overlap N] [--max-batch N] [--threads N] [--bias B]
+       classsr upscale IN OUT [--model DIR] [--mode classsr|original|bicubic|branch1|branch2|branch3|classmap] \
 [--device auto|cpu|cuda] [--tile N] [--overlap N] [--max-batch N] [--threads N] [--bias B]";
+
+/// The modes, for error messages.
+const MODES: &str = "classsr, original, bicubic, branch1, branch2, branch3 or classmap";
+/// Tile side and thread count limits (the element's).
+const TILES: std::ops::RangeInclusive<usize> = 8..=256;
+const MAX_THREADS: usize = 64;
 
 struct Args {
     input: String,
@@ -28,7 +34,8 @@ struct Args {
     session: SessionConfig,
 }
 
-fn parse(args: &[String]) -> Result<Args, String> {
+/// The options of `cmd` (upscale or eval); an option of the other command is an error.
+fn parse(cmd: &str, args: &[String]) -> Result<Args, String> {
     let mut pos = Vec::new();
     let mut a = Args {
         input: String::new(),
@@ -47,6 +54,13 @@ fn parse(args: &[String]) -> Result<Args, String> {
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
+        let only = |c: &str| {
+            if cmd == c {
+                Ok(())
+            } else {
+                Err(format!("{arg} is an option of `classsr {c}`, not of `classsr {cmd}`"))
+            }
+        };
         let mut value = |name: &str| it.next().cloned().ok_or_else(|| format!("{name} needs a value"));
         let num = |name: &str, v: String| {
             v.parse::<usize>()
@@ -54,18 +68,29 @@ fn parse(args: &[String]) -> Result<Args, String> {
         };
         match arg.as_str() {
             "--model" => a.model = value("--model")?,
-            "--hr" => a.hr = value("--hr")?,
-            "--save" => a.save = value("--save")?,
-            "--json" => a.json = true,
+            "--hr" => {
+                only("eval")?;
+                a.hr = value("--hr")?
+            }
+            "--save" => {
+                only("eval")?;
+                a.save = value("--save")?
+            }
+            "--json" => {
+                only("eval")?;
+                a.json = true
+            }
             "--modes" => {
+                only("eval")?;
                 a.modes = value("--modes")?
                     .split(',')
-                    .map(|m| Mode::parse(m).ok_or_else(|| format!("unknown mode '{m}'")))
+                    .map(|m| Mode::parse(m).ok_or_else(|| format!("unknown mode '{m}' (modes: {MODES})")))
                     .collect::<Result<_, _>>()?
             }
             "--mode" => {
+                only("upscale")?;
                 let v = value("--mode")?;
-                a.frame.mode = Mode::parse(&v).ok_or_else(|| format!("unknown mode '{v}'"))?;
+                a.frame.mode = Mode::parse(&v).ok_or_else(|| format!("unknown mode '{v}' (modes: {MODES})"))?;
             }
             "--device" => {
                 a.session.device = match value("--device")?.as_str() {
@@ -75,36 +100,78 @@ fn parse(args: &[String]) -> Result<Args, String> {
                     v => return Err(format!("unknown device '{v}' (auto, cpu or cuda)")),
                 }
             }
-            "--tile" => a.frame.tile = num("--tile", value("--tile")?)?,
+            "--tile" => {
+                a.frame.tile = num("--tile", value("--tile")?)?;
+                if !TILES.contains(&a.frame.tile) {
+                    return Err(format!(
+                        "--tile {}: the tile side must be in {}..={} (the models are trained on 32)",
+                        a.frame.tile,
+                        TILES.start(),
+                        TILES.end()
+                    ));
+                }
+            }
             "--overlap" => a.frame.overlap = num("--overlap", value("--overlap")?)?,
             "--max-batch" => a.frame.max_batch = num("--max-batch", value("--max-batch")?)?,
-            "--threads" => a.session.threads = num("--threads", value("--threads")?)?,
+            "--threads" => {
+                a.session.threads = num("--threads", value("--threads")?)?;
+                if a.session.threads > MAX_THREADS {
+                    return Err(format!(
+                        "--threads {}: at most {MAX_THREADS} (0 = one per core)",
+                        a.session.threads
+                    ));
+                }
+            }
             "--bias" => {
                 let v = value("--bias")?;
-                a.frame.bias = v.parse().map_err(|_| format!("--bias: '{v}' is not a number"))?;
+                a.frame.bias = v
+                    .parse::<f32>()
+                    .ok()
+                    .filter(|b| b.is_finite())
+                    .ok_or_else(|| format!("--bias: '{v}' is not a finite number"))?;
             }
             s if s.starts_with("--") => return Err(format!("unknown option '{s}'")),
             s => pos.push(s.to_string()),
         }
     }
-    match pos.as_slice() {
-        [i, o] => {
+    match (cmd, pos.as_slice()) {
+        ("upscale", [i, o]) => {
             a.input = i.clone();
             a.output = o.clone();
             Ok(a)
         }
-        [] if !a.hr.is_empty() => Ok(a),
-        _ => Err("upscale needs an input and an output file; eval needs --hr DIR".into()),
+        ("upscale", _) => Err(format!("upscale needs an input and an output file\n{USAGE}")),
+        (_, []) if !a.hr.is_empty() => Ok(a),
+        (_, []) => Err(format!("eval needs --hr DIR\n{USAGE}")),
+        (_, extra) => Err(format!(
+            "eval takes no file arguments ({extra:?}): point --hr at a folder"
+        )),
     }
 }
 
 /// Writes interleaved RGB as a binary PPM (readable by any tool, numpy included).
-fn write_ppm(path: &std::path::Path, w: usize, h: usize, rgb: &[u8]) {
+fn write_ppm(path: &std::path::Path, w: usize, h: usize, rgb: &[u8]) -> Result<(), String> {
     let mut bytes = format!("P6\n{w} {h}\n255\n").into_bytes();
     bytes.extend_from_slice(rgb);
-    if let Err(e) = std::fs::write(path, bytes) {
-        eprintln!("warning: cannot write '{}': {e}", path.display());
-    }
+    write_whole(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
+/// failed or interrupted write never leaves a torn or emptied file.
+fn write_whole(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        std::io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()
+    });
+    written.and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write '{}': {e}", path.display())
+    })
 }
 
 fn eval(a: &Args) -> Result<String, String> {
@@ -130,16 +197,23 @@ fn eval(a: &Args) -> Result<String, String> {
     if let Some(d) = &save_dir {
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create '{}': {e}", d.display()))?;
     }
+    let stem_of = |name: &str| name.rsplit_once('.').map_or(name.to_string(), |(s, _)| s.to_string());
+    // NAME_MODE.ppm by the name without its extension, or the whole name where two images
+    // share one (a.png and a.jpg)
     let stem = |img: &EvalImage| {
-        img.name
-            .rsplit_once('.')
-            .map_or(img.name.clone(), |(s, _)| s.to_string())
+        let s = stem_of(&img.name);
+        if images.iter().filter(|i| stem_of(&i.name) == s).count() > 1 {
+            img.name.clone()
+        } else {
+            s
+        }
     };
     let mut results = Vec::new();
     for &mode in &a.modes {
+        let mut saved = Ok(());
         let mut save = |img: &EvalImage, rgb: &[u8]| {
-            if let Some(d) = &save_dir {
-                write_ppm(
+            if let (Some(d), Ok(())) = (&save_dir, &saved) {
+                saved = write_ppm(
                     &d.join(format!("{}_{}.ppm", stem(img), mode.name())),
                     img.width,
                     img.height,
@@ -148,10 +222,11 @@ fn eval(a: &Args) -> Result<String, String> {
             }
         };
         results.push(evaluate_with(&mut engine, &images, mode, &a.frame, true, &mut save).map_err(|e| e.to_string())?);
+        saved?;
     }
     if let Some(d) = &save_dir {
         for img in &images {
-            write_ppm(&d.join(format!("{}_hr.ppm", stem(img))), img.width, img.height, &img.hr);
+            write_ppm(&d.join(format!("{}_hr.ppm", stem(img))), img.width, img.height, &img.hr)?;
         }
     }
     let paper_o = manifest.branches[2].paper_flops_per_tile as f64;
@@ -222,6 +297,17 @@ fn eval(a: &Args) -> Result<String, String> {
 }
 
 fn upscale(a: &Args) -> Result<String, String> {
+    let format = image::ImageFormat::from_path(&a.output).map_err(|_| {
+        format!(
+            "cannot tell an image format from the name '{}': end it in .png, .jpg, .bmp, .tif, .webp, ...",
+            a.output
+        )
+    })?;
+    // never write over the input
+    let same = |p: &str| std::fs::canonicalize(p).ok();
+    if same(&a.output).is_some() && same(&a.output) == same(&a.input) {
+        return Err(format!("'{}' is the input: write the result to another file", a.output));
+    }
     let img = image::open(&a.input).map_err(|e| format!("cannot read '{}': {e}", a.input))?;
     let has_alpha = img.color().has_alpha();
     let (w, h) = (img.width() as usize, img.height() as usize);
@@ -258,14 +344,21 @@ fn upscale(a: &Args) -> Result<String, String> {
         .process(&a.frame, &input, &mut output)
         .map_err(|e| e.to_string())?;
     let (ow, oh) = ((w * s) as u32, (h * s) as u32);
-    let saved = if has_alpha {
-        image::RgbaImage::from_raw(ow, oh, out).map(|i| i.save(&a.output))
+    let mut result = if has_alpha {
+        image::DynamicImage::ImageRgba8(image::RgbaImage::from_raw(ow, oh, out).expect("buffer size matches"))
     } else {
-        image::RgbImage::from_raw(ow, oh, out).map(|i| i.save(&a.output))
+        image::DynamicImage::ImageRgb8(image::RgbImage::from_raw(ow, oh, out).expect("buffer size matches"))
     };
-    saved
-        .expect("buffer size matches")
-        .map_err(|e| format!("cannot write '{}': {e}", a.output))?;
+    if has_alpha && format == image::ImageFormat::Jpeg {
+        eprintln!("note: JPEG has no alpha channel: '{}' is written without it", a.output);
+        result = image::DynamicImage::ImageRgb8(result.to_rgb8());
+    }
+    // encoded in memory first: a format that cannot take the image fails before any file
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    result
+        .write_to(&mut bytes, format)
+        .map_err(|e| format!("cannot write '{}' as {format:?}: {e}", a.output))?;
+    write_whole(std::path::Path::new(&a.output), bytes.get_ref())?;
     let total: usize = stats.tiles.iter().sum();
     Ok(format!(
         "{} ({w}x{h}) -> {} ({ow}x{oh}) mode={} on {device}: tiles per branch {:?} of {total}, {:.1}% of original MACs, {:.2} s",
@@ -281,8 +374,12 @@ fn upscale(a: &Args) -> Result<String, String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("upscale") => parse(&args[1..]).and_then(|a| upscale(&a)),
-        Some("eval") => parse(&args[1..]).and_then(|a| eval(&a)),
+        Some("upscale" | "eval") if args[1..].iter().any(|a| a == "-h" || a == "--help") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some("upscale") => parse("upscale", &args[1..]).and_then(|a| upscale(&a)),
+        Some("eval") => parse("eval", &args[1..]).and_then(|a| eval(&a)),
         Some("-h") | Some("--help") | None => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -453,7 +453,7 @@ impl Engine {
         if width > MAX_SIDE || height > MAX_SIDE || width * height > MAX_PIXELS {
             return Err(Error::Input(format!(
                 "frame size {width}x{height} is too large: at most {MAX_SIDE} per side and {MAX_PIXELS} pixels \
-                 (3840x2160); scale the input down first (e.g. videoscale)"
+                 (3840x2160); scale the input down first (in a pipeline: videoscale)"
             )));
         }
         Ok(())
