@@ -3,23 +3,34 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
 
-#[test]
-fn eval_psnr_matches_an_independent_computation() {
-    let dir = std::env::temp_dir().join(format!("classsr-eval-{}", std::process::id()));
+/// A fresh scratch folder `name` with an empty `hr` folder in it: (folder, hr).
+fn scratch(name: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("classsr-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let hr = dir.join("hr");
     std::fs::create_dir_all(&hr).unwrap();
+    (dir, hr)
+}
+
+/// Saves `img` as RGB in the format its file name says.
+fn save_rgb(img: &Rgba, path: &Path) {
+    let rgb: Vec<u8> = img.px.iter().flat_map(|p| [p[0], p[1], p[2]]).collect();
+    image::RgbImage::from_raw(img.width as u32, img.height as u32, rgb)
+        .unwrap()
+        .save(path)
+        .unwrap();
+}
+
+#[test]
+fn eval_psnr_matches_an_independent_computation() {
+    let (dir, hr) = scratch("eval");
     for (i, (w, h)) in [(130usize, 98usize), (97, 61)].into_iter().enumerate() {
-        let img = picture(w, h, i as u64 + 3);
-        let rgb: Vec<u8> = img.px.iter().flat_map(|p| [p[0], p[1], p[2]]).collect();
-        image::RgbImage::from_raw(w as u32, h as u32, rgb)
-            .unwrap()
-            .save(hr.join(format!("img{i}.png")))
-            .unwrap();
+        save_rgb(&picture(w, h, i as u64 + 3), &hr.join(format!("img{i}.png")));
     }
     let save = dir.join("sr");
     let out = Command::new(env!("CARGO_BIN_EXE_classsr"))
@@ -166,20 +177,10 @@ fn classsr(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn the_command_line_never_loses_a_file_and_names_what_it_skips() {
-    let dir = std::env::temp_dir().join(format!("classsr-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let hr = dir.join("hr");
-    std::fs::create_dir_all(&hr).unwrap();
-    let save = |img: &Rgba, name: &str| {
-        let rgb: Vec<u8> = img.px.iter().flat_map(|p| [p[0], p[1], p[2]]).collect();
-        image::RgbImage::from_raw(img.width as u32, img.height as u32, rgb)
-            .unwrap()
-            .save(hr.join(name))
-            .unwrap();
-    };
-    save(&picture(40, 32, 1), "a.png");
-    save(&picture(40, 32, 2), "a.jpg");
-    save(&picture(17, 17, 3), "tiny.png");
+    let (dir, hr) = scratch("cli");
+    save_rgb(&picture(40, 32, 1), &hr.join("a.png"));
+    save_rgb(&picture(40, 32, 2), &hr.join("a.jpg"));
+    save_rgb(&picture(17, 17, 3), &hr.join("tiny.png"));
     let ka = concat!(env!("CARGO_MANIFEST_DIR"), "/models/known-answer");
     let p = |name: &str| dir.join(name).display().to_string();
     let input = hr.join("a.png").display().to_string();

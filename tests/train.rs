@@ -173,6 +173,18 @@ fn make_images(dir: &Path, n: usize, size: u32, seed: u64) {
     std::fs::write(dir.join("corrupt.jpg"), b"\xff\xd8 truncated").unwrap();
 }
 
+/// `--data DATA --val VAL --out OUT`.
+fn io_args<'a>(data: &'a Path, val: &'a Path, out: &'a str) -> [&'a str; 6] {
+    [
+        "--data",
+        data.to_str().unwrap(),
+        "--val",
+        val.to_str().unwrap(),
+        "--out",
+        out,
+    ]
+}
+
 fn train_cmd(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_classsr-train"))
         .args(args)
@@ -196,25 +208,13 @@ fn short_run_learns_uses_all_classes_exports_and_protects_the_model() {
     make_images(&root.join("val"), 1, 128, 9);
     let out = root.join("model");
     let (data, val, out_s) = (root.join("train"), root.join("val"), out.display().to_string());
-    let common = [
-        "--data",
-        data.to_str().unwrap(),
-        "--val",
-        val.to_str().unwrap(),
-        "--out",
-        &out_s,
-        "--iters",
-        "120",
-        "--batch",
-        "4",
-        "--aug",
-        "1.0",
-        "--seed",
-        "3",
+    let mut common = io_args(&data, &val, &out_s).to_vec();
+    common.extend([
+        "--iters", "120", "--batch", "4", "--aug", "1.0", "--seed", "3",
         // the paper's FSRCNN from random weights, so the L1 has far to fall in a short run (the
         // default bicubic skip starts at bicubic's L1; its graphs are checked above)
         "--plain",
-    ];
+    ]);
     let mut args = vec!["all"];
     args.extend_from_slice(&common);
     let r = train_cmd(&args);
@@ -471,15 +471,8 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
     let out = format!("{}/", root.join("model").display());
     let (data, small, val) = (root.join("train"), root.join("small"), root.join("val"));
     let run = |cmd: &str, data: &Path, extra: &[&str]| {
-        let mut args = vec![
-            cmd,
-            "--data",
-            data.to_str().unwrap(),
-            "--val",
-            val.to_str().unwrap(),
-            "--out",
-            &out,
-        ];
+        let mut args = vec![cmd];
+        args.extend(io_args(data, &val, &out));
         args.extend_from_slice(&["--iters", "2", "--iters-original", "2", "--batch", "2", "--aug", "1.0"]);
         args.extend_from_slice(extra);
         let r = train_cmd(&args);
