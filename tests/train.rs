@@ -375,6 +375,15 @@ fn killed_training_resumes_where_it_stopped() {
     for step in ["original", "branch1", "branch2", "branch3"] {
         assert!(work.join(format!("{step}.done.ckpt")).exists(), "{step} finished");
     }
+    // The log has each iteration once: the rows after the checkpoint, run again, were
+    // replaced, not repeated.
+    let iters: Vec<usize> = csv_rows(&work.join("training.csv"))
+        .iter()
+        .filter(|r| r[0] == "original")
+        .map(|r| r[1].parse().unwrap())
+        .collect();
+    assert!(iters.windows(2).all(|w| w[0] < w[1]), "{iters:?}");
+    assert_eq!(iters.last(), Some(&150));
 }
 
 #[test]
@@ -473,7 +482,10 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
     let run = |cmd: &str, data: &Path, extra: &[&str]| {
         let mut args = vec![cmd];
         args.extend(io_args(data, &val, &out));
-        args.extend_from_slice(&["--iters", "2", "--iters-original", "2", "--batch", "2", "--aug", "1.0"]);
+        args.extend_from_slice(&["--iters", "2", "--batch", "2", "--aug", "1.0"]);
+        if matches!(cmd, "stage1" | "all") {
+            args.extend_from_slice(&["--iters-original", "2"]);
+        }
         args.extend_from_slice(extra);
         let r = train_cmd(&args);
         (r.status.success(), String::from_utf8_lossy(&r.stderr).to_string())
@@ -484,9 +496,12 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
         !ok && log.contains("leaves class") && log.contains("--global-split"),
         "{log}"
     );
-    // A bad scale factor is refused before anything runs.
+    // A bad scale factor, or an option the subcommand does not use, is refused before
+    // anything runs.
     let (ok, log) = run("prepare", &data, &["--aug", "0"]);
     assert!(!ok && log.contains("--aug: '0'"), "{log}");
+    let (ok, log) = run("stage2", &data, &["--macs-budget", "50"]);
+    assert!(!ok && log.contains("--macs-budget is used by export and all"), "{log}");
     // Each stage on its own, no --resume needed for the next one.
     for stage in ["stage1", "stage2", "stage3"] {
         let (ok, log) = run(stage, &data, &[]);

@@ -43,6 +43,17 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
             s.parse::<usize>()
                 .map_err(|_| format!("{n}: '{s}' is not a whole number"))
         };
+        // options that only some subcommands use are refused by the others
+        let used_by: &[&str] = match a.as_str() {
+            "--init-from" | "--random-init" | "--finetune-lr" | "--global-split" | "--iters-original" => {
+                &["stage1", "all"]
+            }
+            "--macs-budget" => &["export", "all"],
+            _ => &[],
+        };
+        if !used_by.is_empty() && !used_by.contains(&cmd.as_str()) {
+            return Err(format!("{a} is used by {}, not by {cmd}", used_by.join(" and ")));
+        }
         match a.as_str() {
             "--data" => data = Some(PathBuf::from(v("--data")?)),
             "--val" => val = Some(PathBuf::from(v("--val")?)),

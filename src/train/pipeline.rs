@@ -466,6 +466,8 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut st = match self.load(step, archs, trainable, false)? {
             Some(st) => {
                 eprintln!("{step}: resuming at iteration {}/{iters}", st.iter);
+                // the iterations after the checkpoint are run again: their rows go
+                self.log.drop_rows_after(step, st.iter)?;
                 st
             }
             None => {
@@ -649,6 +651,14 @@ impl<B: AutodiffBackend> Trainer<B> {
         let device = self.device.clone();
         let o_arch = archs[2];
         let all = self.all_ids()?;
+        if let Some(dir) = &self.opts.init_from {
+            if self.ckpt("original", true).exists() || self.ckpt("original", false).exists() {
+                eprintln!(
+                    "original: --init-from {} is not used: the work folder's -O model is continued (stage1 --force starts over from it)",
+                    dir.display()
+                );
+            }
+        }
         let original = self.run_step(
             "original",
             &[o_arch],

@@ -38,11 +38,26 @@ impl TrainLog {
 
     /// Removes the rows of `steps` (redone from scratch), keeping the others'.
     pub fn drop_steps(&self, steps: &[&str]) -> Result<(), String> {
+        self.keep_rows(|step, _| !steps.contains(&step))
+    }
+
+    /// Removes the rows of `step` after iteration `iter` (a run resumed from a checkpoint
+    /// made at `iter` runs them again).
+    pub fn drop_rows_after(&self, step: &str, iter: usize) -> Result<(), String> {
+        self.keep_rows(|s, i| s != step || i.is_none_or(|i| i <= iter))
+    }
+
+    /// Keeps the rows for which `keep(step, iteration)` holds.
+    fn keep_rows(&self, keep: impl Fn(&str, Option<usize>) -> bool) -> Result<(), String> {
         let text = std::fs::read_to_string(&self.path).unwrap_or_default();
         let kept: String = text
             .lines()
             .skip(1)
-            .filter(|l| !steps.contains(&l.split(',').next().unwrap_or("")))
+            .filter(|l| {
+                let mut f = l.split(',');
+                let step = f.next().unwrap_or("");
+                keep(step, f.next().and_then(|i| i.parse().ok()))
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         std::fs::write(&self.path, format!("{HEADER}\n{kept}"))
