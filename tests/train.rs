@@ -516,8 +516,18 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
     // A checkpoint made with other options is refused, not exported as nonsense.
     let (ok, log) = run("export", &data, &["--plain"]);
     assert!(!ok && log.contains("but this run builds"), "{log}");
-    let (ok, log) = run("export", &data, &[]);
+    let (ok, log) = run("export", &data, &["--iters", "7"]);
     assert!(ok, "{log}");
+    // the manifest says how many iterations each step ran, not what export was told
+    let m = gstclasssr::manifest::ModelSet::load_dir(&root.join("model"))
+        .unwrap()
+        .manifest;
+    let its = &m.provenance.details["iterations"];
+    assert_eq!(
+        (its["original"].as_u64(), its["classifier"].as_u64()),
+        (Some(2), Some(1)),
+        "{its}"
+    );
     // stage2 read the split of the data it was made from: other data is refused clearly.
     let (ok, log) = run("stage2", &small, &["--force"]);
     assert!(!ok && log.contains("made from other training data"), "{log}");

@@ -36,6 +36,22 @@ pub fn save(path: &Path, meta: &serde_json::Value, tensors: &Weights) -> Result<
     write().map_err(|e| format!("cannot write checkpoint '{}': {e}", path.display()))
 }
 
+/// The metadata of a checkpoint, without reading its tensors.
+pub fn meta(path: &Path) -> Result<serde_json::Value, String> {
+    let err = |e: String| format!("checkpoint '{}' is unreadable: {e}", path.display());
+    let mut f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut head = [0u8; 16];
+    f.read_exact(&mut head).map_err(|e| err(e.to_string()))?;
+    if &head[..8] != MAGIC {
+        return Err(err("not a classsr-train checkpoint".into()));
+    }
+    let hlen = u64::from_le_bytes(head[8..16].try_into().unwrap()) as usize;
+    let mut header = vec![0u8; hlen];
+    f.read_exact(&mut header).map_err(|e| err(e.to_string()))?;
+    let header: serde_json::Value = serde_json::from_slice(&header).map_err(|e| err(e.to_string()))?;
+    Ok(header["meta"].clone())
+}
+
 pub fn load(path: &Path) -> Result<(serde_json::Value, Weights), String> {
     let err = |e: String| format!("checkpoint '{}' is unreadable: {e}", path.display());
     let mut f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;

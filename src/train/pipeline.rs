@@ -1045,10 +1045,17 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
         };
         let bytes = |net: &Net<B>| build_bytes(&net.arch, &net.to_weights());
+        // as run (the stages may have run with other --iters than this command's)
+        let run_of = |step: &str| {
+            checkpoint::meta(&self.ckpt(step, true))
+                .ok()
+                .and_then(|m| m["iter"].as_u64())
+                .unwrap_or(0)
+        };
         let iterations = serde_json::json!({
-            "original": self.opts.original_iters(), "branch": self.opts.iters,
-            "warmup": self.opts.iters, "classifier": (self.opts.iters / 2).max(1),
-            "joint": if from == "joint" { (self.opts.iters / 4).max(1) } else { 0 },
+            "original": run_of("original"), "branch": run_of("branch1"),
+            "warmup": run_of("warmup"), "classifier": run_of("classifier"),
+            "joint": if from == "joint" { run_of("joint") } else { 0 },
         });
         let mut set = ModelSet {
             manifest: Manifest {
