@@ -26,11 +26,12 @@ impl EvalImage {
             .to_rgb8();
         let stride = img.width() as usize;
         let (w, h) = (stride / scale * scale, img.height() as usize / scale * scale);
-        // scored with a `scale`-pixel border shaved and an 11x11 SSIM window inside it
-        let least = 2 * scale + 11;
+        // scored with a `scale`-pixel border shaved and an 11x11 SSIM window inside it, after
+        // the crop to a multiple of `scale`
+        let least = (2 * scale + 11).div_ceil(scale) * scale;
         if w < least || h < least {
             return Err(Error::Input(format!(
-                "'{}' ({}x{}) is too small to score: at least {least}x{least} (a {scale}-pixel border is shaved)",
+                "'{}' ({}x{}) is too small to score: at least {least}x{least} (cropped to a multiple of {scale}, a {scale}-pixel border shaved)",
                 path.display(),
                 img.width(),
                 img.height()

@@ -190,7 +190,7 @@ fn the_command_line_never_loses_a_file_and_names_what_it_skips() {
     assert_eq!(image::open(&input).unwrap().width(), 40);
     // A name without an image format fails before anything is written.
     let (ok, err) = classsr(&["upscale", &input, &p("out.foo"), "--model", ka]);
-    assert!(!ok && err.contains("end it in .png"), "{err}");
+    assert!(!ok && err.contains("end its name in .png or .jpg"), "{err}");
     assert!(!dir.join("out.foo").exists());
     // An existing file is replaced only by a whole new one.
     std::fs::write(dir.join("out.png"), b"keep").unwrap();

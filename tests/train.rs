@@ -528,9 +528,16 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
         (Some(2), Some(1)),
         "{its}"
     );
-    // stage2 read the split of the data it was made from: other data is refused clearly.
+    // stage2 reads the split of the data it was made from: other data is refused clearly,
+    // before --force removes anything; the same folder spelt otherwise is the same data.
     let (ok, log) = run("stage2", &small, &["--force"]);
     assert!(!ok && log.contains("made from other training data"), "{log}");
+    assert!(work.join("classifier.done.ckpt").exists());
+    let (ok, log) = run("stage3", &data.join("."), &["--force"]);
+    assert!(ok, "{log}");
+    // stage1 does not put a new split under branches trained on the old one.
+    let (ok, log) = run("stage1", &small, &["--resume"]);
+    assert!(!ok && log.contains("were trained on it"), "{log}");
     // `all` over an existing model is refused before any training.
     let (ok, log) = run("all", &data, &[]);
     assert!(

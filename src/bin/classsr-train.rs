@@ -149,6 +149,7 @@ fn run<B: burn::tensor::backend::AutodiffBackend>(cmd: &str, opts: Options, devi
         ));
     }
     let mut t = Trainer::<B>::new(opts, device)?;
+    t.check_inputs(cmd)?;
     t.check_work(Trainer::<B>::steps_of(cmd))?;
     let result = (|| {
         match cmd {

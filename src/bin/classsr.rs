@@ -159,6 +159,9 @@ fn write_ppm(path: &std::path::Path, w: usize, h: usize, rgb: &[u8]) -> Result<(
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
 /// failed or interrupted write never leaves a torn or emptied file.
 fn write_whole(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    // through a symbolic link to the file it names
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let path = target.as_path();
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -297,12 +300,10 @@ fn eval(a: &Args) -> Result<String, String> {
 }
 
 fn upscale(a: &Args) -> Result<String, String> {
-    let format = image::ImageFormat::from_path(&a.output).map_err(|_| {
-        format!(
-            "cannot tell an image format from the name '{}': end it in .png, .jpg, .bmp, .tif, .webp, ...",
-            a.output
-        )
-    })?;
+    let format = image::ImageFormat::from_path(&a.output)
+        .ok()
+        .filter(|f| f.writing_enabled())
+        .ok_or_else(|| format!("cannot write '{}': end its name in .png or .jpg", a.output))?;
     // never write over the input
     let same = |p: &str| std::fs::canonicalize(p).ok();
     if same(&a.output).is_some() && same(&a.output) == same(&a.input) {

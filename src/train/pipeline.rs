@@ -261,6 +261,34 @@ impl<B: AutodiffBackend> Trainer<B> {
         })
     }
 
+    /// What a stage starts from must be there and fit this run before the stage changes the
+    /// work folder (with --force it removes its own steps first): stage2 needs the class
+    /// split of this data and the branches, stage3 the classifier stage.
+    pub fn check_inputs(&mut self, cmd: &str) -> Result<(), String> {
+        let needs: &[&str] = match cmd {
+            "stage2" => &["branch1", "branch2", "branch3"],
+            "stage3" => &["classifier"],
+            _ => return Ok(()),
+        };
+        for step in needs {
+            if !self.ckpt(step, true).exists() {
+                return Err(format!(
+                    "step '{step}' has not finished yet; run the stage that makes it first"
+                ));
+            }
+        }
+        self.load_split().map(|_| ())
+    }
+
+    /// Those of `steps` with a checkpoint in the work folder (finished or not).
+    fn with_checkpoints<'a>(&self, steps: &[&'a str]) -> Vec<&'a str> {
+        steps
+            .iter()
+            .copied()
+            .filter(|s| self.ckpt(s, false).exists() || self.ckpt(s, true).exists())
+            .collect()
+    }
+
     /// The steps a command runs: `prepare`, `stage1`, `stage2`, `stage3`, `all` (others none).
     pub fn steps_of(cmd: &str) -> &'static [&'static str] {
         match cmd {
@@ -294,11 +322,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             return Ok(());
         }
         if !self.opts.resume {
-            let earlier: Vec<&str> = steps
-                .iter()
-                .copied()
-                .filter(|s| self.ckpt(s, false).exists() || self.ckpt(s, true).exists())
-                .collect();
+            let earlier = self.with_checkpoints(steps);
             if !earlier.is_empty() {
                 return Err(format!(
                     "the work folder '{}' holds an earlier run of these steps ({earlier:?}); pass --resume to continue it or --force to redo them (and the later steps)",
@@ -371,6 +395,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let meta = serde_json::json!({
             "step": step,
             "iter": st.iter,
+            "options": self.run_options(),
             "rng": st.rng.state.to_string(),
             "adam_steps": st.adams.iter().map(|a| a.step).collect::<Vec<_>>(),
             "archs": st.nets.iter().map(|n| n.arch.describe()).collect::<Vec<_>>(),
@@ -471,6 +496,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 st
             }
             None => {
+                // started over: rows of an earlier, uncheckpointed attempt go
+                self.log.drop_steps(&[step])?;
                 let nets: Vec<Net<B>> = init(self)?
                     .into_iter()
                     .zip(trainable)
@@ -747,14 +774,23 @@ impl<B: AutodiffBackend> Trainer<B> {
         let scope = if self.opts.global_split { "global" } else { "per-image" };
         let n = self.train.as_ref().unwrap().subs.len();
         if path.exists() {
-            match self.read_split() {
+            let why = match self.read_split() {
                 Ok((classes, stored)) if stored == scope => return Ok(classes),
-                Ok((_, stored)) => eprintln!(
-                    "split: {} was made with the {stored} split, this run asks for {scope}: recomputing",
+                Ok((_, stored)) => format!(
+                    "{} was made with the {stored} split, this run asks for {scope}",
                     path.display()
                 ),
-                Err(e) => eprintln!("split: {e}: recomputing"),
+                Err(e) => e,
+            };
+            // the steps after the split were trained on it: a new split would mix in
+            let made = self.with_checkpoints(&STEPS[2..]);
+            if !made.is_empty() {
+                return Err(format!(
+                    "{why}, and the work folder's {made:?} were trained on it: run with the data and options \
+                     that made it, or stage1 --force to redo the stages"
+                ));
             }
+            eprintln!("split: {why}: recomputing");
         }
         let net = original.inner();
         let mut psnr = Vec::with_capacity(n);
@@ -944,6 +980,19 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(())
     }
 
+    /// How this run makes its nets, recorded in its checkpoints for the manifest.
+    fn run_options(&self) -> serde_json::Value {
+        serde_json::json!({
+            "original_init": self.opts.init_from.as_ref().map(|d| d.display().to_string()),
+            "branch_init": if self.opts.prune { "pruned from -O" } else { "random" },
+            "class_split": if self.opts.global_split { "global" } else { "per-image" },
+            "finetune_lr": self.opts.finetune_lr,
+            "batch": self.opts.batch,
+            "seed": self.opts.seed,
+            "scale_augmentation": self.opts.aug,
+        })
+    }
+
     /// The stored split, for the data of this run (loaded if needed).
     fn load_split(&mut self) -> Result<Vec<u8>, String> {
         self.datasets()?;
@@ -956,8 +1005,10 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// sub-image count.
     fn data_key(&self) -> serde_json::Value {
         let t = self.train.as_ref().expect("data loaded");
+        // names within --data, so that `train`, `./train` and its absolute path agree
+        let name = |p: &PathBuf| p.strip_prefix(&self.opts.data).unwrap_or(p).display().to_string();
         serde_json::json!({
-            "images": t.images.iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "images": t.images.iter().map(name).collect::<Vec<_>>(),
             "aug": self.opts.aug,
             "sub_images": t.subs.len(),
         })
@@ -976,7 +1027,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let other_data = !v["data"].is_null() && v["data"] != self.data_key();
         if classes.len() != n || other_data {
             return Err(format!(
-                "{} was made from other training data ({} sub-images, this run has {n})",
+                "{} was made from other training data ({} sub-images, this run has {n}; or other images or --aug)",
                 path.display(),
                 classes.len()
             ));
@@ -1052,6 +1103,14 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .and_then(|m| m["iter"].as_u64())
                 .unwrap_or(0)
         };
+        // how the nets were made, as their stages recorded it (older checkpoints: this command's)
+        let recorded = |step: &str, key: &str| {
+            checkpoint::meta(&self.ckpt(step, true))
+                .ok()
+                .map(|m| m["options"][key].clone())
+                .filter(|v| !v.is_null())
+                .unwrap_or_else(|| self.run_options()[key].clone())
+        };
         let iterations = serde_json::json!({
             "original": run_of("original"), "branch": run_of("branch1"),
             "warmup": run_of("warmup"), "classifier": run_of("classifier"),
@@ -1083,18 +1142,18 @@ impl<B: AutodiffBackend> Trainer<B> {
                         "val_images": list_count(&self.opts.val),
                         "iterations": iterations,
                         "final_stage": from,
-                        "batch": self.opts.batch,
-                        "seed": self.opts.seed,
-                        "scale_augmentation": self.opts.aug,
+                        "batch": recorded("branch1", "batch"),
+                        "seed": recorded("original", "seed"),
+                        "scale_augmentation": recorded("original", "scale_augmentation"),
                         "device": self.opts.device_name,
                         "date": today(),
                         "loss_weights": [WEIGHTS.0, WEIGHTS.1, WEIGHTS.2],
                         "classifier_width": self.opts.classifier_width,
-                        "original_init": self.opts.init_from.as_ref().map(|d| d.display().to_string()),
-                        "branch_init": if self.opts.prune { "pruned from -O" } else { "random" },
-                        "class_split": if self.opts.global_split { "global" } else { "per-image" },
+                        "original_init": recorded("original", "original_init"),
+                        "branch_init": recorded("branch1", "branch_init"),
+                        "class_split": recorded("branch1", "class_split"),
                         "macs_budget_percent": self.opts.macs_budget,
-                        "finetune_lr": self.opts.finetune_lr,
+                        "finetune_lr": recorded("branch1", "finetune_lr"),
                         "routing_offset": offset,
                     })
                     .as_object()
