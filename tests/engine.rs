@@ -29,6 +29,14 @@ fn from_rgb(data: &[u8], w: usize, h: usize) -> Rgba {
 }
 
 fn run_engine(engine: &mut Engine, img: &Rgba, cfg: &FrameConfig) -> (Rgba, gstclasssr::engine::FrameStats) {
+    try_engine(engine, img, cfg).unwrap()
+}
+
+fn try_engine(
+    engine: &mut Engine,
+    img: &Rgba,
+    cfg: &FrameConfig,
+) -> Result<(Rgba, gstclasssr::engine::FrameStats), gstclasssr::Error> {
     let data = rgb_bytes(img);
     let s = engine.scale();
     let mut out = vec![0u8; img.width * img.height * s * s * 3];
@@ -46,8 +54,8 @@ fn run_engine(engine: &mut Engine, img: &Rgba, cfg: &FrameConfig) -> (Rgba, gstc
         stride: img.width * s * 3,
         layout: PixelLayout::Rgb,
     };
-    let stats = engine.process(cfg, &input, &mut output).unwrap();
-    (from_rgb(&out, img.width * s, img.height * s), stats)
+    let stats = engine.process(cfg, &input, &mut output)?;
+    Ok((from_rgb(&out, img.width * s, img.height * s), stats))
 }
 
 /// One branch run on the whole frame in a single call (no tiling), as u8.
@@ -683,4 +691,64 @@ fn engine_frames_are_the_same_with_hr_or_phase_outputs() {
             assert!(st.tiles[0] > 0, "QoS bicubic tiles: {st:?}");
         }
     }
+}
+
+/// A branch that upscales one tile (by repeating it) but fails at run time on more than one:
+/// it passes the load-time dry run on one tile and fails half-way through a frame.
+fn fails_above_one_tile() -> Vec<u8> {
+    use gstclasssr::onnx::{to_bytes, Dim, GraphBuilder};
+    let mut g = GraphBuilder::new("test: fails above one tile");
+    let x = g.input(
+        "lr",
+        &[Dim::Symbolic("n"), Dim::Fixed(3), Dim::Fixed(32), Dim::Fixed(32)],
+    );
+    let reps = g.int64s("reps", &[1, 1, 4, 4]);
+    let y = g.op("Tile", &[&x, &reps], &[]);
+    let one = g.int64s("one", &[1, 3, 128, 128]);
+    let y = g.op("Reshape", &[&y, &one], &[]);
+    g.output(
+        "sr",
+        &y,
+        &[Dim::Symbolic("n"), Dim::Fixed(3), Dim::Fixed(128), Dim::Fixed(128)],
+    );
+    to_bytes(&g.finish("test", &[]))
+}
+
+#[test]
+fn a_frame_that_fails_half_way_leaves_no_stale_tiles() {
+    // the known-answer set with branch2 (the mild tiles') failing on a call of two or more
+    let mut set = gstclasssr::known_answer::model_set();
+    set.branches[1] = fails_above_one_tile();
+    let cfg = FrameConfig {
+        cache: CacheMode::Full,
+        cache_threshold: 0.0,
+        cache_refresh: 0,
+        ..Default::default()
+    };
+    let (w, h) = (320, 64);
+    // flat (branch1) but for strong noise (branch3) on the right fifth, with `mild` a strip
+    // before it mildly noisy (branch2); `seed` the noise. Few tiles change from frame to
+    // frame, so only they are repacked over the kept output.
+    let frame = |mild: bool, seed: u64| {
+        let mut rng = Rng(seed);
+        let noise: Vec<u8> = (0..w * h).map(|_| rng.below(200) as u8).collect();
+        Rgba::new(w, h, |x, y| {
+            let n = noise[y * w + x];
+            match x {
+                192..256 if mild => [100 + n % 28, 100 + n % 28, 100, 255],
+                0..256 => [90, 100, 110, 255],
+                _ => [n, 255 - n, n / 2, 255],
+            }
+        })
+    };
+    let mut engine = Engine::new(Model::load(&set, &CPU).unwrap());
+    try_engine(&mut engine, &frame(false, 1), &cfg).expect("no branch2 tiles: the frame is made");
+    // new noise on the right (merged by the branch3 worker) and branch2 failing
+    let err = try_engine(&mut engine, &frame(true, 2), &cfg).unwrap_err();
+    assert!(err.to_string().contains("branch2"), "{err}");
+    // the same right half, no mild tiles: as a fresh engine makes it
+    let (got, _) = run_engine(&mut engine, &frame(false, 2), &cfg);
+    let mut fresh = Engine::new(Model::load(&set, &CPU).unwrap());
+    let (want, _) = run_engine(&mut fresh, &frame(false, 2), &cfg);
+    assert_eq!(max_diff(&got, &want, false), 0);
 }
