@@ -4,6 +4,7 @@
 pub mod classsr;
 pub mod engine;
 pub mod eval;
+pub mod files;
 pub mod known_answer;
 pub mod manifest;
 pub mod onnx;

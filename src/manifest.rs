@@ -2,7 +2,7 @@
 // plus classifier.onnx and branch1..3.onnx. Shared by the runtime (loading) and the trainer
 // (export). Also holds the embedded default model set.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -190,15 +190,9 @@ impl ModelSet {
                 .map_err(|e| Error::Model(format!("cannot replace '{}': {e}", manifest.display())))?;
         }
         let write = |name: &str, bytes: &[u8]| -> Result<(), Error> {
-            // Write to a temporary name, sync and rename, so no file is ever torn.
-            let tmp: PathBuf = dir.join(format!(".{name}.tmp"));
-            let written = std::fs::File::create(&tmp).and_then(|mut f| {
-                std::io::Write::write_all(&mut f, bytes)?;
-                f.sync_all()
-            });
-            written
-                .and_then(|_| std::fs::rename(&tmp, dir.join(name)))
-                .map_err(|e| Error::Model(format!("cannot write '{}': {e}", dir.join(name).display())))
+            let path = dir.join(name);
+            crate::files::write_bytes_atomically(&path, bytes)
+                .map_err(|e| Error::Model(format!("cannot write '{}': {e}", path.display())))
         };
         write(&self.manifest.classifier.file, &self.classifier)?;
         for (info, bytes) in self.manifest.branches.iter().zip(&self.branches) {

@@ -7,6 +7,7 @@
 use std::process::ExitCode;
 
 use gstclasssr::engine::{Engine, FrameConfig, Image, ImageMut, Mode, Model, PixelLayout};
+use gstclasssr::files::write_bytes_atomically;
 use gstclasssr::manifest::ModelSet;
 use gstclasssr::runtime::{DeviceRequest, SessionConfig};
 
@@ -153,28 +154,7 @@ fn parse(cmd: &str, args: &[String]) -> Result<Args, String> {
 fn write_ppm(path: &std::path::Path, w: usize, h: usize, rgb: &[u8]) -> Result<(), String> {
     let mut bytes = format!("P6\n{w} {h}\n255\n").into_bytes();
     bytes.extend_from_slice(rgb);
-    write_whole(path, &bytes)
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// failed or interrupted write never leaves a torn or emptied file.
-fn write_whole(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
-    // through a symbolic link to the file it names
-    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let path = target.as_path();
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp"));
-    let written = std::fs::File::create(&tmp).and_then(|mut f| {
-        std::io::Write::write_all(&mut f, bytes)?;
-        f.sync_all()
-    });
-    written.and_then(|_| std::fs::rename(&tmp, path)).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot write '{}': {e}", path.display())
-    })
+    write_bytes_atomically(path, &bytes).map_err(|e| format!("cannot write '{}': {e}", path.display()))
 }
 
 fn eval(a: &Args) -> Result<String, String> {
@@ -359,7 +339,8 @@ fn upscale(a: &Args) -> Result<String, String> {
     result
         .write_to(&mut bytes, format)
         .map_err(|e| format!("cannot write '{}' as {format:?}: {e}", a.output))?;
-    write_whole(std::path::Path::new(&a.output), bytes.get_ref())?;
+    write_bytes_atomically(std::path::Path::new(&a.output), bytes.get_ref())
+        .map_err(|e| format!("cannot write '{}': {e}", a.output))?;
     let total: usize = stats.tiles.iter().sum();
     Ok(format!(
         "{} ({w}x{h}) -> {} ({ow}x{oh}) mode={} on {device}: tiles per branch {:?} of {total}, {:.1}% of original MACs, {:.2} s",

@@ -19,9 +19,7 @@ pub fn save(path: &Path, meta: &serde_json::Value, tensors: &Weights) -> Result<
         offset += t.data.len();
     }
     let header = serde_json::to_vec(&serde_json::json!({ "meta": meta, "tensors": index })).expect("json");
-    let tmp = path.with_extension("tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+    crate::files::write_atomically(path, |f| {
         f.write_all(MAGIC)?;
         f.write_all(&(header.len() as u64).to_le_bytes())?;
         f.write_all(&header)?;
@@ -30,41 +28,42 @@ pub fn save(path: &Path, meta: &serde_json::Value, tensors: &Weights) -> Result<
                 f.write_all(&v.to_le_bytes())?;
             }
         }
-        f.into_inner()?.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| format!("cannot write checkpoint '{}': {e}", path.display()))
+        Ok(())
+    })
+    .map_err(|e| format!("cannot write checkpoint '{}': {e}", path.display()))
+}
+
+/// Opens a checkpoint and reads its JSON header; the file is left at the tensor data.
+fn open(path: &Path) -> Result<(std::fs::File, serde_json::Value), String> {
+    let err = |e: String| format!("checkpoint '{}' is unreadable: {e}", path.display());
+    let mut f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut head = [0u8; 16];
+    if f.read_exact(&mut head).is_err() || &head[..8] != MAGIC {
+        return Err(err("not a classsr-train checkpoint".into()));
+    }
+    let hlen = u64::from_le_bytes(head[8..16].try_into().unwrap()) as usize;
+    let mut header = Vec::new();
+    Read::by_ref(&mut f)
+        .take(hlen as u64)
+        .read_to_end(&mut header)
+        .map_err(|e| err(e.to_string()))?;
+    if header.len() < hlen {
+        return Err(err("truncated header".into()));
+    }
+    let header = serde_json::from_slice(&header).map_err(|e| err(e.to_string()))?;
+    Ok((f, header))
 }
 
 /// The metadata of a checkpoint, without reading its tensors.
 pub fn meta(path: &Path) -> Result<serde_json::Value, String> {
-    let err = |e: String| format!("checkpoint '{}' is unreadable: {e}", path.display());
-    let mut f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-    let mut head = [0u8; 16];
-    f.read_exact(&mut head).map_err(|e| err(e.to_string()))?;
-    if &head[..8] != MAGIC {
-        return Err(err("not a classsr-train checkpoint".into()));
-    }
-    let hlen = u64::from_le_bytes(head[8..16].try_into().unwrap()) as usize;
-    let mut header = vec![0u8; hlen];
-    f.read_exact(&mut header).map_err(|e| err(e.to_string()))?;
-    let header: serde_json::Value = serde_json::from_slice(&header).map_err(|e| err(e.to_string()))?;
-    Ok(header["meta"].clone())
+    open(path).map(|(_, header)| header["meta"].clone())
 }
 
 pub fn load(path: &Path) -> Result<(serde_json::Value, Weights), String> {
     let err = |e: String| format!("checkpoint '{}' is unreadable: {e}", path.display());
-    let mut f = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
-    let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes).map_err(|e| err(e.to_string()))?;
-    if bytes.len() < 16 || &bytes[..8] != MAGIC {
-        return Err(err("not a classsr-train checkpoint".into()));
-    }
-    let hlen = u64::from_le_bytes(bytes[8..16].try_into().unwrap()) as usize;
-    let header: serde_json::Value =
-        serde_json::from_slice(bytes.get(16..16 + hlen).ok_or_else(|| err("truncated header".into()))?)
-            .map_err(|e| err(e.to_string()))?;
-    let data = &bytes[16 + hlen..];
+    let (mut f, header) = open(path)?;
+    let mut data = Vec::new();
+    f.read_to_end(&mut data).map_err(|e| err(e.to_string()))?;
     let mut tensors = Weights::new();
     for (name, info) in header["tensors"]
         .as_object()

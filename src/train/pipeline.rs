@@ -824,10 +824,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let json = serde_json::json!({
             "scope": scope, "data": self.data_key(), "mean_db": mean_db, "counts": counts, "classes": classes,
         });
-        // temporary name and rename: an interrupted write never leaves a torn split
-        let tmp = self.opts.work.join(".split.json.tmp");
-        std::fs::write(&tmp, json.to_string())
-            .and_then(|_| std::fs::rename(&tmp, &path))
+        crate::files::write_bytes_atomically(&path, json.to_string().as_bytes())
             .map_err(|e| format!("cannot write '{}': {e}", path.display()))?;
         eprintln!(
             "split ({scope}): mean -O PSNR of the classes {:.2} / {:.2} / {:.2} dB, counts {counts:?} → {}",
