@@ -285,8 +285,8 @@ fn upscale(a: &Args) -> Result<String, String> {
         .filter(|f| f.writing_enabled())
         .ok_or_else(|| format!("cannot write '{}': end its name in .png or .jpg", a.output))?;
     // never write over the input
-    let same = |p: &str| std::fs::canonicalize(p).ok();
-    if same(&a.output).is_some() && same(&a.output) == same(&a.input) {
+    let output = std::fs::canonicalize(&a.output).ok();
+    if output.is_some() && output == std::fs::canonicalize(&a.input).ok() {
         return Err(format!("'{}' is the input: write the result to another file", a.output));
     }
     let img = image::open(&a.input).map_err(|e| format!("cannot read '{}': {e}", a.input))?;

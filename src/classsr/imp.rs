@@ -766,7 +766,7 @@ impl VideoFilterImpl for ClassSr {
         // off returns to full quality.
         let qos_level = {
             let mut q = self.qos.lock().unwrap();
-            if q.level > 0 && !(self.obj().is_qos() && matches!(cfg.mode, Mode::ClassSR)) {
+            if q.level > 0 && !self.degrades() {
                 (q.level, q.on_time) = (0, 0);
             }
             q.level

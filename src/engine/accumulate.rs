@@ -30,9 +30,9 @@ pub fn contribution(w: f32, v: f32, lo: f32, k: f32, bound: f32) -> i32 {
     let d = v - lo;
     let d = if d > -bound { d } else { -bound };
     let d = if d < bound { d } else { bound };
-    // SAFETY: |w| ≤ 1 and |d·k| ≤ FX_RANGES·FX_ONE = 2^26 (bound from fx_bound), so the value is finite and its
-    // truncation fits an i32. Unlike `as`, whose saturation checks keep the loop scalar, this
-    // conversion vectorises.
+    // SAFETY: |w| ≤ 1 and |d·k| ≤ FX_RANGES·FX_ONE = 2^26 (bound from fx_bound), so the value
+    // is finite and its truncation fits an i32. Unlike `as`, whose saturation checks keep the
+    // loop scalar, this conversion vectorises.
     unsafe { ((w * d) * k).to_int_unchecked::<i32>() }
 }
 

@@ -89,14 +89,24 @@ pub(crate) fn branch_output_shape(n: usize, t: usize, scale: usize, phases: bool
     }
 }
 
+/// Three branch sessions, cheapest first, and the graphs they were made from.
+type LoadedBranches<'g> = ([Session; 3], Vec<Cow<'g, [u8]>>);
+
 /// The three branch sessions of `graphs` (the set's branches, possibly rewritten to give phase
-/// planes: `phases`; already through [`runtime::rewritten`]), checked against the manifest:
-/// tensor names, and the output shape of a dry run on one tile.
-fn load_branches(set: &ModelSet, cfg: &SessionConfig, graphs: &[&[u8]], phases: bool) -> Result<[Session; 3], Error> {
+/// planes: `phases`) after the load-time rewrites ([`runtime::rewritten`]), checked against the
+/// manifest: tensor names, and the output shape of a dry run on one tile. Returns them with
+/// the rewritten graphs, for the other workers' sessions.
+fn load_branches<'g>(
+    set: &ModelSet,
+    cfg: &SessionConfig,
+    graphs: impl Iterator<Item = &'g [u8]>,
+    phases: bool,
+) -> Result<LoadedBranches<'g>, Error> {
     let m = &set.manifest;
     let what = |file: &str| format!("{} ({})", file, set.origin);
+    let graphs: Vec<Cow<[u8]>> = graphs.map(runtime::rewritten).collect();
     let mut branches = Vec::with_capacity(3);
-    for (info, bytes) in m.branches.iter().zip(graphs) {
+    for (info, bytes) in m.branches.iter().zip(&graphs) {
         branches.push(runtime::session_as_is(bytes, &what(&info.file), cfg, 1)?.0);
     }
     let mut branches: [Session; 3] = branches.try_into().unwrap_or_else(|_| unreachable!());
@@ -114,7 +124,7 @@ fn load_branches(set: &ModelSet, cfg: &SessionConfig, graphs: &[&[u8]], phases: 
             )));
         }
     }
-    Ok(branches)
+    Ok((branches, graphs))
 }
 
 impl Model {
@@ -167,23 +177,17 @@ impl Model {
             .zip(&set.branches)
             .map(|(info, bytes)| phase_output(bytes, &info.output, scale))
             .collect();
-        // The load-time rewrites (runtime::rewritten) once per branch, for the main sessions
-        // and the workers'. The rewritten graphs when all three load and check out, else the graphs as written
-        // (whose errors are the ones worth reporting).
-        let rewritten = phased
+        // The phase-plane graphs when all three load and check out, else the graphs as
+        // written (whose errors are the ones worth reporting).
+        let phase_planes = phased
             .as_ref()
-            .map(|p| p.iter().map(|b| runtime::rewritten(b)).collect::<Vec<_>>())
-            .and_then(|graphs| {
-                let bytes: Vec<&[u8]> = graphs.iter().map(|b| &b[..]).collect();
-                Some((load_branches(set, &cfg, &bytes, true).ok()?, graphs))
-            });
-        let (branches, graphs, phases) = match rewritten {
-            Some((branches, graphs)) => (branches, graphs, true),
-            None => {
-                let as_written: Vec<Cow<[u8]>> = set.branches.iter().map(|b| runtime::rewritten(b)).collect();
-                let bytes: Vec<&[u8]> = as_written.iter().map(|b| &b[..]).collect();
-                (load_branches(set, &cfg, &bytes, false)?, as_written, false)
-            }
+            .and_then(|p| load_branches(set, &cfg, p.iter().map(|b| &b[..]), true).ok());
+        let ((branches, graphs), phases) = match phase_planes {
+            Some(loaded) => (loaded, true),
+            None => (
+                load_branches(set, &cfg, set.branches.iter().map(|b| &b[..]), false)?,
+                false,
+            ),
         };
         let mut workers = Vec::new();
         if device == ActiveDevice::Cpu && cfg.cpu_workers() > 1 {

@@ -130,8 +130,8 @@ pub fn select_graph(t: usize) -> ModelProto {
 
 /// acc, branch outputs sr [N, 3, t·s, t·s] of the tiles `tile_ids` [N] → acc + the outputs'
 /// fixed-point contributions ((wy·wx)·d)·FX_ONE/(hi − lo), d = sr − lo clamped to
-/// ±FX_RANGES·(hi − lo), truncated, as the engine's merge_tile adds them. Id n (one past the last tile) is padding: its outputs
-/// go to the accumulator's spill area. With `phases` the outputs come as phase planes
+/// ±FX_RANGES·(hi − lo), truncated, as the engine's merge_tile adds them. Id n (one past the
+/// last tile) is padding: its outputs go to the accumulator's spill area. With `phases` the outputs come as phase planes
 /// [N, 3·s², t, t] and are interleaved first.
 pub fn accumulate_graph(grid: &TileGrid, lo: f32, hi: f32, phases: bool) -> ModelProto {
     let s = grid.scale;

@@ -679,7 +679,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let o_arch = archs[2];
         let all = self.all_ids()?;
         if let Some(dir) = &self.opts.init_from {
-            if self.ckpt("original", true).exists() || self.ckpt("original", false).exists() {
+            if !self.with_checkpoints(&["original"]).is_empty() {
                 eprintln!(
                     "original: --init-from {} is not used: the work folder's -O model is continued (stage1 --force starts over from it)",
                     dir.display()
@@ -1093,20 +1093,21 @@ impl<B: AutodiffBackend> Trainer<B> {
             }
         };
         let bytes = |net: &Net<B>| build_bytes(&net.arch, &net.to_weights());
-        // as run (the stages may have run with other --iters than this command's)
-        let run_of = |step: &str| {
-            checkpoint::meta(&self.ckpt(step, true))
-                .ok()
-                .and_then(|m| m["iter"].as_u64())
-                .unwrap_or(0)
-        };
-        // how the nets were made, as their stages recorded it (older checkpoints: this command's)
+        // the finished steps' checkpoint headers, each read once: how they ran (the stages may
+        // have run with other options than this command's; older checkpoints: this command's)
+        let metas: std::collections::HashMap<&str, serde_json::Value> =
+            ["original", "branch1", "warmup", "classifier", "joint"]
+                .into_iter()
+                .filter_map(|step| checkpoint::meta(&self.ckpt(step, true)).ok().map(|m| (step, m)))
+                .collect();
+        let run_of = |step: &str| metas.get(step).and_then(|m| m["iter"].as_u64()).unwrap_or(0);
+        let own = self.run_options();
         let recorded = |step: &str, key: &str| {
-            checkpoint::meta(&self.ckpt(step, true))
-                .ok()
+            metas
+                .get(step)
                 .map(|m| m["options"][key].clone())
                 .filter(|v| !v.is_null())
-                .unwrap_or_else(|| self.run_options()[key].clone())
+                .unwrap_or_else(|| own[key].clone())
         };
         let iterations = serde_json::json!({
             "original": run_of("original"), "branch": run_of("branch1"),
