@@ -289,7 +289,7 @@ fn main() -> Result<(), String> {
     println!("\n## Batched branch runs against one tile per call\n");
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
-        "Each branch of the model on the same 256 random 32x32 tiles, ONNX Runtime on the CPU, one warm-up pass, median of {reps} runs. B = tiles per call on one session with ONNX Runtime's default threads (one per core); B = 1 is the official test code's way. \"As written\" runs the model file as it is; the other columns run it after the element's load-time rewrites (PReLU as Max, the x4 tail as phase planes). The element column is the element's way: the tiles shared out between {workers} one-thread sessions (one per core), each running its share in calls of at most {} tiles (max-batch's automatic value on the CPU).\n",
+        "Each branch of the model on the same 256 random 32x32 tiles, ONNX Runtime on the CPU, one warm-up pass, median of {reps} runs. B = tiles per call on one session with ONNX Runtime's default threads (one per core); B = 1 is the official test code's way. \"As written\" runs the model file as it is; the other columns run it after the element's load-time rewrites (PReLU in its CPU form, the x4 tail as phase planes). The element column is the element's way: the tiles shared out between {workers} one-thread sessions (one per core), each running its share in calls of at most {} tiles (max-batch's automatic value on the CPU).\n",
         gstclasssr::engine::CPU_BATCH
     );
     println!(

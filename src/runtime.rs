@@ -134,11 +134,31 @@ fn builder(threads: usize) -> Result<ort::session::builder::SessionBuilder, Erro
     Ok(b)
 }
 
-/// `bytes` after the load-time rewrites of onnx/rewrite.rs (the same values, faster), or as
-/// given when there is nothing to rewrite. For sessions of [`session_as_is`] /
-/// [`cpu_session_as_is`], so that a graph loaded several times is rewritten once.
-pub fn rewritten(bytes: &[u8]) -> Cow<'_, [u8]> {
-    crate::onnx::rewrite::fast_prelu(bytes).map_or(Cow::Borrowed(bytes), Cow::Owned)
+/// Whether ONNX Runtime's CPU layout optimiser uses its blocked (NCHWc) layout here: on x86-64
+/// with AVX2 (its MLAS kernels need AVX2 or AVX-512F).
+pub fn cpu_blocked_layout() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `bytes` after the load-time rewrites of onnx/rewrite.rs for `device` (the same values,
+/// faster), or as given when there is nothing to rewrite: PRelu in its ReluSum form on a CPU
+/// with the blocked layout (equal but for one rounding), elsewhere in the bit-identical Max
+/// form. For sessions of [`session_as_is`] / [`cpu_session_as_is`], so that a graph loaded
+/// several times is rewritten once.
+pub fn rewritten(bytes: &[u8], device: DeviceRequest) -> Cow<'_, [u8]> {
+    use crate::onnx::rewrite::{prelu, PreluForm};
+    let form = match device {
+        DeviceRequest::Cpu if cpu_blocked_layout() => PreluForm::ReluSum,
+        _ => PreluForm::Max,
+    };
+    prelu(bytes, form).map_or(Cow::Borrowed(bytes), Cow::Owned)
 }
 
 fn commit_as_is(mut b: ort::session::builder::SessionBuilder, bytes: &[u8], what: &str) -> Result<Session, Error> {
@@ -157,7 +177,7 @@ pub fn cpu_session_as_is(bytes: &[u8], what: &str, threads: usize) -> Result<Ses
 /// The engine's CPU sessions have one thread each: tiles are shared out between sessions
 /// instead, which on small convolutions beats splitting each operator across threads.
 pub fn cpu_session(bytes: &[u8], what: &str, threads: usize) -> Result<Session, Error> {
-    cpu_session_as_is(&rewritten(bytes), what, threads)
+    cpu_session_as_is(&rewritten(bytes, DeviceRequest::Cpu), what, threads)
 }
 
 /// [`session_as_is`] after the load-time rewrites ([`rewritten`]).
@@ -166,7 +186,7 @@ pub fn session(
     what: &str,
     cfg: &SessionConfig,
 ) -> Result<(Session, ActiveDevice, Option<String>), Error> {
-    session_as_is(&rewritten(bytes), what, cfg, 1)
+    session_as_is(&rewritten(bytes, cfg.device), what, cfg, 1)
 }
 
 /// Builds a session for one graph as given: on the CPU with `cpu_threads` intra-op threads

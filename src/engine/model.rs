@@ -104,7 +104,7 @@ fn load_branches<'g>(
 ) -> Result<LoadedBranches<'g>, Error> {
     let m = &set.manifest;
     let what = |file: &str| format!("{} ({})", file, set.origin);
-    let graphs: Vec<Cow<[u8]>> = graphs.map(runtime::rewritten).collect();
+    let graphs: Vec<Cow<[u8]>> = graphs.map(|g| runtime::rewritten(g, cfg.device)).collect();
     let mut branches = Vec::with_capacity(3);
     for (info, bytes) in m.branches.iter().zip(&graphs) {
         branches.push(runtime::session_as_is(bytes, &what(&info.file), cfg, 1)?.0);
@@ -135,7 +135,7 @@ impl Model {
         let what = |file: &str| format!("{} ({})", file, set.origin);
         // On the CPU the classifier runs alone (before the branches), on all the workers' cores.
         let (mut classifier, device, fallback) = runtime::session_as_is(
-            &runtime::rewritten(&set.classifier),
+            &runtime::rewritten(&set.classifier, cfg.device),
             &what(&m.classifier.file),
             cfg,
             cfg.cpu_workers(),
