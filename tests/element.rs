@@ -16,6 +16,25 @@ fn ka(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str
     v
 }
 
+/// A bus set on `h`'s element (messages posted from then on).
+fn bus_of(h: &gst_check::Harness) -> gst::Bus {
+    let bus = gst::Bus::new();
+    h.element().unwrap().set_bus(Some(&bus));
+    bus
+}
+
+/// The classsr-stats structures posted so far (other messages are dropped).
+fn stats(bus: &gst::Bus) -> Vec<gst::Structure> {
+    std::iter::from_fn(|| bus.pop_filtered(&[gst::MessageType::Element]))
+        .filter_map(|m| m.structure().map(|s| s.to_owned()))
+        .filter(|s| s.name() == "classsr-stats")
+        .collect()
+}
+
+fn field(s: &gst::Structure, f: &str) -> u32 {
+    s.get::<u32>(f).unwrap()
+}
+
 /// Runs a pipeline and returns the caps the named element's pad ended up with.
 fn negotiated(desc: &str, element: &str, pad: &str) -> Result<gst::Caps, String> {
     init();
@@ -219,26 +238,32 @@ fn property_changes_while_playing_apply_from_the_next_frame() {
     let img = flat_and_busy(96, 48);
     let b1 = upscale(&img, &ka(&[("mode", "branch1")]));
     let b3 = upscale(&img, &ka(&[("mode", "branch3")]));
-    let mut h = harness(&ka(&[("mode", "branch3")]));
+    let mut h = harness(&ka(&[("mode", "branch3"), ("stats", "true")]));
+    let bus = bus_of(&h);
     assert_eq!(run_one(&mut h, &img, VideoFormat::Rgb), b3);
     let element = h.element().unwrap();
     element.set_property_from_str("mode", "branch1");
     h.push(to_buffer(&img, VideoFormat::Rgb)).unwrap();
     let out = h.pull().unwrap();
     assert_eq!(from_buffer(&out, VideoFormat::Rgb, 384, 192), b1);
+    // The tiles of a frame, from its stats; `grid(tile, overlap)`: how many there should be.
+    let tiles = |bus: &gst::Bus| field(stats(bus).last().expect("stats of the frame"), "tiles") as usize;
+    let grid = |t, o| gstclasssr::engine::TileGrid::new(96, 48, t, o, 4).unwrap().len();
+    assert_eq!(tiles(&bus), grid(32, 4), "the default tiling");
 
-    // Tiling properties too: the next frame is re-tiled.
+    // Tiling properties too: the next frame is re-tiled (nearest is exact for any tiling, so
+    // the tile count says whether they were used).
+    assert_ne!(grid(16, 6), grid(32, 4));
     element.set_property("tile-size", 16u32);
     element.set_property("overlap", 6u32);
     element.set_property("max-batch", 3u32);
     h.push(to_buffer(&img, VideoFormat::Rgb)).unwrap();
     let out = from_buffer(&h.pull().unwrap(), VideoFormat::Rgb, 384, 192);
     assert_eq!(out, b1, "nearest is exact for any tiling");
+    assert_eq!(tiles(&bus), grid(16, 6), "tile-size 16 with overlap 6");
 
     // A pair that cannot tile (overlap above half a tile) set while playing is not fatal:
     // refused with a warning, frames go on with the last good pair.
-    let bus = gst::Bus::new();
-    element.set_bus(Some(&bus));
     element.set_property("overlap", 9u32);
     h.push(to_buffer(&img, VideoFormat::Rgb)).unwrap();
     let out = from_buffer(&h.pull().unwrap(), VideoFormat::Rgb, 384, 192);
@@ -252,6 +277,8 @@ fn property_changes_while_playing_apply_from_the_next_frame() {
         "{}",
         w.error()
     );
+    // (the warning was taken first: taking the stats drops other messages)
+    assert_eq!(tiles(&bus), grid(16, 6), "the last good pair is kept");
 
     // The model cannot change under a running element: refused with a warning, value kept.
     element.set_property("model", "/nonexistent");
@@ -278,14 +305,30 @@ fn caps_change_mid_stream_retiles_and_continues() {
 
 #[test]
 fn flushing_and_eos_lose_nothing() {
-    let mut h = harness(&ka(&[("mode", "branch2")]));
+    let mut h = harness(&ka(&[("mode", "branch2"), ("cache", "class"), ("stats", "true")]));
+    let bus = bus_of(&h);
     let img = picture(50, 40, 4);
     let first = run_one(&mut h, &img, VideoFormat::Rgb);
+    h.push(to_buffer(&img, VideoFormat::Rgb)).unwrap();
+    assert_eq!(from_buffer(&h.pull().unwrap(), VideoFormat::Rgb, 200, 160), first);
+    let st = stats(&bus);
+    assert_eq!(st.len(), 2);
+    assert!(
+        field(&st[1], "class-cache-hits") > 0,
+        "a repeated frame hits the cache before the flush"
+    );
     assert!(h.push_event(gst::event::FlushStart::new()));
     assert!(h.push_event(gst::event::FlushStop::new(true)));
     h.push_event(gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new()));
     h.push(to_buffer(&img, VideoFormat::Rgb)).unwrap();
     assert_eq!(from_buffer(&h.pull().unwrap(), VideoFormat::Rgb, 200, 160), first);
+    let st = stats(&bus);
+    assert_eq!(st.len(), 1);
+    assert_eq!(
+        field(&st[0], "class-cache-hits"),
+        0,
+        "a flush drops the cache (the frame after it may be another scene)"
+    );
 
     // Every buffer of a finite stream comes out before EOS.
     init();
@@ -322,6 +365,16 @@ fn frame_graphs_give_the_same_frames_through_the_element() {
     // cover (the class cache) quietly take the usual path.
     let img = picture(100, 70, 77);
     for format in [gst_video::VideoFormat::Rgb, gst_video::VideoFormat::Bgrx] {
+        // The element's settings here are ones the frame graphs take (else it would fall back).
+        let cfg = gstclasssr::engine::FrameConfig {
+            cache: gstclasssr::engine::CacheMode::Off,
+            ..Default::default()
+        };
+        let layout = match format {
+            gst_video::VideoFormat::Rgb => gstclasssr::engine::PixelLayout::Rgb,
+            _ => gstclasssr::engine::PixelLayout::Bgrx,
+        };
+        assert_eq!(gstclasssr::engine::frame_graphs::supports(&cfg, layout), Ok(()));
         let mut plain = harness(&[("cache", "off")]);
         let mut graphs = harness(&[("cache", "off"), ("frame-graphs", "true")]);
         let a = run_one(&mut plain, &img, format);
@@ -331,4 +384,27 @@ fn frame_graphs_give_the_same_frames_through_the_element() {
     let a = upscale(&img, &[]);
     let b = upscale(&img, &[("frame-graphs", "true")]);
     assert_eq!(max_diff(&a, &b, false), 0);
+
+    // That the graphs really ran shows in the runs of a frame: with a fixed branch and all
+    // 12 tiles in one max-batch, the graphs make one branch run; the usual path shares the
+    // tiles out between its threads=2 workers, one run each.
+    let runs = |graphs: &'static str| {
+        let mut h = harness(&ka(&[
+            ("mode", "branch3"),
+            ("cache", "off"),
+            ("threads", "2"),
+            ("max-batch", "64"),
+            ("stats", "true"),
+            ("frame-graphs", graphs),
+        ]));
+        let bus = bus_of(&h);
+        let out = run_one(&mut h, &img, VideoFormat::Rgb);
+        let st = stats(&bus);
+        assert_eq!(field(&st[0], "tiles"), 12);
+        (field(&st[0], "runs"), out)
+    };
+    let (plain_runs, plain) = runs("false");
+    let (graph_runs, graphs) = runs("true");
+    assert_eq!(plain, graphs);
+    assert_eq!((plain_runs, graph_runs), (2, 1), "the frame graphs ran");
 }

@@ -80,7 +80,16 @@ fn whole_frame(set: &ModelSet, branch: usize, img: &Rgba) -> Rgba {
 }
 
 #[test]
-fn tiled_branches_match_whole_frame_runs_above_45_db() {
+fn tiled_branches_match_whole_frame_runs() {
+    // The known-answer branches are exact resamplers, so a tiled run must give the whole-frame
+    // run's bytes but for rounding. Nearest needs no neighbours: identical. Bilinear and bicubic
+    // see clamped tile edges where the whole frame has neighbours, but those samples lie in the
+    // outer quarter of each overlap, which the feather never uses (weight 1e-6), or, for bicubic
+    // (2 LR pixels of support), in the first steps of the ramp, where the weight keeps the
+    // error under half a level; and the fixed-point merge rounds a value exactly between two
+    // levels (bilinear makes many: multiples of 1/64) the other way to the f32 `+ 0.5` here.
+    // Measured (150x90, tile 32, overlap 4): 0 / 1 / 1 levels at most, 65.9 and 86.9 dB; a
+    // seam or alignment bug costs tens of levels.
     let set = ModelSet::load(KA).unwrap();
     let mut engine = Engine::new(Model::load(&set, &CPU).unwrap());
     let img = picture(150, 90, 21);
@@ -92,8 +101,14 @@ fn tiled_branches_match_whole_frame_runs_above_45_db() {
         };
         let (tiled, _) = run_engine(&mut engine, &img, &cfg);
         let p = psnr(&tiled, &whole);
-        println!("branch{}: tiled vs whole frame {p:.2} dB", branch + 1);
-        assert!(p >= 45.0, "branch{}: {p:.2} dB", branch + 1);
+        let d = max_diff(&tiled, &whole, false);
+        println!(
+            "branch{}: tiled vs whole frame {p:.2} dB, max difference {d}",
+            branch + 1
+        );
+        let most = if branch == 0 { 0 } else { 1 };
+        assert!(d <= most, "branch{}: max difference {d} (at most {most})", branch + 1);
+        assert!(p >= 60.0, "branch{}: {p:.2} dB", branch + 1);
     }
 }
 
@@ -113,8 +128,22 @@ fn all_tiles_classified_in_one_run_and_one_run_per_branch_group() {
     let (grid, classes) = engine.last_classes().unwrap();
     let n = grid.len();
     assert_eq!(stats.tiles.iter().sum::<usize>(), n);
-    for c in 0..3 {
-        assert_eq!(stats.tiles[c], classes.iter().filter(|&&k| k as usize == c).count());
+    assert_eq!(classes.len(), n);
+    // A tile wholly inside a zone (flat, mild noise, strong noise) gets that zone's class from
+    // the variance classifier; tiles across a border may go either way.
+    let zone = |x: usize| 3 * x / img.width;
+    let mut inside = [0usize; 3];
+    for (i, &class) in classes.iter().enumerate() {
+        let (x0, _) = grid.origin(i);
+        let z = zone(x0);
+        if z == zone(x0 + grid.tile - 1) {
+            assert_eq!(class as usize, z, "tile {i} at x {x0}, wholly in zone {z}");
+            inside[z] += 1;
+        }
+    }
+    for z in 0..3 {
+        assert!(inside[z] > 0, "zone {z} holds a whole tile: {inside:?}");
+        assert!(stats.tiles[z] >= inside[z], "{:?} vs {inside:?}", stats.tiles);
     }
     let groups = stats.tiles.iter().filter(|&&k| k > 0).count();
     assert_eq!(groups, 3, "test picture should use several branches: {:?}", stats.tiles);
@@ -779,4 +808,129 @@ fn a_frame_that_fails_half_way_leaves_no_stale_tiles() {
     let mut fresh = Engine::new(Model::load(&set, &CPU).unwrap());
     let (want, _) = run_engine(&mut fresh, &frame(false, 2), &cfg);
     assert_eq!(max_diff(&got, &want, false), 0);
+}
+
+#[test]
+fn route_takes_the_argmax_ties_to_the_cheaper_branch_and_nan_to_the_largest() {
+    use gstclasssr::engine::route;
+    let nan = f32::NAN;
+    let inf = f32::INFINITY;
+    // the argmax
+    assert_eq!(route(&[3.0, 2.0, 1.0], 0.0), 0);
+    assert_eq!(route(&[1.0, 3.0, 2.0], 0.0), 1);
+    assert_eq!(route(&[1.0, 2.0, 3.0], 0.0), 2);
+    assert_eq!(route(&[-inf, -inf, -5.0], 0.0), 2);
+    // ties go to the cheaper branch
+    assert_eq!(route(&[1.0, 1.0, 1.0], 0.0), 0);
+    assert_eq!(route(&[1.0, 1.0, 0.0], 0.0), 0);
+    assert_eq!(route(&[1.0, 0.0, 1.0], 0.0), 0);
+    assert_eq!(route(&[0.0, 1.0, 1.0], 0.0), 1);
+    assert_eq!(route(&[inf, inf, inf], 0.0), 0);
+    assert_eq!(route(&[-inf, -inf, -inf], 0.0), 0);
+    // the bias is added to branch3's logit and subtracted from branch1's (values exact in
+    // binary): a tie it makes still goes to the cheaper branch
+    assert_eq!(route(&[0.5, 0.0, 0.25], 0.0), 0);
+    assert_eq!(route(&[0.5, 0.0, 0.25], 0.125), 0, "0.375 against 0.375: a tie");
+    assert_eq!(route(&[0.5, 0.0, 0.25], 0.25), 2);
+    assert_eq!(route(&[0.5, 0.5, 0.25], 0.0), 0);
+    assert_eq!(route(&[0.5, 0.5, 0.25], 0.125), 1, "branch2's logit is not biased");
+    assert_eq!(route(&[0.0, 0.0, 0.5], -0.25), 0, "0.25 against 0.25: a tie");
+    assert_eq!(route(&[0.0, 0.0, 0.5], -0.375), 0);
+    assert_eq!(route(&[0.0, 0.0, 0.5], -0.125), 2);
+    // a NaN anywhere (or a NaN bias) goes to the largest branch, whatever the other logits
+    for logits in [
+        [nan, 0.0, 0.0],
+        [0.0, nan, 0.0],
+        [0.0, 0.0, nan],
+        [9.0, nan, -9.0],
+        [nan; 3],
+    ] {
+        assert_eq!(route(&logits, 0.0), 2, "{logits:?}");
+        assert_eq!(route(&logits, -1.0), 2, "{logits:?} with bias -1");
+    }
+    assert_eq!(route(&[9.0, 0.0, -9.0], nan), 2, "NaN bias");
+    // inf - inf is NaN too
+    assert_eq!(route(&[inf, 0.0, -inf], inf), 2);
+}
+
+#[test]
+fn bad_frames_are_errors_and_the_next_good_frame_is_normal() {
+    // An output that is not scale times the input, and empty frames, are rejected with
+    // Error::Input before anything is written; the engine (with a full cache from a good
+    // frame before them) then makes the next good frame as a fresh engine does.
+    let set = ModelSet::load(KA).unwrap();
+    let mut engine = Engine::new(Model::load(&set, &CPU).unwrap());
+    let cfg = FrameConfig {
+        cache: CacheMode::Full,
+        ..Default::default()
+    };
+    // the left tiles have no noise (common::picture): the same in every picture of this size
+    let (w, h) = (96, 40);
+    let s = engine.scale();
+    assert_eq!(s, 4);
+    run_engine(&mut engine, &picture(w, h, 1), &cfg);
+    let data = rgb_bytes(&picture(w, h, 2));
+    let input = Image {
+        data: &data,
+        width: w,
+        height: h,
+        stride: w * 3,
+        layout: PixelLayout::Rgb,
+    };
+    let expect_input_error =
+        |r: Result<gstclasssr::engine::FrameStats, gstclasssr::Error>, what: &str, says: &str| match r {
+            Err(gstclasssr::Error::Input(m)) => assert!(m.contains(says), "{what}: {m}"),
+            other => panic!("{what}: {other:?}"),
+        };
+    // big enough buffers of the wrong size
+    for (ow, oh) in [
+        (w * s + 1, h * s),
+        (w * s, h * s - 1),
+        (w * 2, h * 2),
+        (w * s * 2, h * s * 2),
+    ] {
+        let mut out = vec![0x77u8; (w * s * 2) * (h * s * 2) * 3];
+        let mut output = ImageMut {
+            data: &mut out,
+            width: ow,
+            height: oh,
+            stride: ow * 3,
+            layout: PixelLayout::Rgb,
+        };
+        let what = format!("output {ow}x{oh} for {w}x{h}");
+        expect_input_error(engine.process(&cfg, &input, &mut output), &what, "times the input");
+        assert!(out.iter().all(|&b| b == 0x77), "{what}: the output was written");
+    }
+    // empty frames (their outputs scale times as large)
+    for (iw, ih) in [(0, 0), (0, h), (w, 0)] {
+        let empty = Image {
+            data: &data,
+            width: iw,
+            height: ih,
+            stride: w * 3,
+            layout: PixelLayout::Rgb,
+        };
+        let mut out = vec![0u8; w * s * h * s * 3];
+        let mut output = ImageMut {
+            data: &mut out,
+            width: iw * s,
+            height: ih * s,
+            stride: w * s * 3,
+            layout: PixelLayout::Rgb,
+        };
+        let what = format!("input {iw}x{ih}");
+        expect_input_error(engine.process(&cfg, &empty, &mut output), &what, "empty");
+    }
+    // the next good frame
+    let next = picture(w, h, 3);
+    let (got, stats) = run_engine(&mut engine, &next, &cfg);
+    let mut fresh = Engine::new(Model::load(&set, &CPU).unwrap());
+    let (want, want_stats) = run_engine(&mut fresh, &next, &cfg);
+    assert_eq!(max_diff(&got, &want, false), 0);
+    assert_eq!(stats.tiles, want_stats.tiles);
+    assert_eq!(stats.full_cache_hits, 0, "nothing is reused across the errors");
+    // and the cache works again from there
+    let (again, st) = run_engine(&mut engine, &next, &cfg);
+    assert_eq!(max_diff(&again, &want, false), 0);
+    assert_eq!(st.full_cache_hits, st.tiles.iter().sum::<usize>());
 }

@@ -29,8 +29,15 @@ fn save_rgb(img: &Rgba, path: &Path) {
 #[test]
 fn eval_psnr_matches_an_independent_computation() {
     let (dir, hr) = scratch("eval");
+    // the originals also as PPM (for numpy, which reads no PNG), outside the HR folder
+    let originals = dir.join("originals");
+    std::fs::create_dir_all(&originals).unwrap();
     for (i, (w, h)) in [(130usize, 98usize), (97, 61)].into_iter().enumerate() {
-        save_rgb(&picture(w, h, i as u64 + 3), &hr.join(format!("img{i}.png")));
+        let img = picture(w, h, i as u64 + 3);
+        save_rgb(&img, &hr.join(format!("img{i}.png")));
+        let mut ppm = format!("P6\n{w} {h}\n255\n").into_bytes();
+        ppm.extend(img.px.iter().flat_map(|p| [p[0], p[1], p[2]]));
+        std::fs::write(originals.join(format!("img{i}.ppm")), ppm).unwrap();
     }
     let save = dir.join("sr");
     let out = Command::new(env!("CARGO_BIN_EXE_classsr"))
@@ -55,6 +62,8 @@ fn eval_psnr_matches_an_independent_computation() {
     let images: Vec<String> = serde_json::from_value(doc["images"].clone()).unwrap();
     assert_eq!(images, ["img0.png", "img1.png"]);
 
+    // numpy on eval's own HR crops (scripts/psnr_check.py) and, so that a crop or alignment
+    // bug eval's saved HR would share cannot agree with itself, on the originals cropped here
     let check = Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/psnr_check.py"))
         .arg(&save)
@@ -62,7 +71,66 @@ fn eval_psnr_matches_an_independent_computation() {
         .output()
         .expect("python3 with numpy (scripts/setup.sh installs it)");
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-    let text = String::from_utf8_lossy(&check.stdout);
+    let from_originals = Command::new("python3")
+        .args(["-c", PSNR_FROM_ORIGINALS])
+        .arg(&originals)
+        .arg(&save)
+        .arg("4")
+        .output()
+        .unwrap();
+    assert!(
+        from_originals.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_originals.stderr)
+    );
+    for (numpy, text) in [(&check, "eval's HR"), (&from_originals, "the originals")] {
+        compare_psnr(&doc, &images, &String::from_utf8_lossy(&numpy.stdout), text);
+    }
+    for r in doc["results"].as_array().unwrap() {
+        let mode = r["mode"].as_str().unwrap();
+        let per: Vec<f64> = serde_json::from_value(r["per_image_psnr"].clone()).unwrap();
+        let mean = per.iter().sum::<f64>() / per.len() as f64;
+        assert!((r["psnr"].as_f64().unwrap() - mean).abs() < 1e-9);
+        let ssim = r["ssim"].as_f64().unwrap();
+        assert!(ssim > 0.5 && ssim <= 1.0, "{mode}: SSIM {ssim}");
+    }
+    // nearest (branch1) is worse than bicubic on a smooth picture; the MAC accounting says so too
+    let res = doc["results"].as_array().unwrap();
+    assert!(res[2]["psnr"].as_f64().unwrap() < res[0]["psnr"].as_f64().unwrap());
+    assert!(res[2]["macs_percent"].as_f64().unwrap() < 10.0);
+}
+
+/// RGB PSNR with numpy of every `NAME_MODE.ppm` in the folder argv[2] (`classsr eval
+/// --save`) against the original argv[1]/NAME.ppm, cropped here to a multiple of the scale
+/// argv[3] from the top left, a scale-pixel border shaved: one `NAME MODE PSNR` line each.
+const PSNR_FROM_ORIGINALS: &str = r#"
+import pathlib, re, sys
+import numpy as np
+
+def read_ppm(path):
+    data = pathlib.Path(path).read_bytes()
+    m = re.match(rb"P6\s+(\d+)\s+(\d+)\s+255\s", data)
+    w, h = int(m.group(1)), int(m.group(2))
+    return np.frombuffer(data[m.end():m.end() + w * h * 3], dtype=np.uint8).reshape(h, w, 3)
+
+originals, saved, s = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
+for orig in sorted(originals.glob("*.ppm")):
+    hr = read_ppm(orig).astype(np.float64)
+    hr = hr[: hr.shape[0] // s * s, : hr.shape[1] // s * s]
+    for sr_path in sorted(saved.glob(orig.stem + "_*.ppm")):
+        mode = sr_path.stem[len(orig.stem) + 1:]
+        if mode == "hr":
+            continue
+        sr = read_ppm(sr_path).astype(np.float64)
+        assert sr.shape == hr.shape, (sr_path.name, sr.shape, hr.shape)
+        d = (sr - hr)[s:-s, s:-s]
+        mse = np.mean(d * d)
+        print(orig.stem, mode, float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse))
+"#;
+
+/// Asserts that every image's PSNR in `classsr eval`'s JSON `doc` matches numpy's `text`
+/// (lines `NAME MODE PSNR`, computed from `what`) to 0.01 dB.
+fn compare_psnr(doc: &serde_json::Value, images: &[String], text: &str, what: &str) {
     let mut compared = 0;
     for r in doc["results"].as_array().unwrap() {
         let mode = r["mode"].as_str().unwrap();
@@ -72,25 +140,17 @@ fn eval_psnr_matches_an_independent_computation() {
             let line = text
                 .lines()
                 .find(|l| l.starts_with(&format!("{stem} {mode} ")))
-                .unwrap_or_else(|| panic!("numpy result for {stem} {mode}: {text}"));
+                .unwrap_or_else(|| panic!("numpy ({what}) result for {stem} {mode}: {text}"));
             let numpy: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
             assert!(
                 (numpy - per[k]).abs() < 0.01,
-                "{stem} {mode}: classsr eval {} vs numpy {numpy}",
+                "{stem} {mode}: classsr eval {} vs numpy on {what} {numpy}",
                 per[k]
             );
             compared += 1;
         }
-        let mean = per.iter().sum::<f64>() / per.len() as f64;
-        assert!((r["psnr"].as_f64().unwrap() - mean).abs() < 1e-9);
-        let ssim = r["ssim"].as_f64().unwrap();
-        assert!(ssim > 0.5 && ssim <= 1.0, "{mode}: SSIM {ssim}");
     }
-    assert_eq!(compared, 6);
-    // nearest (branch1) is worse than bicubic on a smooth picture; the MAC accounting says so too
-    let res = doc["results"].as_array().unwrap();
-    assert!(res[2]["psnr"].as_f64().unwrap() < res[0]["psnr"].as_f64().unwrap());
-    assert!(res[2]["macs_percent"].as_f64().unwrap() < 10.0);
+    assert_eq!(compared, 6, "numpy on {what}");
 }
 
 /// A band-limited "photograph" of hard shapes: discs and a ring, supersampled 4x4 and averaged,

@@ -32,6 +32,24 @@ fn stats(bus: &gst::Bus) -> Vec<gst::Structure> {
     v
 }
 
+/// The classsr-stats structures and the number of warnings posted so far (`stats` and a
+/// filtered pop each drop the other kind).
+fn stats_and_warnings(bus: &gst::Bus) -> (Vec<gst::Structure>, usize) {
+    let (mut v, mut warnings) = (Vec::new(), 0);
+    while let Some(m) = bus.pop() {
+        match m.view() {
+            gst::MessageView::Warning(_) => warnings += 1,
+            gst::MessageView::Element(_) => {
+                if let Some(s) = m.structure().filter(|s| s.name() == "classsr-stats") {
+                    v.push(s.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    (v, warnings)
+}
+
 fn u(s: &gst::Structure, f: &str) -> u64 {
     s.get::<u32>(f).map(u64::from).or_else(|_| s.get::<u64>(f)).unwrap()
 }
@@ -93,6 +111,7 @@ fn moving_ball_full_cache_matches_cache_off_frame_by_frame() {
     let (full, hits) = run("full");
     assert_eq!(off.len(), 8);
     assert!(off == full, "cache=full must be pixel-identical to cache=off");
+    assert_eq!(hits.len(), 8, "one classsr-stats message per frame: {hits:?}");
     assert!(
         hits[1..].iter().all(|&h| h > 0),
         "the still background is reused: {hits:?}"
@@ -130,6 +149,17 @@ fn a_small_change_inside_a_static_tile_is_recomputed() {
             );
         }
     }
+    // The whole frame, not only the patch: the reused tiles are bit-identical in `a` and `b`
+    // and the fixed-point merge is order-free, so every HR pixel equals cache=off's.
+    if let Some(i) = (0..got.px.len()).find(|&i| got.px[i] != want.px[i]) {
+        panic!(
+            "HR pixel ({}, {}) differs from cache=off: {:?} vs {:?}",
+            i % (4 * w),
+            i / (4 * w),
+            got.px[i],
+            want.px[i]
+        );
+    }
     let st = stats(&bus);
     let hits = u(&st[1], "full-cache-hits");
     assert!(
@@ -156,6 +186,131 @@ fn scene_cut_and_caps_change_invalidate_the_cache() {
     assert_eq!(hits[1], u(&st[1], "tiles"), "an identical frame is all hits");
     assert!(hits[2] < u(&st[2], "tiles") / 4, "a scene cut recomputes: {hits:?}");
     assert_eq!(hits[3], 0, "a caps change resets the cache");
+}
+
+#[test]
+fn a_format_change_at_the_same_size_invalidates_the_cache() {
+    // Same size and tiling, same picture, only RGB -> BGR: nothing but the caps change itself
+    // can drop the cache (the engine keeps its tiles while the geometry stays).
+    let img = zones(96, 64);
+    for cache in ["class", "full"] {
+        let (mut h, bus) = element(&[("cache", cache), ("cache-threshold", "0")]);
+        h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 96, 64));
+        let rgb = push(&mut h, &img);
+        push(&mut h, &img);
+        let before = stats(&bus);
+        assert_eq!(before.len(), 2);
+        let tiles = u(&before[1], "tiles");
+        assert_eq!(
+            u(&before[1], "class-cache-hits"),
+            tiles,
+            "{cache}: a repeat is all hits"
+        );
+        if cache == "full" {
+            assert_eq!(u(&before[1], "full-cache-hits"), tiles);
+        }
+        h.set_src_caps_str(&caps_str(VideoFormat::Bgr, 96, 64));
+        h.push(to_buffer(&img, VideoFormat::Bgr)).unwrap();
+        let bgr = from_buffer(&h.pull().unwrap(), VideoFormat::Bgr, 384, 256);
+        assert_eq!(bgr, rgb, "{cache}: the same colours in BGR");
+        let after = stats(&bus);
+        assert_eq!(after.len(), 1);
+        assert_eq!(
+            u(&after[0], "class-cache-hits"),
+            0,
+            "{cache}: a caps change (RGB -> BGR) resets the cache"
+        );
+        assert_eq!(u(&after[0], "full-cache-hits"), 0, "{cache}");
+        // …and it fills again from there.
+        h.push(to_buffer(&img, VideoFormat::Bgr)).unwrap();
+        h.pull().unwrap();
+        assert_eq!(u(&stats(&bus)[0], "class-cache-hits"), tiles, "{cache}");
+    }
+}
+
+/// The first frame of `img` through a fresh cache=off element with `props`.
+fn cache_off(img: &Rgba, props: &[(&str, &str)]) -> Rgba {
+    let mut all = vec![("cache", "off")];
+    all.extend_from_slice(props);
+    let (mut h, _) = element(&all);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, img.width, img.height));
+    push(&mut h, img)
+}
+
+#[test]
+fn a_mode_or_bias_change_mid_stream_invalidates_the_full_cache() {
+    let img = zones(96, 64);
+    /// (property, value before, value after, the settings of the frame after the change)
+    type Change<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let changes: [Change; 2] = [
+        ("mode", "branch1", "branch3", &[("mode", "branch3")]),
+        ("bias", "0", "1", &[("mode", "classsr"), ("bias", "1")]),
+    ];
+    for (prop, from, to, after) in changes {
+        let (mut h, bus) = element(&[("cache", "full"), ("cache-threshold", "0"), (prop, from)]);
+        h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 96, 64));
+        for _ in 0..3 {
+            push(&mut h, &img);
+        }
+        let st = stats(&bus);
+        assert!(
+            st[1..].iter().all(|s| u(s, "full-cache-hits") == u(s, "tiles")),
+            "{prop}={from}: a static frame is all hits"
+        );
+        h.element().unwrap().set_property_from_str(prop, to);
+        let got = push(&mut h, &img);
+        let st = stats(&bus);
+        assert_eq!(st.len(), 1);
+        assert_eq!(u(&st[0], "full-cache-hits"), 0, "{prop} {from} -> {to} drops the cache");
+        assert_eq!(u(&st[0], "class-cache-hits"), 0, "{prop} {from} -> {to}");
+        let want = cache_off(&img, after);
+        assert!(got == want, "{prop} {from} -> {to}: the frame equals cache=off's");
+        // The routing really changed (else a stale cache would give the same frame).
+        let mut before: Vec<(&str, &str)> = after.to_vec();
+        before.retain(|(k, _)| *k != prop);
+        before.push((prop, from));
+        assert!(
+            cache_off(&img, &before) != want,
+            "{prop} {from} -> {to} changes the frame"
+        );
+    }
+}
+
+#[test]
+fn a_cache_threshold_reuses_tiles_that_changed_slightly() {
+    // A static picture, then the same with ±1 level on about a tenth of the pixels (in every
+    // tile): below a threshold of 2 everywhere, but not bit-identical.
+    let a = picture(128, 96, 9);
+    let mut b = a.clone();
+    let mut rng = Rng(77);
+    for p in &mut b.px {
+        if rng.below(10) == 0 {
+            for v in &mut p[..3] {
+                *v = if rng.below(2) == 0 {
+                    v.saturating_add(1)
+                } else {
+                    v.saturating_sub(1)
+                };
+            }
+        }
+    }
+    assert_ne!(a, b);
+    for (threshold, reused) in [("2", true), ("0", false)] {
+        let (mut h, bus) = element(&[("cache", "full"), ("cache-threshold", threshold)]);
+        h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 128, 96));
+        let first = push(&mut h, &a);
+        let second = push(&mut h, &b);
+        let st = stats(&bus);
+        let (hits, tiles) = (u(&st[1], "full-cache-hits"), u(&st[1], "tiles"));
+        if reused {
+            assert_eq!(hits, tiles, "threshold {threshold}: every tile is reused");
+            assert_eq!(u(&st[1], "runs"), 0);
+            assert!(second == first, "reused tiles give the cached frame");
+        } else {
+            assert_eq!(hits, 0, "threshold 0: only bit-identical tiles are reused");
+            assert!(second == cache_off(&b, &[]), "threshold 0 recomputes exactly");
+        }
+    }
 }
 
 #[test]
@@ -200,9 +355,18 @@ fn branch3_share_is_monotonic_in_bias_through_the_element() {
         let (mut h, bus) = element(&[("bias", bias)]);
         h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 160, 96));
         push(&mut h, &img);
-        let k = u(&stats(&bus)[0], "tiles-class3");
+        let st = &stats(&bus)[0];
+        let (k, tiles) = (u(st, "tiles-class3"), u(st, "tiles"));
         assert!(k >= last, "bias {bias}: {k} < {last}");
         last = k;
+        // The extremes: a bias of -1 outweighs any logit of the variance classifier (no tile
+        // goes to branch3), one of +1 sends every tile there.
+        match bias {
+            "-1" => assert_eq!(k, 0, "bias -1: no tile on branch3"),
+            "0" => assert!(k > 0 && k < tiles, "bias 0 routes to several classes: {k} of {tiles}"),
+            "1" => assert_eq!(k, tiles, "bias 1: every tile on branch3"),
+            _ => {}
+        }
     }
 }
 
@@ -215,12 +379,21 @@ fn classmap_tints_tiles_by_class() {
     // Tile centres: flat → green tint, mild → yellow, busy → red.
     let flat = out.at(64, 64);
     assert!(flat[1] > flat[0] && flat[1] > flat[2], "flat tile is green: {flat:?}");
-    let busy = out.at(320, 64);
     let bicubic = upscale(&img, &[("model", KA), ("mode", "bicubic")]);
+    let busy = out.at(320, 64);
     let b = bicubic.at(320, 64);
     assert!(
         busy[0] as i32 - b[0] as i32 > 20,
         "busy tile is tinted red: {busy:?} vs {b:?}"
+    );
+    // The middle tile (mild noise, class 2) is yellow: red and green raised, blue lowered
+    // (green would lower red, red would lower green).
+    let mild = out.at(192, 64);
+    let m = bicubic.at(192, 64);
+    let d = |c: usize| mild[c] as i32 - m[c] as i32;
+    assert!(
+        d(0) > 20 && d(1) > 20 && d(2) < -10,
+        "mild tile is tinted yellow: {mild:?} vs {m:?}"
     );
 }
 
@@ -239,11 +412,47 @@ fn classmap_tints_every_pixel_with_overlapping_tiles() {
     }
 }
 
+/// The known-answer model with a `qos_bias_step` of `step`, in a scratch directory. Its own
+/// manifest has none (0.5), which already sends every tile of any picture to branch1 at
+/// level 1, so levels 2 and 3 could not be told apart.
+fn ka_with_qos_step(step: f32) -> String {
+    let mut set = gstclasssr::manifest::ModelSet::load(KA).unwrap();
+    set.manifest.qos_bias_step = Some(step);
+    let dir = std::env::temp_dir().join(format!("classsr-video-qos-step-{}", std::process::id()));
+    set.save_dir(&dir, true).unwrap();
+    dir.display().to_string()
+}
+
+/// Vertical strips of 32 pixels (one tile each with tile-size 32, overlap 0): a flat one, then
+/// uniform noise of standard deviation 0.085, 0.135, 0.185, 0.235 and 0.285 (values in [0, 1]).
+/// The variance classifier sends a tile to branch3 when its std > 0.06 − bias, so with a bias
+/// lowered by 0.05 per QoS level, one strip leaves branch3 per level.
+fn graded(height: usize) -> Rgba {
+    let mut rng = Rng(4321);
+    let noise: Vec<[u8; 3]> = (0..6 * 32 * height)
+        .map(|_| [0, 1, 2].map(|_| rng.below(256) as u8))
+        .collect();
+    Rgba::new(6 * 32, height, |x, y| {
+        let strip = x / 32;
+        if strip == 0 {
+            return [120, 120, 120, 255];
+        }
+        // uniform over `a` levels: std = a / sqrt(12) / 255
+        let sigma = 0.085 + 0.05 * (strip - 1) as f64;
+        let a = (sigma * 255.0 * 12f64.sqrt()).round() as u32;
+        let base = (255 - a) / 2;
+        let n = noise[y * 6 * 32 + x];
+        let v = |c: usize| (base + n[c] as u32 % a) as u8;
+        [v(0), v(1), v(2), 255]
+    })
+}
+
 #[test]
 fn qos_lateness_degrades_with_a_warning_and_recovers() {
-    let (mut h, bus) = element(&[]);
-    let img = zones(96, 64);
-    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 96, 64));
+    let model = ka_with_qos_step(0.05);
+    let (mut h, bus) = element(&[("model", model.as_str()), ("cache", "off"), ("overlap", "0")]);
+    let img = graded(32);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, img.width, img.height));
     push(&mut h, &img);
     let e = h.element().unwrap();
     let late = gst::event::Qos::new(
@@ -252,16 +461,37 @@ fn qos_lateness_degrades_with_a_warning_and_recovers() {
         40_000_000,
         gst::ClockTime::from_mseconds(33),
     );
-    for _ in 0..5 {
+    // (tiles-class3, macs) at each level 0..=4, one frame made after each late report.
+    let mut per_level = Vec::new();
+    let mut warned = 0;
+    let st = stats(&bus);
+    per_level.push((u(&st[0], "tiles-class3"), u(&st[0], "macs")));
+    for level in 1..=4u32 {
         assert!(h.push_upstream_event(late.clone()));
+        assert_eq!(e.property::<u32>("qos-level"), level);
+        push(&mut h, &img);
+        let (st, w) = stats_and_warnings(&bus);
+        warned += w;
+        assert_eq!(st.len(), 1);
+        per_level.push((u(&st[0], "tiles-class3"), u(&st[0], "macs")));
     }
-    assert_eq!(e.property::<u32>("qos-level"), 4);
-    let warned = std::iter::from_fn(|| bus.pop_filtered(&[gst::MessageType::Warning])).count();
-    assert!(warned > 0, "a warning is posted when degrading");
-    // Degraded frames use fewer MACs than full quality.
-    stats(&bus);
-    push(&mut h, &img);
-    let degraded = u(&stats(&bus)[0], "macs");
+    assert!(h.push_upstream_event(late.clone()));
+    assert_eq!(e.property::<u32>("qos-level"), 4, "4 is the last level");
+    warned += stats_and_warnings(&bus).1;
+    // Levels 1-3 lower the bias: fewer branch3 tiles and fewer MACs at each; level 4 keeps
+    // level 3's routing and also upscales class 1 bicubically (no branch1 MACs).
+    assert_eq!(per_level[0].0, 5, "{per_level:?}");
+    for l in 1..=3 {
+        assert!(
+            per_level[l].0 < per_level[l - 1].0 && per_level[l].1 < per_level[l - 1].1,
+            "level {l} routes cheaper than level {}: {per_level:?}",
+            l - 1
+        );
+    }
+    assert_eq!(per_level[4].0, per_level[3].0, "{per_level:?}");
+    assert!(per_level[4].1 < per_level[3].1, "{per_level:?}");
+    // One warning for the burst of degradation (at most one per 10 s), not one per level.
+    assert_eq!(warned, 1, "one warning for the degradation burst");
     let on_time = gst::event::Qos::new(
         gst::QOSType::Underflow,
         0.5,
@@ -274,7 +504,11 @@ fn qos_lateness_degrades_with_a_warning_and_recovers() {
     assert_eq!(e.property::<u32>("qos-level"), 0, "recovers when on time");
     push(&mut h, &img);
     let full = u(&stats(&bus)[0], "macs");
-    assert!(degraded < full, "{degraded} < {full}");
+    assert_eq!(full, per_level[0].1, "full quality again");
+    // Late again within 10 s: degraded, but no second warning yet.
+    assert!(h.push_upstream_event(late));
+    assert_eq!(e.property::<u32>("qos-level"), 1);
+    assert_eq!(stats_and_warnings(&bus).1, 0, "warnings are rate-limited");
 }
 
 /// `img` as a buffer at frame `n` of a 30 fps stream.

@@ -217,6 +217,23 @@ mod tests {
         let (lo, k) = (0.0, FX_ONE);
         // In range: the weighted value.
         assert_eq!(contribution(0.5, 0.25, lo, k, fx_bound(k)), (0.125 * FX_ONE) as i32);
+        // A range that does not start at 0 ([-0.5, 1.5]: k = 2^19) and a weight other than the
+        // value (all exact in binary): (w·(v − lo))·k, not (v·(w − lo))·k nor (w·v)·k.
+        let (lo2, k2) = (-0.5f32, FX_ONE / 2.0);
+        let b2 = fx_bound(k2);
+        assert_eq!(b2, 128.0, "64 value ranges of 2");
+        // 0.25 · 1.25 · 2^19, 0.75 · 0.75 · 2^19, and below lo negative: 0.25 · −0.25 · 2^19
+        assert_eq!(contribution(0.25, 0.75, lo2, k2, b2), 163_840);
+        assert_eq!(contribution(0.75, 0.25, lo2, k2, b2), 294_912);
+        assert_eq!(contribution(0.25, -0.75, lo2, k2, b2), -32_768);
+        // truncated towards zero: ±1.375 units give ±1
+        let d = 11.0 / (1u32 << 21) as f32;
+        assert_eq!(contribution(0.5, lo2 + d, lo2, k2, b2), 1);
+        assert_eq!(contribution(0.5, lo2 - d, lo2, k2, b2), -1);
+        // clamped to ±bound from lo (NaN to −bound): 0.25 · 128 · 2^19 = 2^24
+        assert_eq!(contribution(0.25, 1e30, lo2, k2, b2), 1 << 24);
+        assert_eq!(contribution(0.25, -1e30, lo2, k2, b2), -(1 << 24));
+        assert_eq!(contribution(0.25, f32::NAN, lo2, k2, b2), -(1 << 24));
         // A wild or broken output counts at most FX_RANGES value ranges, times its weight:
         // in the outer quarter of an overlap (weight ~1e-6) it changes nothing visible.
         for v in [f32::INFINITY, 1e30, f32::NEG_INFINITY, -1e30, f32::NAN] {

@@ -113,9 +113,17 @@ mod tests {
         let costs = [12, 19, 26];
         for (a, b, c) in [(28, 3, 4), (0, 1, 0), (5, 0, 30), (1, 1, 1), (0, 0, 0), (40, 0, 0)] {
             let groups = [&ids[..a], &ids[..b], &ids[..c]];
+            let n = a + b + c;
+            let total: u64 = (0..3).map(|k| costs[k] * groups[k].len() as u64).sum();
+            // the dearest tile present
+            let dearest = (0..3).filter(|&k| !groups[k].is_empty()).map(|k| costs[k]).max();
             for parts in [1, 2, 3, 8] {
                 let shares = share_out(groups, costs, parts);
-                assert!(shares.len() <= parts);
+                // Each tile goes to the share whose stretch of the total cost holds its
+                // midpoint, so a share is empty only where a tile costs more than a stretch
+                // (total / parts). Not here: every worker gets work, or every tile its own.
+                assert_eq!(shares.len(), parts.min(n), "{a}/{b}/{c} in {parts}");
+                assert!(shares.iter().all(|s| s.iter().all(|(_, t)| !t.is_empty())));
                 // concatenated, the shares give back every class's tiles in order
                 for (class, group) in groups.iter().enumerate() {
                     let got: Vec<u32> = shares
@@ -127,15 +135,23 @@ mod tests {
                     assert_eq!(&got[..], *group, "{a}/{b}/{c} in {parts}");
                 }
                 let cost = |s: &Share| s.iter().map(|(c, t)| costs[*c] * t.len() as u64).sum::<u64>();
-                let (lo, hi) = (shares.iter().map(cost).min(), shares.iter().map(cost).max());
-                if let (Some(lo), Some(hi)) = (lo, hi) {
-                    // a share holds whole tiles: at worst one tile more than another
-                    let n = a + b + c;
-                    if shares.len() == parts.min(n) {
-                        assert!(hi - lo <= 2 * 26, "{a}/{b}/{c} in {parts}: {lo}..{hi}");
+                let got: Vec<u64> = shares.iter().map(cost).collect();
+                if let Some(dearest) = dearest {
+                    // a share holds whole tiles: it is off its stretch by less than one tile at
+                    // each end (half a tile either side), and here the shares differ by at most
+                    // the dearest tile (measured: at most 20 of 26)
+                    for &g in &got {
+                        let off = (g * parts as u64).abs_diff(total);
+                        assert!(off < dearest * parts as u64, "{a}/{b}/{c} in {parts}: {got:?}");
                     }
+                    let (lo, hi) = (got.iter().min().unwrap(), got.iter().max().unwrap());
+                    assert!(hi - lo <= dearest, "{a}/{b}/{c} in {parts}: {got:?}");
                 }
             }
         }
+        // A tile dearer than a stretch leaves shares empty, and they are left out: three cheap
+        // tiles and one 1000 times dearer in four parts make two shares, not four.
+        let shares = share_out([&ids[..3], &[], &ids[..1]], [1, 1, 1000], 4);
+        assert_eq!(shares, vec![vec![(0, &ids[..3])], vec![(2, &ids[..1])]]);
     }
 }
