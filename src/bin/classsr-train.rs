@@ -9,7 +9,7 @@
 // --plain trains FSRCNN exactly as in the paper; by default the fsrcnn family adds a fixed
 // bicubic global skip (the branches learn only the residual over bicubic).
 // --classifier-width W: the classifier's width (default 32; the official code's is 128, which
-// alone costs 15 % of an FSRCNN-56 tile). --init-from DIR starts the -O model from DIR's
+// alone costs 14.5 % of an FSRCNN-56 tile). --init-from DIR starts the -O model from DIR's
 // branch3.onnx. FSRCNN branches 1 and 2 start as channel-pruned copies of the -O model unless
 // --random-init. --macs-budget P: export calibrates the routing (the element's bias, folded
 // into the classifier) so that it costs at most P % of the -O model's MACs on the training data.
