@@ -408,3 +408,354 @@ fn frame_graphs_give_the_same_frames_through_the_element() {
     assert_eq!(plain, graphs);
     assert_eq!((plain_runs, graph_runs), (2, 1), "the frame graphs ran");
 }
+
+/// Stops `h`'s element (to NULL): start() runs again on the next `play`.
+fn stop(h: &gst_check::Harness) {
+    let e = h.element().unwrap();
+    assert_eq!(e.set_state(gst::State::Null), Ok(gst::StateChangeSuccess::Success));
+}
+
+/// Starts `h`'s element again (to PLAYING) and begins a new stream on it (its sink pad lost
+/// the sticky events when it was deactivated; the caps follow with `run_one`).
+fn play(h: &mut gst_check::Harness) {
+    let e = h.element().unwrap();
+    assert_eq!(e.set_state(gst::State::Playing), Ok(gst::StateChangeSuccess::Success));
+    assert!(h.push_event(gst::event::StreamStart::new("restarted")));
+}
+
+/// The warnings posted so far, as text (other messages are dropped).
+fn warnings(bus: &gst::Bus) -> Vec<String> {
+    std::iter::from_fn(|| bus.pop_filtered(&[gst::MessageType::Warning]))
+        .map(|m| match m.view() {
+            gst::MessageView::Warning(w) => w.error().to_string(),
+            _ => unreachable!(),
+        })
+        .collect()
+}
+
+#[test]
+fn stop_and_restart_reload_the_model_with_the_settings_made_while_stopped() {
+    // 12 tiles with the default tiling: with max-batch 64, one branch run per worker.
+    let img = picture(100, 70, 21);
+    let mut h = harness(&ka(&[
+        ("mode", "branch3"),
+        ("cache", "off"),
+        ("threads", "1"),
+        ("max-batch", "64"),
+        ("stats", "true"),
+    ]));
+    let bus = bus_of(&h);
+    let e = h.element().unwrap();
+    assert_eq!(e.property::<String>("active-device"), "cpu");
+    let ka_out = run_one(&mut h, &img, VideoFormat::Rgb);
+    assert!(max_diff(&ka_out, &reference_upscale(&img, 4, true), false) <= 1);
+    let runs = |bus: &gst::Bus| {
+        let st = stats(bus);
+        assert_eq!(st.len(), 1);
+        assert_eq!(field(&st[0], "tiles"), 12);
+        field(&st[0], "runs")
+    };
+    assert_eq!(runs(&bus), 1, "threads=1: one worker");
+    // A QoS level to be dropped by the restart (it degrades in mode=classsr only).
+    e.set_property_from_str("mode", "classsr");
+    let late = gst::event::Qos::new(
+        gst::QOSType::Overflow,
+        1.5,
+        40_000_000,
+        gst::ClockTime::from_mseconds(33),
+    );
+    assert!(h.push_upstream_event(late));
+    assert_eq!(e.property::<u32>("qos-level"), 1);
+    assert_eq!(warnings(&bus).len(), 1, "running late");
+    e.set_property_from_str("mode", "branch3");
+    // threads and device-id are refused while running (the model would need reloading).
+    e.set_property("threads", 2u32);
+    e.set_property("device-id", 1i32);
+    assert_eq!((e.property::<u32>("threads"), e.property::<i32>("device-id")), (1, 0));
+    let w = warnings(&bus);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w[0].contains("'threads'") && w[1].contains("'device-id'"), "{w:?}");
+
+    stop(&h);
+    assert_eq!(e.property::<String>("active-device"), "none");
+    assert_eq!(e.property::<u32>("qos-level"), 0, "no QoS level when stopped");
+    // Stopped, they are taken (device-id is only used with CUDA: read back here).
+    e.set_property("model", "");
+    e.set_property("threads", 2u32);
+    e.set_property("device-id", 1i32);
+    assert_eq!(e.property::<String>("model"), "");
+    assert_eq!((e.property::<u32>("threads"), e.property::<i32>("device-id")), (2, 1));
+    assert!(warnings(&bus).is_empty(), "no refusal while stopped");
+    play(&mut h);
+    assert_eq!(e.property::<String>("active-device"), "cpu");
+    assert_eq!(e.property::<u32>("qos-level"), 0, "a restart starts at full quality");
+    let embedded = run_one(&mut h, &img, VideoFormat::Rgb);
+    assert!(
+        max_diff(&embedded, &ka_out, false) > 8,
+        "the embedded model (not the known-answer one) made the frame"
+    );
+    assert_eq!(runs(&bus), 2, "threads=2: the tiles shared out between two workers");
+
+    // From READY too (stop() runs on PAUSED -> READY).
+    assert_eq!(e.set_state(gst::State::Ready), Ok(gst::StateChangeSuccess::Success));
+    assert_eq!(e.property::<String>("active-device"), "none");
+    e.set_property("model", KA);
+    e.set_property("threads", 1u32);
+    play(&mut h);
+    assert_eq!(max_diff(&run_one(&mut h, &img, VideoFormat::Rgb), &ka_out, true), 0);
+    assert_eq!(runs(&bus), 1);
+}
+
+/// A copy of the known-answer set whose branch2 declares a batch of exactly one tile, as many
+/// exporters write a graph: it passes the load-time dry run (one tile) and fails at run time on
+/// a batch of several tiles.
+fn batch_of_one_model() -> String {
+    use gstclasssr::onnx::proto::{tensor_shape_proto::dimension::Value, type_proto, ModelProto};
+    use prost::Message;
+    let dir = std::env::temp_dir().join(format!("classsr-element-{}-batch-of-one", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(KA).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let path = dir.join("branch2.onnx");
+    let mut model = ModelProto::decode(&std::fs::read(&path).unwrap()[..]).unwrap();
+    let input = &mut model.graph.as_mut().unwrap().input[0];
+    let Some(type_proto::Value::TensorType(t)) = input.r#type.as_mut().unwrap().value.as_mut() else {
+        panic!("a tensor input")
+    };
+    t.shape.as_mut().unwrap().dim[0].value = Some(Value::DimValue(1));
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    dir.display().to_string()
+}
+
+#[test]
+fn a_branch_run_that_fails_mid_stream_is_an_element_error_and_the_stream_recovers() {
+    let model = batch_of_one_model();
+    let mut h = harness(&[
+        ("model", model.as_str()),
+        ("device", "cpu"),
+        ("cache", "full"),
+        ("cache-threshold", "0"),
+        ("cache-refresh", "0"),
+        ("threads", "2"),
+    ]);
+    let bus = bus_of(&h);
+    let e = h.element().unwrap();
+    // Flat (branch1) but for strong noise (branch3, `seed` its noise) on the right fifth, and
+    // with `mild` a mildly noisy strip before it (branch2: 2x3 tiles, one batch of 6).
+    let (w, hgt) = (320, 64);
+    let frame = |mild: bool, seed: u64| {
+        let mut rng = Rng(seed);
+        let noise: Vec<u8> = (0..w * hgt).map(|_| rng.below(200) as u8).collect();
+        Rgba::new(w, hgt, |x, y| {
+            let n = noise[y * w + x];
+            match x {
+                192..256 if mild => [100 + n % 28, 100 + n % 28, 100, 255],
+                0..256 => [90, 100, 110, 255],
+                _ => [n, 255 - n, n / 2, 255],
+            }
+        })
+    };
+    let want = |img: &Rgba| upscale(img, &ka(&[("cache", "off")]));
+    let first = frame(false, 1);
+    assert_eq!(
+        max_diff(&run_one(&mut h, &first, VideoFormat::Rgb), &want(&first), true),
+        0
+    );
+    // New noise on the right (merged by the branch3 worker) and branch2 failing on its batch.
+    assert_eq!(
+        h.push(to_buffer(&frame(true, 2), VideoFormat::Rgb)),
+        Err(gst::FlowError::Error)
+    );
+    assert!(h.try_pull().is_none(), "no frame for the failed one");
+    let msg = bus.pop_filtered(&[gst::MessageType::Error]).expect("an element error");
+    let gst::MessageView::Error(err) = msg.view() else {
+        unreachable!()
+    };
+    let text = err.error().to_string();
+    assert!(err.error().matches(gst::LibraryError::Init), "{text}");
+    assert!(
+        text.contains("branch2 failed on 6 tiles of 32x32") && text.contains("invalid dimensions"),
+        "{text}"
+    );
+    assert_eq!(msg.src().map(|s| s.name()), Some(e.name()));
+    // The problem gone (no branch2 tiles), the next frame is as a fresh element makes it: nothing
+    // of the failed frame (its branch3 tiles merged and cached) is reused over the frame before.
+    let next = frame(false, 2);
+    h.push(to_buffer(&next, VideoFormat::Rgb)).unwrap();
+    let out = from_buffer(&h.pull().unwrap(), VideoFormat::Rgb, 1280, 256);
+    assert_eq!(
+        max_diff(&out, &want(&next), true),
+        0,
+        "a stale tile of the failed frame"
+    );
+    // With one tile per run, branch2 runs too.
+    e.set_property("max-batch", 1u32);
+    let mild = frame(true, 3);
+    h.push(to_buffer(&mild, VideoFormat::Rgb)).unwrap();
+    let out = from_buffer(&h.pull().unwrap(), VideoFormat::Rgb, 1280, 256);
+    assert_eq!(max_diff(&out, &want(&mild), true), 0);
+    assert!(bus.pop_filtered(&[gst::MessageType::Error]).is_none());
+    let _ = std::fs::remove_dir_all(&model);
+}
+
+#[test]
+fn too_large_caps_are_warned_about_once_per_start() {
+    let mut h = harness(&ka(&[]));
+    let bus = bus_of(&h);
+    let e = h.element().unwrap();
+    let sink = e.static_pad("sink").unwrap();
+    let big: gst::Caps = caps_str(VideoFormat::Rgb, 5000, 16).parse().unwrap();
+    let also_big: gst::Caps = caps_str(VideoFormat::Rgb, 16, 4400).parse().unwrap();
+    let fine: gst::Caps = caps_str(VideoFormat::Rgb, 64, 48).parse().unwrap();
+    let offer = |bus: &gst::Bus| {
+        assert!(sink.query_accept_caps(&fine));
+        assert!(warnings(bus).is_empty(), "no warning for a size that fits");
+        assert!(!sink.query_accept_caps(&big));
+        assert!(!sink.query_accept_caps(&big));
+        assert!(!sink.query_accept_caps(&also_big));
+        let w = warnings(bus);
+        assert_eq!(w.len(), 1, "once however often negotiation asks: {w:?}");
+        assert!(w[0].contains("5000x16") && w[0].contains("too large"), "{w:?}");
+    };
+    offer(&bus);
+    stop(&h);
+    play(&mut h);
+    offer(&bus);
+    // and the element still runs after the refusals
+    let img = picture(64, 48, 1);
+    let out = run_one(&mut h, &img, VideoFormat::Rgb);
+    assert_eq!(max_diff(&out, &upscale(&img, &ka(&[])), true), 0);
+}
+
+/// A custom meta type with `tags` whose transform adds a copy of it to the output buffer,
+/// recording the transform it was asked for in a `transform` field.
+fn register_custom_meta(name: &'static str, tags: &[&str]) {
+    if !gst::meta::CustomMeta::is_registered(name) {
+        gst::meta::CustomMeta::register_with_transform(name, tags, move |out, meta, _, transform| {
+            let fields: Vec<(String, gst::glib::SendValue)> = meta
+                .structure()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            let mut copy = gst::meta::CustomMeta::add(out, name).unwrap();
+            let s = copy.mut_structure();
+            for (k, v) in fields {
+                s.set_value(k.as_str(), v);
+            }
+            s.set("transform", transform.as_str().to_string());
+            true
+        });
+    }
+}
+
+#[test]
+fn metas_without_a_size_are_copied_and_sized_ones_scaled() {
+    static REGISTER: std::sync::Once = std::sync::Once::new();
+    init();
+    // colour space, no size: copied as it is; with a size: scaled; with a tag a scaler does
+    // not know to keep (here "audio"): the base class's decision, which drops it.
+    REGISTER.call_once(|| {
+        register_custom_meta("classsr-test-colour", &["video", "colorspace"]);
+        register_custom_meta("classsr-test-sized", &["video", "size"]);
+        register_custom_meta("classsr-test-audio", &["audio"]);
+    });
+    let mut h = harness(&ka(&[("mode", "branch1")]));
+    let img = picture(24, 20, 5);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 24, 20));
+    let mut buf = to_buffer(&img, VideoFormat::Rgb);
+    let reference: gst::Caps = "timestamp/x-test".parse().unwrap();
+    {
+        let b = buf.get_mut().unwrap();
+        b.set_pts(gst::ClockTime::from_mseconds(100));
+        gst::ReferenceTimestampMeta::add(
+            b,
+            &reference,
+            gst::ClockTime::from_seconds(7),
+            Some(gst::ClockTime::from_mseconds(40)),
+        );
+        for name in ["classsr-test-colour", "classsr-test-sized", "classsr-test-audio"] {
+            gst::meta::CustomMeta::add(b, name)
+                .unwrap()
+                .mut_structure()
+                .set("value", 42i32);
+        }
+        gst_video::VideoCropMeta::add(b, (2, 3, 10, 8));
+        gst_video::VideoMeta::add(b, gst_video::VideoFrameFlags::empty(), VideoFormat::Rgb, 24, 20).unwrap();
+    }
+    h.push(buf).unwrap();
+    let out = h.pull().unwrap();
+    let frame = from_buffer(&out, VideoFormat::Rgb, 96, 80);
+    assert_eq!(max_diff(&frame, &reference_upscale(&img, 4, false), true), 0);
+    // Without tags (a reference timestamp): copied unchanged.
+    let ts = out
+        .meta::<gst::ReferenceTimestampMeta>()
+        .expect("the reference timestamp is kept");
+    assert_eq!(ts.reference_owned(), reference);
+    assert_eq!(ts.timestamp(), gst::ClockTime::from_seconds(7));
+    assert_eq!(ts.duration(), Some(gst::ClockTime::from_mseconds(40)));
+    assert_eq!(out.iter_meta::<gst::ReferenceTimestampMeta>().count(), 1);
+    let custom = |name: &str| {
+        // (each custom meta is its own API type, "<name>-api")
+        let api = format!("{name}-api");
+        let n = out.iter_meta::<gst::Meta>().filter(|m| m.api().name() == api).count();
+        gst::meta::CustomMeta::from_buffer(&out, name).ok().map(|m| {
+            let s = m.structure();
+            (n, s.get::<i32>("value").unwrap(), s.get::<String>("transform").unwrap())
+        })
+    };
+    assert_eq!(
+        custom("classsr-test-colour"),
+        Some((1, 42, "gst-copy".to_string())),
+        "a size-less meta is copied"
+    );
+    assert_eq!(
+        custom("classsr-test-sized"),
+        Some((1, 42, "gst-video-scale".to_string())),
+        "a sized meta is scaled, once, and not also copied"
+    );
+    assert_eq!(custom("classsr-test-audio"), None, "a meta of unknown kind is dropped");
+    // A stock sized meta: the crop scales with the frame.
+    let crop = out.meta::<gst_video::VideoCropMeta>().expect("the crop is kept");
+    assert_eq!(crop.rect(), (8, 12, 40, 32));
+    // The input's layout (a VideoMeta, tagged "memory") is not carried over to the output.
+    for m in out.iter_meta::<gst_video::VideoMeta>() {
+        assert_eq!((m.width(), m.height()), (96, 80), "the input's VideoMeta was copied");
+    }
+}
+
+#[test]
+fn stats_count_frames_from_each_start_and_give_the_input_size() {
+    let mut h = harness(&ka(&[("mode", "branch1"), ("stats", "true")]));
+    let bus = bus_of(&h);
+    let frame_size = |bus: &gst::Bus| -> Vec<(u64, u32, u32)> {
+        stats(bus)
+            .iter()
+            .map(|s| (s.get::<u64>("frame").unwrap(), field(s, "width"), field(s, "height")))
+            .collect()
+    };
+    let (a, b) = (picture(40, 30, 1), picture(24, 36, 2));
+    run_one(&mut h, &a, VideoFormat::Rgb);
+    for _ in 0..2 {
+        h.push(to_buffer(&a, VideoFormat::Rgb)).unwrap();
+        h.pull().unwrap();
+    }
+    assert_eq!(frame_size(&bus), [(1, 40, 30), (2, 40, 30), (3, 40, 30)]);
+    // A caps change: the count goes on, with the new size.
+    run_one(&mut h, &b, VideoFormat::Bgra);
+    assert_eq!(frame_size(&bus), [(4, 24, 36)]);
+    // A flush does not restart the count (it resets the engine's caches only)…
+    assert!(h.push_event(gst::event::FlushStart::new()));
+    assert!(h.push_event(gst::event::FlushStop::new(true)));
+    h.push_event(gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new()));
+    h.push(to_buffer(&b, VideoFormat::Bgra)).unwrap();
+    h.pull().unwrap();
+    assert_eq!(frame_size(&bus), [(5, 24, 36)]);
+    // …a restart does.
+    stop(&h);
+    play(&mut h);
+    run_one(&mut h, &a, VideoFormat::Rgb);
+    assert_eq!(frame_size(&bus), [(1, 40, 30)]);
+}

@@ -839,7 +839,8 @@ impl VideoFilterImpl for ClassSr {
                 Ok(gst::FlowSuccess::Ok)
             }
             Err(e) => {
-                // A panic or failed run may leave buffers half-written: start clean next time.
+                // A failed run may leave buffers half-written. The engine resets itself after
+                // an error it returns; after a panic it could not, so reset here too.
                 state.engine.reset();
                 self.post_error(&e);
                 Err(gst::FlowError::Error)
