@@ -463,10 +463,71 @@ fn prelu_rewrites_give_the_same_values() {
         // what the element's CPU sessions load (the Max form where there is no blocked layout)
         let cpu_form = if runtime::cpu_blocked_layout() { &sum } else { &max };
         assert_eq!(&runtime::rewritten(bytes, DeviceRequest::Cpu)[..], &cpu_form[..]);
-        let got = run(runtime::cpu_session(bytes, "ReluSum form", 1).unwrap());
+        let got = run(runtime::cpu_session_as_is(&sum, "ReluSum form", 1).unwrap());
         let diff = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(diff <= 1e-5, "branch{}: the ReluSum form differs by {diff}", j + 1);
     }
+}
+
+#[test]
+fn prelu_cpu_form_only_where_it_is_close() {
+    // The CPU's ReluSum form only after a 2-D convolution (BatchNormalization scales axis 1,
+    // PRelu's [C, 1, 1] slope the third axis from the right: the same axis only in NCHW) and
+    // for slopes in [-1, 1]; elsewhere the Max form, or PRelu itself for slopes on both sides
+    // of 1; one slope for all channels as LeakyRelu. Node names may be empty or repeat: the
+    // new tensors are named after the (unique) outputs, and the graph loads and computes PRelu.
+    use gstclasssr::onnx::proto::ModelProto;
+    use gstclasssr::onnx::rewrite::{prelu, PreluForm};
+    use gstclasssr::onnx::{to_bytes, Dim, GraphBuilder};
+    use prost::Message;
+    let c = 4;
+    let shape = [Dim::Symbolic("n"), Dim::Fixed(c as i64), Dim::Fixed(8), Dim::Fixed(8)];
+    let mut g = GraphBuilder::new("prelu forms");
+    let x = g.input("lr", &shape);
+    let w: Vec<f32> = (0..c * c * 9).map(|i| ((i * 37 % 17) as f32 - 8.0) / 20.0).collect();
+    g.weight("w", &[c, c, 3, 3], &w);
+    g.weight("b", &[c], &[0.1, -0.2, 0.0, 0.05]);
+    g.weight("a_in", &[c, 1, 1], &[0.25, -0.5, 1.0, 0.0]);
+    g.weight("a_wide", &[c, 1, 1], &[0.25, 2.0, 0.5, 0.1]);
+    g.weight("a_one", &[1], &[0.3]);
+    let p0 = g.op("PRelu", &[&x, "a_in"], &[]); // on the graph input: Max
+    let y = g.conv(&p0, "w", "b", 3, 1, 1);
+    let p1 = g.op("PRelu", &[&y, "a_in"], &[]); // after a convolution: ReluSum
+    let y = g.conv(&p1, "w", "b", 3, 1, 1);
+    let p2 = g.op("PRelu", &[&y, "a_wide"], &[]); // slopes on both sides of 1: kept
+    let y = g.conv(&p2, "w", "b", 3, 1, 1);
+    let p3 = g.op("PRelu", &[&y, "a_one"], &[]); // one slope: LeakyRelu
+    g.output("sr", &p3, &shape);
+    let mut model = ModelProto::decode(&to_bytes(&g.finish("test", &[]))[..]).unwrap();
+    for n in &mut model.graph.as_mut().unwrap().node {
+        n.name = Some(String::new());
+    }
+    let bytes = model.encode_to_vec();
+    let sum = prelu(&bytes, PreluForm::ReluSum).expect("PRelu to rewrite");
+    let graph = ModelProto::decode(&sum[..]).unwrap().graph.unwrap();
+    let count = |op: &str| graph.node.iter().filter(|n| n.op_type.as_deref() == Some(op)).count();
+    assert_eq!(
+        [
+            count("PRelu"),
+            count("Max"),
+            count("Relu"),
+            count("BatchNormalization"),
+            count("LeakyRelu")
+        ],
+        [1, 1, 1, 2, 1]
+    );
+    let mut rng = Rng(5);
+    let input: Vec<f32> = (0..2 * c * 64).map(|_| 2.0 * uniform(&mut rng)).collect();
+    let run = |bytes: &[u8]| -> Vec<f32> {
+        let mut s = runtime::cpu_session_as_is(bytes, "prelu forms", 1).unwrap();
+        let x = TensorRef::from_array_view(([2usize, c, 8, 8], &input[..])).unwrap();
+        let out = s.run(ort::inputs![x]).unwrap();
+        out["sr"].try_extract_tensor::<f32>().unwrap().1.to_vec()
+    };
+    let (want, got) = (run(&bytes), run(&sum));
+    assert!(want.iter().any(|v| *v < 0.0) && want.iter().any(|v| *v > 0.0));
+    let diff = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff <= 1e-5, "{diff}");
 }
 
 #[test]

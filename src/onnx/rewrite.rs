@@ -8,9 +8,12 @@
 //   BatchNormalization with only a scale. ONNX Runtime's CPU layout optimiser keeps Relu,
 //   BatchNormalization and Add in its blocked (NCHWc) layout, turns the products into depthwise
 //   1×1 convolutions and fuses the sum into the second, while around every Max it must reorder
-//   both operands back to NCHW. Equal to PRelu but for one rounding of x > 0 ((1 − a)·x + a·x);
-//   for x ≤ 0 it is a·x exactly. One slope for all channels becomes LeakyRelu (bit-identical),
-//   which the optimiser fuses into the convolution before it.
+//   both operands back to NCHW. For x ≤ 0 it is a·x exactly; for x > 0 it is x within a few
+//   roundings, so it is used only for slopes in [−1, 1] (within 3 ulp of x) and for activations
+//   known to be NCHW (the output of a 2-D convolution: BatchNormalization scales axis 1, PRelu's
+//   [C, 1, 1] slope the third axis from the right). An infinite x > 0 would become NaN where a
+//   ≤ 0, which the merge bounds as it bounds any broken output. One slope for all channels
+//   becomes LeakyRelu (bit-identical), which the optimiser fuses into the convolution before it.
 
 use std::collections::{HashMap, HashSet};
 
@@ -77,14 +80,27 @@ fn scale_by(name: &str, x: &str, scale: String, zeros: &str, ones: &str, out: St
 
 /// The serialised model with its constant-slope PRelu nodes written in `form`, or None when
 /// there is nothing to rewrite (or the bytes are not a model: ONNX Runtime will say so).
-/// `ReluSum` applies to per-channel slopes of shape [C, 1, 1] (NCHW activations) and to single
-/// slopes; other PRelu nodes are left as they are.
+/// `ReluSum` applies to single slopes and to per-channel slopes of shape [C, 1, 1] in [−1, 1]
+/// after a 2-D convolution; other PRelu nodes take the Max form (or stay as they are).
 pub fn prelu(bytes: &[u8], form: PreluForm) -> Option<Vec<u8>> {
     let mut model = ModelProto::decode(bytes).ok()?;
     let graph = model.graph.as_mut()?;
     let slopes: HashMap<String, (Vec<i64>, Vec<f32>)> = constants(graph)
         .into_iter()
         .filter_map(|(name, t)| Some((name, (t.dims.clone(), float_values(t)?))))
+        .collect();
+    // activations known to be NCHW: outputs of convolutions with a 4-D constant weight
+    let nchw: HashSet<String> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type.as_deref() == Some("Conv") && n.output.len() == 1)
+        .filter(|n| {
+            n.input
+                .get(1)
+                .and_then(|w| slopes.get(w))
+                .is_some_and(|(d, _)| d.len() == 4)
+        })
+        .map(|n| n.output[0].clone())
         .collect();
     let mut added: Vec<TensorProto> = Vec::new();
     let mut changed = false;
@@ -94,14 +110,18 @@ pub fn prelu(bytes: &[u8], form: PreluForm) -> Option<Vec<u8>> {
             && n.domain.as_deref().unwrap_or("").is_empty()
             && n.input.len() == 2
             && n.output.len() == 1;
-        let Some((dims, a)) = is_prelu.then(|| slopes.get(&n.input[1])).flatten() else {
+        // (a slope held outside the model, e.g. as external data, reads as no values)
+        let slope = is_prelu.then(|| slopes.get(&n.input[1])).flatten();
+        let Some((dims, a)) = slope.filter(|(d, a)| !a.is_empty() && a.len() as i64 == d.iter().product::<i64>())
+        else {
             nodes.push(n);
             continue;
         };
         let (x, y) = (n.input[0].clone(), n.output[0].clone());
-        let name = n.name.clone().unwrap_or_else(|| y.clone());
+        // new names from the output's, which is unique in the graph (node names need not be)
+        let name = y.clone();
         let channels = match dims.as_slice() {
-            [c, 1, 1] if *c > 1 && a.len() == *c as usize => Some(*c as usize),
+            [c, 1, 1] if *c > 1 && nchw.contains(&x) && a.iter().all(|v| (-1.0..=1.0).contains(v)) => Some(*c as usize),
             _ => None,
         };
         match form {
