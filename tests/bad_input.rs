@@ -12,14 +12,11 @@ use gst::prelude::*;
 
 const KA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/known-answer");
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("classsr-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+fn scratch(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("test-{name}"))
 }
 
-fn copy_ka(name: &str) -> PathBuf {
+fn copy_ka(name: &str) -> ScratchDir {
     let dir = scratch(name);
     for f in std::fs::read_dir(KA).unwrap() {
         let f = f.unwrap().path();
@@ -145,7 +142,8 @@ fn missing_onnx_runtime_is_an_element_error_not_a_crash() {
         "cdylib at {}",
         plugin_dir.display()
     );
-    let registry = scratch("registry").join("registry.bin");
+    let registry_dir = scratch("registry");
+    let registry = registry_dir.join("registry.bin");
     let out = Command::new("gst-launch-1.0")
         .args(["videotestsrc", "num-buffers=1", "!", "classsr", "!", "fakesink"])
         .env("GST_PLUGIN_PATH", &plugin_dir)
@@ -167,10 +165,12 @@ fn missing_onnx_runtime_is_an_element_error_not_a_crash() {
         "{text}"
     );
 
-    let bogus = scratch("bogus-ort").join("libonnxruntime.so.1.31.1");
+    let bogus_dir = scratch("bogus-ort");
+    let bogus = bogus_dir.join("libonnxruntime.so.1.31.1");
     std::fs::write(&bogus, b"not a library").unwrap();
     // The CLI says the same for a file that is not a shared library.
-    let img = scratch("cli-img").join("in.png");
+    let img_dir = scratch("cli-img");
+    let img = img_dir.join("in.png");
     image::RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3]))
         .save(&img)
         .unwrap();

@@ -509,17 +509,15 @@ fn stop_and_restart_reload_the_model_with_the_settings_made_while_stopped() {
 /// A copy of the known-answer set whose branch2 declares a batch of exactly one tile, as many
 /// exporters write a graph: it passes the load-time dry run (one tile) and fails at run time on
 /// a batch of several tiles.
-fn batch_of_one_model() -> String {
+fn batch_of_one_model() -> ScratchDir {
     use gstclasssr::onnx::proto::{tensor_shape_proto::dimension::Value, type_proto, ModelProto};
     use prost::Message;
-    let dir = std::env::temp_dir().join(format!("classsr-element-{}-batch-of-one", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::new("element-batch-of-one");
     for f in std::fs::read_dir(KA).unwrap() {
         let f = f.unwrap().path();
-        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+        std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
     }
-    let path = dir.join("branch2.onnx");
+    let path = dir.path().join("branch2.onnx");
     let mut model = ModelProto::decode(&std::fs::read(&path).unwrap()[..]).unwrap();
     let input = &mut model.graph.as_mut().unwrap().input[0];
     let Some(type_proto::Value::TensorType(t)) = input.r#type.as_mut().unwrap().value.as_mut() else {
@@ -527,7 +525,7 @@ fn batch_of_one_model() -> String {
     };
     t.shape.as_mut().unwrap().dim[0].value = Some(Value::DimValue(1));
     std::fs::write(&path, model.encode_to_vec()).unwrap();
-    dir.display().to_string()
+    dir
 }
 
 #[test]
@@ -576,8 +574,9 @@ fn a_branch_run_that_fails_mid_stream_is_an_element_error_and_the_stream_recover
     };
     let text = err.error().to_string();
     assert!(err.error().matches(gst::LibraryError::Init), "{text}");
+    // (how many of the 6 tiles the failing run had depends on how they were shared out)
     assert!(
-        text.contains("branch2 failed on 6 tiles of 32x32") && text.contains("invalid dimensions"),
+        text.contains("branch2 failed on") && text.contains("tiles of 32x32") && text.contains("invalid dimensions"),
         "{text}"
     );
     assert_eq!(msg.src().map(|s| s.name()), Some(e.name()));
@@ -598,7 +597,6 @@ fn a_branch_run_that_fails_mid_stream_is_an_element_error_and_the_stream_recover
     let out = from_buffer(&h.pull().unwrap(), VideoFormat::Rgb, 1280, 256);
     assert_eq!(max_diff(&out, &want(&mild), true), 0);
     assert!(bus.pop_filtered(&[gst::MessageType::Error]).is_none());
-    let _ = std::fs::remove_dir_all(&model);
 }
 
 #[test]

@@ -8,10 +8,10 @@ use std::process::Command;
 
 use common::*;
 
-/// A fresh scratch folder `name` with an empty `hr` folder in it: (folder, hr).
-fn scratch(name: &str) -> (PathBuf, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("classsr-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+/// A fresh scratch folder `name` (removed when dropped) with an empty `hr` folder in it:
+/// (folder, hr).
+fn scratch(name: &str) -> (ScratchDir, PathBuf) {
+    let dir = ScratchDir::new(name);
     let hr = dir.join("hr");
     std::fs::create_dir_all(&hr).unwrap();
     (dir, hr)
@@ -188,9 +188,7 @@ fn shapes(w: usize, h: usize) -> Vec<u8> {
 
 #[test]
 fn embedded_default_is_trained_and_sharper_than_bicubic() {
-    let dir = std::env::temp_dir().join(format!("classsr-default-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::new("default");
     let (w, h) = (208, 200);
     image::RgbImage::from_raw(w as u32, h as u32, shapes(w, h))
         .unwrap()
@@ -226,7 +224,6 @@ fn embedded_default_is_trained_and_sharper_than_bicubic() {
         branch2 > bicubic + 0.15,
         "branch2 {branch2:.3} dB vs bicubic {bicubic:.3} dB"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Runs the `classsr` binary; (success, stderr).

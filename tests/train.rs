@@ -16,6 +16,9 @@ use gstclasssr::train::pipeline::{class_split, routing_offset};
 use gstclasssr::train::rng::Rng;
 use ort::value::TensorRef;
 
+mod common;
+use common::ScratchDir;
+
 #[allow(deprecated)]
 type B = burn::backend::Candle;
 
@@ -135,11 +138,8 @@ fn classsr_losses_match_hand_computed_values() {
     assert!(class_loss(even).into_scalar().abs() < 1e-6);
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("classsr-train-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+fn scratch(name: &str) -> ScratchDir {
+    ScratchDir::new(&format!("train-test-{name}"))
 }
 
 /// A few photo-like images: smooth areas, edges and texture, so the classes differ.

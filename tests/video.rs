@@ -415,12 +415,12 @@ fn classmap_tints_every_pixel_with_overlapping_tiles() {
 /// The known-answer model with a `qos_bias_step` of `step`, in a scratch directory. Its own
 /// manifest has none (0.5), which already sends every tile of any picture to branch1 at
 /// level 1, so levels 2 and 3 could not be told apart.
-fn ka_with_qos_step(step: f32) -> String {
+fn ka_with_qos_step(step: f32) -> ScratchDir {
     let mut set = gstclasssr::manifest::ModelSet::load(KA).unwrap();
     set.manifest.qos_bias_step = Some(step);
-    let dir = std::env::temp_dir().join(format!("classsr-video-qos-step-{}", std::process::id()));
-    set.save_dir(&dir, true).unwrap();
-    dir.display().to_string()
+    let dir = ScratchDir::new("video-qos-step");
+    set.save_dir(dir.path(), true).unwrap();
+    dir
 }
 
 /// Vertical strips of 32 pixels (one tile each with tile-size 32, overlap 0): a flat one, then
