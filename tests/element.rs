@@ -543,19 +543,7 @@ fn a_branch_run_that_fails_mid_stream_is_an_element_error_and_the_stream_recover
     let e = h.element().unwrap();
     // Flat (branch1) but for strong noise (branch3, `seed` its noise) on the right fifth, and
     // with `mild` a mildly noisy strip before it (branch2: 2x3 tiles, one batch of 6).
-    let (w, hgt) = (320, 64);
-    let frame = |mild: bool, seed: u64| {
-        let mut rng = Rng(seed);
-        let noise: Vec<u8> = (0..w * hgt).map(|_| rng.below(200) as u8).collect();
-        Rgba::new(w, hgt, |x, y| {
-            let n = noise[y * w + x];
-            match x {
-                192..256 if mild => [100 + n % 28, 100 + n % 28, 100, 255],
-                0..256 => [90, 100, 110, 255],
-                _ => [n, 255 - n, n / 2, 255],
-            }
-        })
-    };
+    let frame = |mild: bool, seed: u64| three_classes(320, 64, mild, seed);
     let want = |img: &Rgba| upscale(img, &ka(&[("cache", "off")]));
     let first = frame(false, 1);
     assert_eq!(

@@ -843,22 +843,8 @@ fn a_frame_that_fails_half_way_leaves_no_stale_tiles() {
         cache_refresh: 0,
         ..Default::default()
     };
-    let (w, h) = (320, 64);
-    // flat (branch1) but for strong noise (branch3) on the right fifth, with `mild` a strip
-    // before it mildly noisy (branch2); `seed` the noise. Few tiles change from frame to
-    // frame, so only they are repacked over the kept output.
-    let frame = |mild: bool, seed: u64| {
-        let mut rng = Rng(seed);
-        let noise: Vec<u8> = (0..w * h).map(|_| rng.below(200) as u8).collect();
-        Rgba::new(w, h, |x, y| {
-            let n = noise[y * w + x];
-            match x {
-                192..256 if mild => [100 + n % 28, 100 + n % 28, 100, 255],
-                0..256 => [90, 100, 110, 255],
-                _ => [n, 255 - n, n / 2, 255],
-            }
-        })
-    };
+    // Few tiles change from frame to frame, so only they are repacked over the kept output.
+    let frame = |mild: bool, seed: u64| three_classes(320, 64, mild, seed);
     let mut engine = Engine::new(Model::load(&set, &CPU).unwrap());
     try_engine(&mut engine, &frame(false, 1), &cfg).expect("no branch2 tiles: the frame is made");
     // new noise on the right (merged by the branch3 worker) and branch2 failing

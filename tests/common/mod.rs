@@ -342,3 +342,19 @@ impl Drop for ScratchDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A `w`×`h` frame (w > 256) for the known-answer model's three classes: flat (branch1) but
+/// for strong noise (branch3) right of column 256 and, with `mild`, a mildly noisy strip at
+/// columns 192..256 (branch2); `seed` seeds the noise.
+pub fn three_classes(w: usize, h: usize, mild: bool, seed: u64) -> Rgba {
+    let mut rng = Rng(seed);
+    let noise: Vec<u8> = (0..w * h).map(|_| rng.below(200) as u8).collect();
+    Rgba::new(w, h, |x, y| {
+        let n = noise[y * w + x];
+        match x {
+            192..256 if mild => [100 + n % 28, 100 + n % 28, 100, 255],
+            0..256 => [90, 100, 110, 255],
+            _ => [n, 255 - n, n / 2, 255],
+        }
+    })
+}
