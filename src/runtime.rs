@@ -149,8 +149,8 @@ pub fn cpu_blocked_layout() -> bool {
 
 /// `bytes` after the load-time rewrites of onnx/rewrite.rs for `device` (the same values,
 /// faster), or as given when there is nothing to rewrite: PRelu in its ReluSum form on a CPU
-/// with the blocked layout (equal but for one rounding), elsewhere in the bit-identical Max
-/// form. For sessions of [`session_as_is`] / [`cpu_session_as_is`], so that a graph loaded
+/// with the blocked layout (where it is within a few roundings of PRelu, see
+/// onnx/rewrite.rs), elsewhere in the bit-identical Max form. For sessions of [`session_as_is`] / [`cpu_session_as_is`], so that a graph loaded
 /// several times is rewritten once.
 pub fn rewritten(bytes: &[u8], device: DeviceRequest) -> Cow<'_, [u8]> {
     use crate::onnx::rewrite::{prelu, PreluForm};

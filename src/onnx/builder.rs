@@ -29,6 +29,33 @@ pub enum Attr<'a> {
     Str(&'a str),
 }
 
+/// The node attribute `name` = `value`.
+pub(crate) fn attribute(name: &str, value: &Attr) -> AttributeProto {
+    let mut a = AttributeProto {
+        name: Some(name.to_string()),
+        ..Default::default()
+    };
+    match value {
+        Attr::Int(v) => {
+            a.i = Some(*v);
+            a.r#type = Some(AttributeType::Int as i32);
+        }
+        Attr::Ints(v) => {
+            a.ints = v.to_vec();
+            a.r#type = Some(AttributeType::Ints as i32);
+        }
+        Attr::Float(v) => {
+            a.f = Some(*v);
+            a.r#type = Some(AttributeType::Float as i32);
+        }
+        Attr::Str(v) => {
+            a.s = Some(v.as_bytes().to_vec());
+            a.r#type = Some(AttributeType::String as i32);
+        }
+    }
+    a
+}
+
 /// Builds one ONNX graph node by node.
 pub struct GraphBuilder {
     graph: GraphProto,
@@ -146,34 +173,7 @@ impl GraphBuilder {
     /// Adds a node and returns the name of its first output.
     pub fn node(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: &[(&str, Attr)]) -> String {
         self.counter += 1;
-        let attribute = attrs
-            .iter()
-            .map(|(name, value)| {
-                let mut a = AttributeProto {
-                    name: Some(name.to_string()),
-                    ..Default::default()
-                };
-                match value {
-                    Attr::Int(v) => {
-                        a.i = Some(*v);
-                        a.r#type = Some(AttributeType::Int as i32);
-                    }
-                    Attr::Ints(v) => {
-                        a.ints = v.to_vec();
-                        a.r#type = Some(AttributeType::Ints as i32);
-                    }
-                    Attr::Float(v) => {
-                        a.f = Some(*v);
-                        a.r#type = Some(AttributeType::Float as i32);
-                    }
-                    Attr::Str(v) => {
-                        a.s = Some(v.as_bytes().to_vec());
-                        a.r#type = Some(AttributeType::String as i32);
-                    }
-                }
-                a
-            })
-            .collect();
+        let attribute = attrs.iter().map(|(name, value)| attribute(name, value)).collect();
         self.graph.node.push(NodeProto {
             op_type: Some(op.to_string()),
             name: Some(format!("{op}_{}", self.counter)),

@@ -12,8 +12,9 @@ use std::collections::{HashMap, HashSet};
 
 use prost::Message;
 
+use super::builder::{attribute, Attr};
 use super::graphs::{float_tensor, float_values};
-use super::proto::{attribute_proto::AttributeType, AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto};
+use super::proto::{GraphProto, ModelProto, NodeProto, TensorProto};
 use super::rewrite::{constants, node};
 
 fn ints(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
@@ -36,15 +37,6 @@ fn text(n: &NodeProto, name: &str) -> Option<String> {
         .find(|a| a.name.as_deref() == Some(name))
         .and_then(|a| a.s.as_ref())
         .map(|s| String::from_utf8_lossy(s).into_owned())
-}
-
-fn ints_attr(name: &str, v: Vec<i64>) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        ints: v,
-        r#type: Some(AttributeType::Ints as i32),
-        ..Default::default()
-    }
 }
 
 /// The phase convolution equivalent to a ConvTranspose with weight `w` ([Cin, Cout, K, K]),
@@ -184,8 +176,8 @@ impl Rewriter<'_> {
         }
         self.added.push(NodeProto {
             attribute: vec![
-                ints_attr("kernel_shape", vec![ky as i64, kx as i64]),
-                ints_attr("pads", conv_pads.to_vec()),
+                attribute("kernel_shape", &Attr::Ints(&[ky as i64, kx as i64])),
+                attribute("pads", &Attr::Ints(&conv_pads)),
             ],
             ..node("Conv", out.clone(), input, out.clone())
         });

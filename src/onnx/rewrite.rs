@@ -19,6 +19,7 @@ use std::collections::{HashMap, HashSet};
 
 use prost::Message;
 
+use super::builder::{attribute, Attr};
 use super::graphs::{float_tensor, float_values};
 use super::proto::{GraphProto, ModelProto, NodeProto, TensorProto};
 
@@ -54,28 +55,19 @@ pub enum PreluForm {
     ReluSum,
 }
 
-/// A BatchNormalization node computing `scale`·x alone: mean 0, variance 1 and epsilon 0, so
-/// no other rounding.
-fn scale_by(name: &str, x: &str, scale: String, zeros: &str, ones: &str, out: String) -> NodeProto {
-    let mut n = node(
-        "BatchNormalization",
-        name.to_string(),
-        vec![
-            x.to_string(),
-            scale,
-            zeros.to_string(),
-            zeros.to_string(),
-            ones.to_string(),
-        ],
-        out,
-    );
-    n.attribute.push(super::proto::AttributeProto {
-        name: Some("epsilon".into()),
-        f: Some(0.0),
-        r#type: Some(super::proto::attribute_proto::AttributeType::Float as i32),
-        ..Default::default()
-    });
-    n
+/// A BatchNormalization node `{out}` computing the constant `scale`·`x` alone: its mean
+/// `{at}.zeros`, variance `{at}.ones` and epsilon 0, so no other rounding.
+fn scale_by(at: &str, x: &str, scale: String, out: String) -> NodeProto {
+    let (zeros, ones) = (format!("{at}.zeros"), format!("{at}.ones"));
+    NodeProto {
+        attribute: vec![attribute("epsilon", &Attr::Float(0.0))],
+        ..node(
+            "BatchNormalization",
+            out.clone(),
+            vec![x.to_string(), scale, zeros.clone(), zeros, ones],
+            out,
+        )
+    }
 }
 
 /// The serialised model with its constant-slope PRelu nodes written in `form`, or None when
@@ -120,22 +112,17 @@ pub fn prelu(bytes: &[u8], form: PreluForm) -> Option<Vec<u8>> {
         let (x, y) = (n.input[0].clone(), n.output[0].clone());
         // new names from the output's, which is unique in the graph (node names need not be)
         let name = y.clone();
-        let channels = match dims.as_slice() {
-            [c, 1, 1] if *c > 1 && nchw.contains(&x) && a.iter().all(|v| (-1.0..=1.0).contains(v)) => Some(*c as usize),
-            _ => None,
-        };
+        let per_channel = matches!(dims.as_slice(), [c, 1, 1] if *c > 1)
+            && nchw.contains(&x)
+            && a.iter().all(|v| (-1.0..=1.0).contains(v));
         match form {
             PreluForm::ReluSum if a.len() == 1 => {
-                let mut leaky = node("LeakyRelu", format!("{name}.leaky"), vec![x], y);
-                leaky.attribute.push(super::proto::AttributeProto {
-                    name: Some("alpha".into()),
-                    f: Some(a[0]),
-                    r#type: Some(super::proto::attribute_proto::AttributeType::Float as i32),
-                    ..Default::default()
+                nodes.push(NodeProto {
+                    attribute: vec![attribute("alpha", &Attr::Float(a[0]))],
+                    ..node("LeakyRelu", format!("{name}.leaky"), vec![x], y)
                 });
-                nodes.push(leaky);
             }
-            PreluForm::ReluSum if channels.is_some() => {
+            PreluForm::ReluSum if per_channel => {
                 let c = a.len() as i64;
                 let t = |suffix: &str| format!("{name}.{suffix}");
                 let one_minus: Vec<f32> = a.iter().map(|v| 1.0 - v).collect();
@@ -144,22 +131,8 @@ pub fn prelu(bytes: &[u8], form: PreluForm) -> Option<Vec<u8>> {
                 added.push(float_tensor(&t("zeros"), vec![c], &vec![0.0; a.len()]));
                 added.push(float_tensor(&t("ones"), vec![c], &vec![1.0; a.len()]));
                 nodes.push(node("Relu", t("relu"), vec![x.clone()], t("relu")));
-                nodes.push(scale_by(
-                    &t("kept_bn"),
-                    &t("relu"),
-                    t("kept"),
-                    &t("zeros"),
-                    &t("ones"),
-                    t("kept_part"),
-                ));
-                nodes.push(scale_by(
-                    &t("slope_bn"),
-                    &x,
-                    t("slope"),
-                    &t("zeros"),
-                    &t("ones"),
-                    t("slope_part"),
-                ));
+                nodes.push(scale_by(&name, &t("relu"), t("kept"), t("kept_part")));
+                nodes.push(scale_by(&name, &x, t("slope"), t("slope_part")));
                 nodes.push(node("Add", t("sum"), vec![t("kept_part"), t("slope_part")], y));
             }
             _ => {
