@@ -16,21 +16,6 @@ fn ka(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str
     v
 }
 
-/// A bus set on `h`'s element (messages posted from then on).
-fn bus_of(h: &gst_check::Harness) -> gst::Bus {
-    let bus = gst::Bus::new();
-    h.element().unwrap().set_bus(Some(&bus));
-    bus
-}
-
-/// The classsr-stats structures posted so far (other messages are dropped).
-fn stats(bus: &gst::Bus) -> Vec<gst::Structure> {
-    std::iter::from_fn(|| bus.pop_filtered(&[gst::MessageType::Element]))
-        .filter_map(|m| m.structure().map(|s| s.to_owned()))
-        .filter(|s| s.name() == "classsr-stats")
-        .collect()
-}
-
 fn field(s: &gst::Structure, f: &str) -> u32 {
     s.get::<u32>(f).unwrap()
 }

@@ -14,22 +14,8 @@ fn element(props: &[(&str, &str)]) -> (gst_check::Harness, gst::Bus) {
     let mut all = vec![("model", KA), ("device", "cpu"), ("stats", "true")];
     all.extend_from_slice(props);
     let h = harness(&all);
-    let bus = gst::Bus::new();
-    h.element().unwrap().set_bus(Some(&bus));
+    let bus = bus_of(&h);
     (h, bus)
-}
-
-/// The classsr-stats structures posted so far.
-fn stats(bus: &gst::Bus) -> Vec<gst::Structure> {
-    let mut v = Vec::new();
-    while let Some(m) = bus.pop_filtered(&[gst::MessageType::Element]) {
-        if let Some(s) = m.structure() {
-            if s.name() == "classsr-stats" {
-                v.push(s.to_owned());
-            }
-        }
-    }
-    v
 }
 
 /// The classsr-stats structures and the number of warnings posted so far (`stats` and a

@@ -358,3 +358,18 @@ pub fn three_classes(w: usize, h: usize, mild: bool, seed: u64) -> Rgba {
         }
     })
 }
+
+/// A bus set on `h`'s element (messages posted from then on).
+pub fn bus_of(h: &gst_check::Harness) -> gst::Bus {
+    let bus = gst::Bus::new();
+    h.element().unwrap().set_bus(Some(&bus));
+    bus
+}
+
+/// The classsr-stats structures posted so far (a filtered pop: other messages are dropped).
+pub fn stats(bus: &gst::Bus) -> Vec<gst::Structure> {
+    std::iter::from_fn(|| bus.pop_filtered(&[gst::MessageType::Element]))
+        .filter_map(|m| m.structure().map(|s| s.to_owned()))
+        .filter(|s| s.name() == "classsr-stats")
+        .collect()
+}
