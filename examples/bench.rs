@@ -17,6 +17,8 @@ struct Run {
     seconds: f64,
     /// Share of tiles whose HR output came from the cache (with stats=true).
     hit_share: f64,
+    /// The element's processing time of each frame in ms (with stats=true).
+    frame_ms: Vec<f64>,
 }
 
 fn run(desc: &str, keep: bool) -> Result<Run, String> {
@@ -44,7 +46,7 @@ fn run(desc: &str, keep: bool) -> Result<Run, String> {
     }
     let seconds = t0.elapsed().as_secs_f64();
     let bus = p.bus().ok_or("no bus")?;
-    let (mut hits, mut tiles, mut err) = (0u64, 0u64, None);
+    let (mut hits, mut tiles, mut err, mut frame_ms) = (0u64, 0u64, None, Vec::new());
     while let Some(m) = bus.pop() {
         match m.view() {
             gst::MessageView::Error(e) => err = Some(e.error().to_string()),
@@ -52,6 +54,7 @@ fn run(desc: &str, keep: bool) -> Result<Run, String> {
                 if let Some(st) = m.structure().filter(|s| s.name() == "classsr-stats") {
                     hits += st.get::<u32>("full-cache-hits").unwrap_or(0) as u64;
                     tiles += st.get::<u32>("tiles").unwrap_or(0) as u64;
+                    frame_ms.push(st.get::<u64>("processing-time").unwrap_or(0) as f64 / 1e6);
                 }
             }
             _ => {}
@@ -69,6 +72,7 @@ fn run(desc: &str, keep: bool) -> Result<Run, String> {
         frames,
         seconds,
         hit_share,
+        frame_ms,
     })
 }
 
@@ -179,9 +183,9 @@ fn main() -> Result<(), String> {
     };
 
     println!("## Per-tile cache on a static-camera clip\n");
-    println!("`{clip}` decoded and scaled once to raw RGB (192x144: output 768x576, the issue's size; 384x288: output 1536x1152), first {frames} frames, {reps} alternated timed runs per setting, median fps; PSNR of each setting's frames against cache=off, and the hits, from one more run before them (which keeps the frames and posts stats, so it is not timed). The cache's default threshold is 1; the higher thresholds trade PSNR for reuse (the reuse saturates: the tiles the walkers cross change for real).\n");
-    println!("| input | cache | fps (median) | x cache=off | full-cache hits | PSNR vs off (dB) |");
-    println!("|---|---|---|---|---|---|");
+    println!("`{clip}` decoded and scaled once to raw RGB (192x144: output 768x576, the issue's size; 384x288: output 1536x1152), first {frames} frames, {reps} alternated timed runs per setting, median fps; PSNR of each setting's frames against cache=off, the hits and the element's processing time per frame (its `processing-time` stat: median, 95th percentile and slowest of the frames after the first, which computes every tile whatever the cache), from one more run before them (which keeps the frames and posts stats, so it is not timed). The cache's default threshold is 1; the higher thresholds trade PSNR for reuse (the reuse saturates: the tiles the walkers cross change for real). The default `cache-refresh=30` recomputes 1/30 of the tiles each frame, so no frame costs what a frame without the cache does.\n");
+    println!("| input | cache | fps (median) | x cache=off | full-cache hits | PSNR vs off (dB) | frame ms: median / p95 / slowest |");
+    println!("|---|---|---|---|---|---|---|");
     let settings = [
         ("off", ""),
         ("class", ""),
@@ -194,6 +198,7 @@ fn main() -> Result<(), String> {
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); settings.len()];
         let mut outputs: Vec<Vec<Vec<u8>>> = vec![Vec::new(); settings.len()];
         let mut hits = vec![0f64; settings.len()];
+        let mut frame_ms: Vec<Vec<f64>> = vec![Vec::new(); settings.len()];
         // run 0 keeps the frames (for PSNR) and posts stats (for the hits): it is not timed
         for r in 0..=reps {
             for (k, (cache, extra)) in settings.iter().enumerate() {
@@ -206,6 +211,7 @@ fn main() -> Result<(), String> {
                 if r == 0 {
                     outputs[k] = out.frames;
                     hits[k] = out.hit_share;
+                    frame_ms[k] = out.frame_ms;
                 } else {
                     times[k].push(out.frames.len() as f64 / out.seconds);
                 }
@@ -224,10 +230,16 @@ fn main() -> Result<(), String> {
             } else {
                 format!("{cache}, {extra}")
             };
+            // the first frame computes every tile whatever the cache
+            let mut later = frame_ms[k][1..].to_vec();
+            later.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            let p95 = later[(later.len() * 95 / 100).min(later.len() - 1)];
+            let slowest = later[later.len() - 1];
             println!(
-                "| {w}x{h} | {name} | {fps:.1} | {:.2} | {:.0}% | {p} |",
+                "| {w}x{h} | {name} | {fps:.1} | {:.2} | {:.0}% | {p} | {:.1} / {p95:.1} / {slowest:.1} |",
                 fps / base,
-                100.0 * hits[k]
+                100.0 * hits[k],
+                median(frame_ms[k].clone())
             );
         }
     }

@@ -328,7 +328,7 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecUInt::builder("cache-refresh")
                     .nick("Cache refresh")
-                    .blurb("Recompute every tile every this many frames so drift cannot build up (0 = never)")
+                    .blurb("Recompute every tile once every this many frames so drift cannot build up, staggered: about 1/N of the tiles each frame (0 = never)")
                     .default_value(DEFAULT_CACHE_REFRESH)
                     .mutable_playing()
                     .build(),

@@ -43,7 +43,7 @@ pub struct TileCache {
     pub hr: Vec<f32>,
     /// Per tile: whether that output may be reused (it came from the tile's branch).
     hr_valid: Vec<bool>,
-    /// Frames since everything was last recomputed.
+    /// Frames since the cache was last reset (this frame's index after `begin_frame`).
     age: u64,
     /// Routing settings the cached classes were made with.
     key: Option<(u8, u32)>,
@@ -75,16 +75,27 @@ impl TileCache {
         self.key = None;
     }
 
-    /// Starts a frame: drops everything when the routing settings changed or a refresh is due
-    /// (and then returns true).
-    pub fn begin_frame(&mut self, key: (u8, u32), refresh: u32) -> bool {
-        let reset = self.key != Some(key) || (refresh > 0 && self.age >= refresh as u64);
+    /// Starts a frame: drops everything when the routing settings changed (and then returns
+    /// true).
+    pub fn begin_frame(&mut self, key: (u8, u32)) -> bool {
+        let reset = self.key != Some(key);
         if reset {
             self.reset();
             self.key = Some(key);
+        } else {
+            self.age += 1;
         }
-        self.age += 1;
         reset
+    }
+
+    /// Whether tile `i` is due to be recomputed this frame whatever it looks like: with
+    /// `refresh` = R > 0, every tile is recomputed once every R frames, staggered so that each
+    /// frame recomputes about 1/R of the tiles (a full refresh every R frames would make every
+    /// R-th frame cost as much as one without the cache: a live pipeline would see it late).
+    pub fn refresh_due(&self, i: usize, refresh: u32) -> bool {
+        let r = refresh as u64;
+        let n = self.valid.len() as u64;
+        r > 0 && self.age > 0 && self.age % r == (i as u64 * r) / n
     }
 
     /// Whether tile `i` (the NCHW item `tile`) is unchanged: in every 8×8 block (all three

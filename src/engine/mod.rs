@@ -125,7 +125,8 @@ pub struct FrameConfig {
     /// A tile is unchanged when, in every 8×8 block, its mean absolute difference to the
     /// cached one is below this (8-bit units); 0 caches only bit-identical tiles.
     pub cache_threshold: f32,
-    /// Every this many frames everything is recomputed (0 = never).
+    /// Every tile is recomputed once every this many frames, about 1/N of them each frame
+    /// (0 = never).
     pub cache_refresh: u32,
 }
 
@@ -655,16 +656,14 @@ impl Engine {
             work.fresh.fill(true);
             return;
         }
-        if work
-            .cache
-            .begin_frame((cfg.mode.key(), cfg.bias.to_bits()), cfg.cache_refresh)
-        {
+        if work.cache.begin_frame((cfg.mode.key(), cfg.bias.to_bits())) {
             work.fx_complete = false;
         }
         for i in 0..n {
-            work.fresh[i] = !work
-                .cache
-                .unchanged(i, &work.all_tiles[i * item..(i + 1) * item], threshold);
+            work.fresh[i] = work.cache.refresh_due(i, cfg.cache_refresh)
+                || !work
+                    .cache
+                    .unchanged(i, &work.all_tiles[i * item..(i + 1) * item], threshold);
         }
     }
 
