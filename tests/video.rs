@@ -682,3 +682,31 @@ fn region_of_interest_metas_are_scaled_with_the_frame() {
     assert_eq!(roi.rect(), (40, 48, 80, 64));
     assert_eq!(roi.roi_type(), "face");
 }
+
+#[test]
+fn gap_buffers_stay_gaps_skip_the_networks_and_leave_the_cache_alone() {
+    // A GAP buffer carries no meaningful picture: it comes out as a GAP of the right size
+    // (the input upscaled bicubically, no network run), and the cache does not learn from it.
+    let a = zones(96, 64);
+    let junk = picture(96, 64, 11);
+    let (mut h, bus) = element(&[("cache", "full"), ("cache-threshold", "0"), ("cache-refresh", "0")]);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 96, 64));
+    let first = push(&mut h, &a);
+    let mut gap = to_buffer(&junk, VideoFormat::Rgb);
+    gap.get_mut().unwrap().set_flags(gst::BufferFlags::GAP);
+    h.push(gap).unwrap();
+    let out = h.pull().unwrap();
+    assert!(out.flags().contains(gst::BufferFlags::GAP), "the output is a GAP too");
+    let got = from_buffer(&out, VideoFormat::Rgb, 96 * 4, 64 * 4);
+    assert!(
+        got == cache_off(&junk, &[("mode", "bicubic")]),
+        "a GAP is upscaled bicubically"
+    );
+    let again = push(&mut h, &a);
+    assert!(again == first, "the frame after the GAP reuses the cache as before it");
+    let st = stats(&bus);
+    assert_eq!(st.len(), 3);
+    assert_eq!(u(&st[1], "runs"), 0, "no network runs on a GAP");
+    assert_eq!(u(&st[1], "macs"), 0);
+    assert_eq!(u(&st[2], "full-cache-hits"), u(&st[2], "tiles"), "{:?}", st[2]);
+}

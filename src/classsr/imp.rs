@@ -564,6 +564,15 @@ impl BaseTransformImpl for ClassSr {
         self.parent_sink_event(event)
     }
 
+    fn copy_metadata(&self, inbuf: &gst::BufferRef, outbuf: &mut gst::BufferRef) -> Result<(), gst::LoggableError> {
+        self.parent_copy_metadata(inbuf, outbuf)?;
+        // A GAP stays a GAP (the base class does not carry the flag over).
+        if inbuf.flags().contains(gst::BufferFlags::GAP) {
+            outbuf.set_flags(gst::BufferFlags::GAP);
+        }
+        Ok(())
+    }
+
     fn transform_meta<'a>(
         &self,
         outbuf: &mut gst::BufferRef,
@@ -771,6 +780,14 @@ impl VideoFilterImpl for ClassSr {
             }
             q.level
         };
+        // A GAP buffer holds no meaningful picture: it is upscaled bicubically (no network
+        // run, a fraction of a frame's time) and kept out of the cache, so the next real frame
+        // is compared with the last real one.
+        let gap = inframe.buffer().flags().contains(gst::BufferFlags::GAP);
+        if gap {
+            cfg.mode = Mode::Bicubic;
+            cfg.cache = CacheMode::Off;
+        }
         let mut guard = self.state.lock().unwrap();
         let state = guard.as_mut().ok_or(gst::FlowError::NotNegotiated)?;
         if qos_level > 0 {
@@ -805,6 +822,7 @@ impl VideoFilterImpl for ClassSr {
             layout: out_layout,
         };
         let graphs = graphs
+            && !gap
             && match frame_graphs::supports(&cfg, out_layout) {
                 Ok(()) => {
                     state.graphs_skipped = None;
