@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+use image::ImageDecoder;
+
 use crate::engine::pixels::{Image, ImageMut, PixelLayout};
 use crate::engine::resample::imresize_rgb8;
 use crate::engine::{Engine, FrameConfig, Mode};
@@ -21,9 +23,7 @@ pub struct EvalImage {
 impl EvalImage {
     /// Reads an HR image and makes its LR version for `scale`.
     pub fn load(path: &Path, scale: usize) -> Result<EvalImage, Error> {
-        let img = image::open(path)
-            .map_err(|e| Error::Input(format!("cannot read '{}': {e}", path.display())))?
-            .to_rgb8();
+        let img = read_image(path).map_err(Error::Input)?.to_rgb8();
         let stride = img.width() as usize;
         let (w, h) = (stride / scale * scale, img.height() as usize / scale * scale);
         // scored with a `scale`-pixel border shaved and an 11x11 SSIM window inside it, after
@@ -58,6 +58,27 @@ impl EvalImage {
     }
 }
 
+/// Reads a PNG or JPEG file by its content (not its name), turned upright by its EXIF
+/// orientation (as image viewers show it: phone photographs are often stored sideways).
+pub fn read_image(path: &Path) -> Result<image::DynamicImage, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("cannot read '{}': {e}", path.display());
+    let mut decoder = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| fail(&e))?
+        .into_decoder()
+        .map_err(|e| fail(&e))?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| fail(&e))?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// PSNR of identical images: a cap, so that one exactly reproduced image does not make a
+/// mean over images infinite.
+pub const PSNR_CAP: f64 = 100.0;
+
 /// Antialiased bicubic (MATLAB imresize) ×1/scale of interleaved RGB8, rounded to 8 bits.
 pub fn downscale(rgb: &[u8], w: usize, h: usize, scale: usize) -> Vec<u8> {
     imresize_rgb8(rgb, w, h, w / scale, h / scale)
@@ -79,7 +100,8 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-/// PSNR (dB) over RGB of two interleaved images, `shave` pixels left out at each border.
+/// PSNR (dB) over RGB of two interleaved images, `shave` pixels left out at each border; at
+/// most [`PSNR_CAP`] (identical images).
 pub fn psnr(a: &[u8], b: &[u8], w: usize, h: usize, shave: usize) -> f64 {
     let mut se = 0f64;
     let mut n = 0usize;
@@ -93,9 +115,9 @@ pub fn psnr(a: &[u8], b: &[u8], w: usize, h: usize, shave: usize) -> f64 {
         }
     }
     if n == 0 || se == 0.0 {
-        return f64::INFINITY;
+        return PSNR_CAP;
     }
-    10.0 * (255.0 * 255.0 / (se / n as f64)).log10()
+    (10.0 * (255.0 * 255.0 / (se / n as f64)).log10()).min(PSNR_CAP)
 }
 
 /// SSIM (Wang et al. 2004: 11×11 Gaussian window, σ = 1.5, K = 0.01/0.03) on the BT.601 luma

@@ -6,8 +6,9 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// Writes `path` through a temporary file beside it (`.NAME.tmp`), filled by `fill`, synced,
-/// then renamed over it; through a symbolic link, the file it names is replaced. On failure
-/// the temporary file is removed and `path` is left as it was.
+/// then renamed over it; through a symbolic link, the file it names is replaced, and a
+/// replaced file keeps its permissions. On failure the temporary file is removed and `path`
+/// is left as it was.
 pub fn write_atomically(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
@@ -23,7 +24,13 @@ pub fn write_atomically(
         fill(&mut w)?;
         w.into_inner().map_err(|e| e.into_error())?.sync_all()
     });
-    let result = written.and_then(|_| std::fs::rename(&tmp, &target));
+    let kept = || match std::fs::metadata(&target) {
+        Ok(old) => std::fs::set_permissions(&tmp, old.permissions()),
+        Err(_) => Ok(()),
+    };
+    let result = written
+        .and_then(|_| kept())
+        .and_then(|_| std::fs::rename(&tmp, &target));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

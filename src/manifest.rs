@@ -139,7 +139,7 @@ pub struct ModelSet {
 impl ModelSet {
     /// Reads a model directory.
     pub fn load_dir(dir: &Path) -> Result<ModelSet, Error> {
-        let fix = "point the 'model' property at a directory holding manifest.json, classifier.onnx and branch1..3.onnx (e.g. one written by classsr-train export), or leave it empty for the embedded default";
+        let fix = "point the element's `model` property (the CLI's --model) at a directory holding manifest.json, classifier.onnx and branch1..3.onnx (e.g. one written by classsr-train export), or leave it empty for the embedded default";
         if !dir.is_dir() {
             return Err(Error::Model(format!(
                 "model directory '{}' does not exist or is not a directory; {fix}",

@@ -211,10 +211,11 @@ pub fn session_as_is(
         Ok(b) => Ok((commit_as_is(b, bytes, what)?, ActiveDevice::Cuda(cfg.device_id), None)),
         Err(e) => {
             let why = format!(
-                "CUDA execution provider (device {}) did not register: {e}. It needs an NVIDIA driver, \
+                "CUDA execution provider (device {}) did not register: {}. It needs an NVIDIA driver, \
                  the CUDA 13 and cuDNN 9 libraries (e.g. libcublasLt.so.13) on LD_LIBRARY_PATH and the \
                  onnxruntime-gpu build of libonnxruntime",
-                cfg.device_id
+                cfg.device_id,
+                e.to_string().trim_end_matches('.')
             );
             if cfg.device == DeviceRequest::Cuda {
                 Err(Error::Runtime(why))

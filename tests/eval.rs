@@ -281,4 +281,116 @@ fn the_command_line_never_loses_a_file_and_names_what_it_skips() {
     for name in ["a.png_bicubic.ppm", "a.jpg_bicubic.ppm", "a.png_hr.ppm", "a.jpg_hr.ppm"] {
         assert!(dir.join("sr").join(name).exists(), "{name}");
     }
+    // ... also where a whole name meets another's stem (a.png and a.png.png).
+    save_rgb(&picture(40, 32, 4), &hr.join("a.png.png"));
+    let sr2 = p("sr2");
+    let args = [
+        "eval",
+        "--hr",
+        hr.to_str().unwrap(),
+        "--model",
+        ka,
+        "--modes",
+        "bicubic",
+        "--save",
+        &sr2,
+    ];
+    let (ok, err) = classsr(&args);
+    assert!(ok, "{err}");
+    let saved: std::collections::BTreeSet<String> = std::fs::read_dir(&sr2)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with("_hr.ppm"))
+        .collect();
+    assert_eq!(saved.len(), 3, "one HR file per image: {saved:?}");
+}
+
+/// A JPEG of `img` with an EXIF orientation tag (`orientation`, 1..=8) in an APP1 segment.
+fn jpeg_with_orientation(img: &Rgba, orientation: u8) -> Vec<u8> {
+    let rgb: Vec<u8> = img.px.iter().flat_map(|p| [p[0], p[1], p[2]]).collect();
+    let mut jpeg = Vec::new();
+    image::RgbImage::from_raw(img.width as u32, img.height as u32, rgb)
+        .unwrap()
+        .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+        .unwrap();
+    // TIFF header (little-endian, IFD at 8), one IFD entry: 0x0112 SHORT 1 = orientation
+    let mut tiff = b"II\x2a\x00\x08\x00\x00\x00\x01\x00\x12\x01\x03\x00\x01\x00\x00\x00".to_vec();
+    tiff.extend_from_slice(&[orientation, 0, 0, 0, 0, 0, 0, 0]);
+    let mut app1 = b"Exif\x00\x00".to_vec();
+    app1.extend_from_slice(&tiff);
+    let len = (app1.len() + 2) as u16;
+    let mut out = jpeg[..2].to_vec(); // SOI
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+#[test]
+fn upscale_reads_images_as_viewers_show_them_and_writes_where_it_can() {
+    let dir = ScratchDir::new("cli-files");
+    let ka = concat!(env!("CARGO_MANIFEST_DIR"), "/models/known-answer");
+    let p = |name: &str| dir.join(name).display().to_string();
+    // A photograph stored sideways (EXIF orientation 6: turn 90° clockwise) is upscaled
+    // upright: 48x40 stored, 40x48 shown, 160x192 out.
+    std::fs::write(dir.join("side.jpg"), jpeg_with_orientation(&picture(48, 40, 5), 6)).unwrap();
+    let (ok, err) = classsr(&["upscale", &p("side.jpg"), &p("up.png"), "--model", ka]);
+    assert!(ok, "{err}");
+    let up = image::open(dir.join("up.png")).unwrap();
+    assert_eq!((up.width(), up.height()), (160, 192));
+    // A file is read by its content, not its name.
+    save_rgb(&picture(40, 32, 6), &dir.join("png-inside.jpg").with_extension("png"));
+    std::fs::rename(dir.join("png-inside.png"), dir.join("png-inside.jpg")).unwrap();
+    let (ok, err) = classsr(&["upscale", &p("png-inside.jpg"), &p("o.png"), "--model", ka]);
+    assert!(ok, "{err}");
+    // A missing folder is named before any work.
+    let (ok, err) = classsr(&["upscale", &p("png-inside.jpg"), &p("no/such/o.png"), "--model", ka]);
+    assert!(!ok && err.contains("does not exist"), "{err}");
+    // A replaced file keeps its permissions.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("o.png"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok, err) = classsr(&["upscale", &p("side.jpg"), &p("o.png"), "--model", ka]);
+    assert!(ok, "{err}");
+    let mode = std::fs::metadata(dir.join("o.png")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        image::open(dir.join("o.png")).unwrap().width(),
+        160,
+        "and holds the new image"
+    );
+    // More than two files, and single-dash options, are named as such.
+    let (ok, err) = classsr(&["upscale", &p("side.jpg"), &p("a.png"), &p("b.png")]);
+    assert!(!ok && err.contains("not 3"), "{err}");
+    let (ok, err) = classsr(&["upscale", &p("side.jpg"), &p("a.png"), "-x"]);
+    assert!(!ok && err.contains("unknown option '-x'"), "{err}");
+}
+
+#[test]
+fn eval_caps_the_psnr_of_exact_images_and_counts_only_the_classifier_for_classmap() {
+    let (_dir, hr) = scratch("eval-exact");
+    // bicubic reproduces a flat image exactly
+    save_rgb(&Rgba::new(40, 40, |_, _| [120, 80, 40, 255]), &hr.join("flat.png"));
+    let ka = concat!(env!("CARGO_MANIFEST_DIR"), "/models/known-answer");
+    let out = Command::new(env!("CARGO_BIN_EXE_classsr"))
+        .args([
+            "eval",
+            "--hr",
+            hr.to_str().unwrap(),
+            "--model",
+            ka,
+            "--modes",
+            "bicubic,classmap",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = &doc["results"];
+    assert_eq!(r[0]["psnr"].as_f64(), Some(100.0), "{}", r[0]);
+    let m = gstclasssr::manifest::ModelSet::load(ka).unwrap().manifest;
+    let want = 100.0 * m.classifier.paper_flops_per_tile as f64 / m.branches[2].paper_flops_per_tile as f64;
+    let got = r[1]["paper_flops_percent"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-9, "classmap: {got} vs the classifier's {want}");
 }

@@ -6,6 +6,7 @@
 
 use std::process::ExitCode;
 
+use gstclasssr::engine::tiling::check_tiling;
 use gstclasssr::engine::{Engine, FrameConfig, Image, ImageMut, Mode, Model, PixelLayout};
 use gstclasssr::files::write_bytes_atomically;
 use gstclasssr::manifest::ModelSet;
@@ -22,6 +23,8 @@ const MODES: &str = "classsr, original, bicubic, branch1, branch2, branch3 or cl
 /// Tile side and thread count limits (the element's).
 const TILES: std::ops::RangeInclusive<usize> = 8..=256;
 const MAX_THREADS: usize = 64;
+/// Quality of JPEG output (0-100).
+const JPEG_QUALITY: u8 = 95;
 
 struct Args {
     input: String,
@@ -131,23 +134,62 @@ fn parse(cmd: &str, args: &[String]) -> Result<Args, String> {
                     .filter(|b| b.is_finite())
                     .ok_or_else(|| format!("--bias: '{v}' is not a finite number"))?;
             }
-            s if s.starts_with("--") => return Err(format!("unknown option '{s}'")),
+            s if s.starts_with('-') && s.len() > 1 => return Err(format!("unknown option '{s}'\n{USAGE}")),
             s => pos.push(s.to_string()),
         }
     }
+    check_tiling(a.frame.tile, a.frame.overlap).map_err(|_| {
+        format!(
+            "--overlap {}: at most half of the tile side (--tile {}), so at most {}",
+            a.frame.overlap,
+            a.frame.tile,
+            a.frame.tile / 2
+        )
+    })?;
+    let quoted = |v: &[String]| v.iter().map(|f| format!("'{f}'")).collect::<Vec<_>>().join(", ");
     match (cmd, pos.as_slice()) {
         ("upscale", [i, o]) => {
             a.input = i.clone();
             a.output = o.clone();
             Ok(a)
         }
-        ("upscale", _) => Err(format!("upscale needs an input and an output file\n{USAGE}")),
+        ("upscale", [] | [_]) => Err(format!("upscale needs an input and an output file\n{USAGE}")),
+        ("upscale", more) => Err(format!(
+            "upscale takes one input and one output file, not {} ({})",
+            more.len(),
+            quoted(more)
+        )),
         (_, []) if !a.hr.is_empty() => Ok(a),
         (_, []) => Err(format!("eval needs --hr DIR\n{USAGE}")),
         (_, extra) => Err(format!(
-            "eval takes no file arguments ({extra:?}): point --hr at a folder"
+            "eval takes no file arguments ({}): point --hr at a folder of images",
+            quoted(extra)
         )),
     }
+}
+
+/// The names `eval --save` files images under (NAME_MODE.ppm): the name without its extension,
+/// the whole name where two images share one (a.png and a.jpg), and a number added where
+/// even that meets another image's name (a.png beside a.png.png).
+fn save_names(names: &[&str]) -> Vec<String> {
+    let stem = |n: &str| n.rsplit_once('.').map_or(n.to_string(), |(s, _)| s.to_string());
+    let mut out: Vec<String> = names
+        .iter()
+        .map(|n| {
+            let s = stem(n);
+            if names.iter().filter(|m| stem(m) == s).count() > 1 {
+                n.to_string()
+            } else {
+                s
+            }
+        })
+        .collect();
+    for k in 0..out.len() {
+        if out.iter().filter(|o| **o == out[k]).count() > 1 {
+            out[k] = format!("{}_{}", out[k], k + 1);
+        }
+    }
+    out
 }
 
 /// Writes interleaved RGB as a binary PPM (readable by any tool, numpy included).
@@ -180,16 +222,13 @@ fn eval(a: &Args) -> Result<String, String> {
     if let Some(d) = &save_dir {
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create '{}': {e}", d.display()))?;
     }
-    let stem_of = |name: &str| name.rsplit_once('.').map_or(name.to_string(), |(s, _)| s.to_string());
-    // NAME_MODE.ppm by the name without its extension, or the whole name where two images
-    // share one (a.png and a.jpg)
+    let names = save_names(&images.iter().map(|i| i.name.as_str()).collect::<Vec<_>>());
     let stem = |img: &EvalImage| {
-        let s = stem_of(&img.name);
-        if images.iter().filter(|i| stem_of(&i.name) == s).count() > 1 {
-            img.name.clone()
-        } else {
-            s
-        }
+        let k = images
+            .iter()
+            .position(|i| std::ptr::eq(i, img))
+            .expect("one of the images");
+        names[k].clone()
     };
     let mut results = Vec::new();
     for &mode in &a.modes {
@@ -217,18 +256,21 @@ fn eval(a: &Args) -> Result<String, String> {
         if r.tiles.iter().sum::<usize>() == 0 {
             return 0.0;
         }
-        let classifier = if r.mode == "classsr" {
+        // classsr runs the classifier and the branches, classmap only the classifier
+        let classifier = if matches!(r.mode.as_str(), "classsr" | "classmap") {
             manifest.classifier.paper_flops_per_tile as f64
         } else {
             0.0
         };
         let sh = r.shares();
-        100.0
-            * ((0..3)
+        let branches = if r.mode == "classmap" {
+            0.0
+        } else {
+            (0..3)
                 .map(|j| sh[j] * manifest.branches[j].paper_flops_per_tile as f64)
                 .sum::<f64>()
-                + classifier)
-            / paper_o
+        };
+        100.0 * (branches + classifier) / paper_o
     };
     if a.json {
         let v: Vec<serde_json::Value> = results
@@ -289,7 +331,19 @@ fn upscale(a: &Args) -> Result<String, String> {
     if output.is_some() && output == std::fs::canonicalize(&a.input).ok() {
         return Err(format!("'{}' is the input: write the result to another file", a.output));
     }
-    let img = image::open(&a.input).map_err(|e| format!("cannot read '{}': {e}", a.input))?;
+    let out_path = std::path::Path::new(&a.output);
+    let folder = match out_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    if !folder.is_dir() {
+        return Err(format!(
+            "cannot write '{}': the folder '{}' does not exist (create it first)",
+            a.output,
+            folder.display()
+        ));
+    }
+    let img = gstclasssr::eval::read_image(std::path::Path::new(&a.input))?;
     let has_alpha = img.color().has_alpha();
     let (w, h) = (img.width() as usize, img.height() as usize);
     let (data, layout) = if has_alpha {
@@ -299,8 +353,8 @@ fn upscale(a: &Args) -> Result<String, String> {
     };
     let set = ModelSet::load(&a.model).map_err(|e| e.to_string())?;
     let model = Model::load(&set, &a.session).map_err(|e| e.to_string())?;
-    if let Some(why) = &model.fallback {
-        eprintln!("note: using the CPU: {why}");
+    if model.fallback.is_some() {
+        eprintln!("note: no CUDA here, running on the CPU (--device cuda says why, --device cpu skips the check)");
     }
     let device = model.device;
     let mut engine = Engine::new(model);
@@ -336,18 +390,25 @@ fn upscale(a: &Args) -> Result<String, String> {
     }
     // encoded in memory first: a format that cannot take the image fails before any file
     let mut bytes = std::io::Cursor::new(Vec::new());
-    result
-        .write_to(&mut bytes, format)
-        .map_err(|e| format!("cannot write '{}' as {format:?}: {e}", a.output))?;
+    let encoded = if format == image::ImageFormat::Jpeg {
+        // quality 95: the encoder's default (75) blurs away detail the upscale just made
+        let jpeg = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, JPEG_QUALITY);
+        result.write_with_encoder(jpeg)
+    } else {
+        result.write_to(&mut bytes, format)
+    };
+    encoded.map_err(|e| format!("cannot write '{}' as {format:?}: {e}", a.output))?;
     write_bytes_atomically(std::path::Path::new(&a.output), bytes.get_ref())
         .map_err(|e| format!("cannot write '{}': {e}", a.output))?;
     let total: usize = stats.tiles.iter().sum();
     Ok(format!(
-        "{} ({w}x{h}) -> {} ({ow}x{oh}) mode={} on {device}: tiles per branch {:?} of {total}, {:.1}% of original MACs, {:.2} s",
+        "{} ({w}x{h}) -> {} ({ow}x{oh}) mode={} on {device}: tiles per branch {}/{}/{} of {total}, {:.1}% of original MACs, {:.2} s",
         a.input,
         a.output,
         a.frame.mode.name(),
-        stats.tiles,
+        stats.tiles[0],
+        stats.tiles[1],
+        stats.tiles[2],
         100.0 * stats.macs as f64 / stats.original_macs.max(1) as f64,
         stats.seconds
     ))
