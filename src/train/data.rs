@@ -50,9 +50,9 @@ impl Rgb8 {
     }
 }
 
-/// Reads an image as 8-bit RGB.
+/// Reads an image as 8-bit RGB (upright, as `classsr eval` reads it).
 pub fn read_rgb(path: &Path) -> Result<Rgb8, String> {
-    let img = image::open(path).map_err(|e| e.to_string())?.to_rgb8();
+    let img = crate::eval::read_image(path)?.to_rgb8();
     Ok(Rgb8 {
         width: img.width() as usize,
         height: img.height() as usize,
@@ -124,7 +124,8 @@ impl Dataset {
             let img = match read_rgb(&f) {
                 Ok(i) => i,
                 Err(e) => {
-                    warn(format!("skipping '{}': {e}", f.display()));
+                    // (the message names the file)
+                    warn(format!("skipping: {e}"));
                     ds.skipped.push((f, e));
                     continue;
                 }
