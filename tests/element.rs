@@ -730,3 +730,22 @@ fn stats_count_frames_from_each_start_and_give_the_input_size() {
     run_one(&mut h, &a, VideoFormat::Rgb);
     assert_eq!(frame_size(&bus), [(1, 40, 30)]);
 }
+
+#[test]
+fn pointer_positions_go_upstream_in_input_pixels() {
+    let mut h = harness(&ka(&[]));
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 40, 30));
+    h.push(to_buffer(&zones(40, 30), VideoFormat::Rgb)).unwrap();
+    h.pull().unwrap();
+    while h.try_pull_upstream_event().is_some() {}
+    // a pointer at (100, 60) of the x4 picture is at (25, 15) of the input
+    let moved = gst_video::NavigationEvent::new_mouse_move(100.0, 60.0).build();
+    assert!(h.push_upstream_event(moved));
+    let mut got = None;
+    while let Some(e) = h.try_pull_upstream_event() {
+        if let Ok(gst_video::NavigationEvent::MouseMove { x, y, .. }) = gst_video::NavigationEvent::parse(&e) {
+            got = Some((x, y));
+        }
+    }
+    assert_eq!(got, Some((25.0, 15.0)));
+}

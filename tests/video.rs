@@ -546,6 +546,52 @@ fn qos_lateness_degrades_with_a_warning_and_recovers() {
     assert_eq!(stats_and_warnings(&bus).1, 0, "warnings are rate-limited");
 }
 
+#[test]
+fn qos_steps_keep_the_cache_and_reroute_cached_tiles() {
+    let model = ka_with_qos_step(0.05);
+    let img = graded(32);
+    let late = gst::event::Qos::new(
+        gst::QOSType::Overflow,
+        1.5,
+        40_000_000,
+        gst::ClockTime::from_mseconds(33),
+    );
+    // cache=full: a QoS step keeps every cached output (the frame costs nothing).
+    let props = [
+        ("model", model.as_str()),
+        ("overlap", "0"),
+        ("cache", "full"),
+        ("cache-threshold", "0"),
+        ("cache-refresh", "0"),
+    ];
+    let (mut h, bus) = element(&props);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, img.width, img.height));
+    let first = push(&mut h, &img);
+    assert!(h.push_upstream_event(late.clone()));
+    assert_eq!(h.element().unwrap().property::<u32>("qos-level"), 1);
+    assert!(push(&mut h, &img) == first, "the cached frame");
+    let st = stats(&bus);
+    assert_eq!(u(&st[1], "full-cache-hits"), u(&st[1], "tiles"), "{:?}", st[1]);
+    assert_eq!(u(&st[1], "runs"), 0);
+    // cache=class: unchanged tiles skip the classifier and are routed again from their
+    // cached logits at the lowered bias (one strip leaves branch3).
+    let props = [
+        ("model", model.as_str()),
+        ("overlap", "0"),
+        ("cache", "class"),
+        ("cache-refresh", "0"),
+    ];
+    let (mut h, bus) = element(&props);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, img.width, img.height));
+    push(&mut h, &img);
+    assert!(h.push_upstream_event(late));
+    push(&mut h, &img);
+    let st = stats(&bus);
+    assert_eq!(u(&st[0], "tiles-class3"), 5);
+    assert_eq!(u(&st[1], "class-cache-hits"), u(&st[1], "tiles"), "{:?}", st[1]);
+    assert_eq!(u(&st[1], "tiles-class3"), 4, "{:?}", st[1]);
+}
+
 /// `img` as a buffer at frame `n` of a 30 fps stream.
 fn timed(img: &Rgba, n: u64) -> gst::Buffer {
     let mut b = to_buffer(img, VideoFormat::Rgb);
@@ -558,6 +604,17 @@ fn timed(img: &Rgba, n: u64) -> gst::Buffer {
 /// A downstream report that the frame of time `at_ms` was rendered 200 ms late.
 fn late(kind: gst::QOSType, at_ms: u64) -> gst::Event {
     gst::event::Qos::new(kind, 1.5, 200_000_000, gst::ClockTime::from_mseconds(at_ms))
+}
+
+/// The lateness of the last QoS event the element sent upstream.
+fn forwarded_diff(h: &mut gst_check::Harness) -> i64 {
+    let mut diff = None;
+    while let Some(e) = h.try_pull_upstream_event() {
+        if let gst::EventView::Qos(q) = e.view() {
+            diff = Some(q.get().2);
+        }
+    }
+    diff.expect("a QoS event went upstream")
 }
 
 /// Pushes frame `n`; whether an output came out (the base class drops frames known late).
@@ -578,11 +635,21 @@ fn qos_degrades_before_any_frame_is_dropped() {
     for k in 1..=3 {
         assert!(h.push_upstream_event(late(gst::QOSType::Overflow, 33 * k)));
         assert_eq!(e.property::<u32>("qos-level"), k as u32);
+        // upstream (a decoder, videoconvert) hears it as on time too
+        assert!(forwarded_diff(&mut h) < 0, "level {k}");
         assert!(passes(&mut h, &img, k), "frame {k} made at level {k}");
     }
     // At the last level the base class drops what is known to be late…
     assert!(h.push_upstream_event(late(gst::QOSType::Overflow, 4 * 33)));
     assert_eq!(e.property::<u32>("qos-level"), 4);
+    assert_eq!(forwarded_diff(&mut h), 200_000_000, "the last level passes lateness on");
+    // A late report about time 0 is passed on as on time at 0 (no earlier time exists).
+    let (mut h0, _) = element(&[]);
+    h0.set_src_caps_str(&caps_str(VideoFormat::Rgb, 96, 64));
+    assert!(passes(&mut h0, &img, 0));
+    assert!(h0.push_upstream_event(late(gst::QOSType::Underflow, 0)));
+    assert_eq!(forwarded_diff(&mut h0), 0);
+    assert!(passes(&mut h0, &img, 1));
     assert!(
         !passes(&mut h, &img, 5),
         "a frame known late is dropped at the last level"
@@ -709,4 +776,15 @@ fn gap_buffers_stay_gaps_skip_the_networks_and_leave_the_cache_alone() {
     assert_eq!(u(&st[1], "runs"), 0, "no network runs on a GAP");
     assert_eq!(u(&st[1], "macs"), 0);
     assert_eq!(u(&st[2], "full-cache-hits"), u(&st[2], "tiles"), "{:?}", st[2]);
+    // A GAP without memory (nothing to map) comes out as a black GAP frame, with no warning.
+    let mut empty = gst::Buffer::new();
+    empty.get_mut().unwrap().set_flags(gst::BufferFlags::GAP);
+    h.push(empty).unwrap();
+    let out = h.pull().unwrap();
+    assert!(out.flags().contains(gst::BufferFlags::GAP));
+    assert_eq!(out.size(), 96 * 4 * 64 * 4 * 3);
+    assert!(out.map_readable().unwrap().iter().all(|&b| b == 0), "black");
+    let (_, warnings) = stats_and_warnings(&bus);
+    assert_eq!(warnings, 0);
+    assert!(push(&mut h, &a) == first, "and the stream goes on");
 }

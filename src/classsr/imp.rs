@@ -100,6 +100,7 @@ impl Settings {
             overlap: self.overlap as usize,
             max_batch: self.max_batch as usize,
             bias: self.bias,
+            qos_bias: 0.0,
             class1_bicubic: false,
             cache: match self.cache {
                 ClassSrCache::Off => CacheMode::Off,
@@ -535,18 +536,39 @@ impl BaseTransformImpl for ClassSr {
         accepted
     }
 
-    fn src_event(&self, event: gst::Event) -> bool {
+    fn src_event(&self, mut event: gst::Event) -> bool {
+        if let gst::EventView::Navigation(_) = event.view() {
+            // Pointer positions come in output pixels; upstream's are 4x smaller (as
+            // videoscale does).
+            let scale = f64::from(self.scale.load(Ordering::SeqCst).max(1));
+            let s = event.make_mut().structure_mut();
+            for field in ["pointer_x", "pointer_y"] {
+                if let Ok(v) = s.get::<f64>(field) {
+                    s.set(field, v / scale);
+                }
+            }
+            return self.parent_src_event(event);
+        }
         if let gst::EventView::Qos(q) = event.view() {
             let (kind, proportion, diff, timestamp) = q.get();
             // Throttle reports are a requested rate, not lateness.
             if self.degrades() && kind != gst::QOSType::Throttle && self.handle_qos(diff, proportion) < QOS_MAX_LEVEL {
                 // Degrade before dropping: until the last level the base class (which drops
                 // frames up to the reported time + lateness) learns the report as if on time,
-                // so no frame after the reported one is dropped; it goes upstream as it is.
+                // so no frame after the reported one is dropped, and so does upstream (a
+                // decoder or videoconvert in front would drop them itself).
+                // (a QoS event may not be earlier than time 0: diff ≥ −timestamp)
+                let earliest = timestamp.map_or(i64::MIN, |ts| -(ts.nseconds().min(i64::MAX as u64) as i64));
+                let on_time = (diff.min(0) - 1).max(earliest);
                 if let Some(ts) = timestamp {
-                    self.obj().update_qos(proportion, diff.min(0) - 1, ts);
+                    self.obj().update_qos(proportion, on_time, ts);
                 }
-                return self.obj().sink_pad().push_event(event);
+                let forwarded = gst::event::Qos::builder(kind, proportion, on_time)
+                    .timestamp_if_some(timestamp)
+                    .seqnum(event.seqnum())
+                    .running_time_offset(event.running_time_offset())
+                    .build();
+                return self.obj().sink_pad().push_event(forwarded);
             }
         }
         self.parent_src_event(event)
@@ -562,6 +584,21 @@ impl BaseTransformImpl for ClassSr {
             (q.level, q.on_time) = (0, 0);
         }
         self.parent_sink_event(event)
+    }
+
+    fn transform(&self, inbuf: &gst::Buffer, outbuf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
+        // A GAP buffer may come without memory (or too little for a frame): there is nothing
+        // to map, so it comes out as a black frame (a GAP still) instead of the video base
+        // class's mapping error and an unwritten buffer.
+        if inbuf.flags().contains(gst::BufferFlags::GAP) {
+            let need = self.infos.lock().unwrap().as_ref().map(|(i, _)| i.size());
+            if need.is_some_and(|n| inbuf.size() < n) {
+                let mut map = outbuf.map_writable().map_err(|_| gst::FlowError::Error)?;
+                map.fill(0);
+                return Ok(gst::FlowSuccess::Ok);
+            }
+        }
+        self.parent_transform(inbuf, outbuf)
     }
 
     fn copy_metadata(&self, inbuf: &gst::BufferRef, outbuf: &mut gst::BufferRef) -> Result<(), gst::LoggableError> {
@@ -792,7 +829,7 @@ impl VideoFilterImpl for ClassSr {
         let state = guard.as_mut().ok_or(gst::FlowError::NotNegotiated)?;
         if qos_level > 0 {
             let step = state.engine.model().manifest.qos_step();
-            cfg.bias -= step * qos_level.min(QOS_MAX_LEVEL - 1) as f32;
+            cfg.qos_bias = -step * qos_level.min(QOS_MAX_LEVEL - 1) as f32;
             cfg.class1_bicubic = qos_level >= QOS_MAX_LEVEL;
         }
         let (Some(in_layout), Some(out_layout)) = (state.in_layout, state.out_layout) else {

@@ -37,7 +37,11 @@ pub struct TileCache {
     out_item: usize,
     /// Per tile: the LR tile (NCHW item) the cached class/output were computed from.
     reference: Vec<f32>,
+    /// Per tile: the class its cached output was made by (or its routing was decided as).
     pub classes: Vec<u8>,
+    /// Per tile: the classifier's logits (modes that route), so that a QoS bias step re-routes
+    /// unchanged tiles without running the classifier or dropping the cache.
+    logits: Vec<[f32; 3]>,
     valid: Vec<bool>,
     /// Per tile: the HR output last merged into the frame (full mode).
     pub hr: Vec<f32>,
@@ -45,7 +49,7 @@ pub struct TileCache {
     hr_valid: Vec<bool>,
     /// Frames since the cache was last reset (this frame's index after `begin_frame`).
     age: u64,
-    /// Routing settings the cached classes were made with.
+    /// Mode and bias (the user's, QoS steps aside) the cached results were made with.
     key: Option<(u8, u32)>,
 }
 
@@ -59,6 +63,7 @@ impl TileCache {
             out_item,
             reference: vec![0.0; tiles * item],
             classes: vec![0; tiles],
+            logits: vec![[0.0; 3]; tiles],
             valid: vec![false; tiles],
             hr: Vec::new(),
             hr_valid: vec![false; tiles],
@@ -134,12 +139,18 @@ impl TileCache {
         true
     }
 
-    /// Records a freshly computed tile and its class.
-    pub fn store(&mut self, i: usize, tile: &[f32], class: u8) {
+    /// Records a freshly computed tile, its class and (modes that route) its logits.
+    pub fn store(&mut self, i: usize, tile: &[f32], class: u8, logits: Option<[f32; 3]>) {
         self.reference[i * self.item..(i + 1) * self.item].copy_from_slice(tile);
         self.classes[i] = class;
+        self.logits[i] = logits.unwrap_or_default();
         self.valid[i] = true;
         self.hr_valid[i] = false;
+    }
+
+    /// The logits stored with tile `i`.
+    pub fn logits(&self, i: usize) -> &[f32; 3] {
+        &self.logits[i]
     }
 
     pub fn has_hr(&self, i: usize) -> bool {

@@ -201,7 +201,7 @@ impl Engine {
             stats.runs += 1;
             stats.macs += model.classifier_macs(cfg.tile) * n as u64;
             for (k, l) in logits.chunks_exact(3).enumerate() {
-                class_of[k] = route(l, cfg.bias);
+                class_of[k] = route(l, cfg.bias + cfg.qos_bias);
             }
         }
         // each branch on its tiles (class, then tile index; the fixed-point sum is order-free),

@@ -119,6 +119,10 @@ pub struct FrameConfig {
     pub max_batch: usize,
     /// Added to branch3's logit and subtracted from branch1's before the argmax.
     pub bias: f32,
+    /// QoS degradation's step on top of `bias` (≤ 0): it routes as `bias` does, but does not
+    /// drop the cache (cached tiles keep their outputs, and their classes are re-routed from
+    /// their cached logits).
+    pub qos_bias: f32,
     /// Tiles upscaled bicubically instead of by branch1 (QoS degradation).
     pub class1_bicubic: bool,
     pub cache: CacheMode,
@@ -138,6 +142,7 @@ impl Default for FrameConfig {
             overlap: 4,
             max_batch: 0,
             bias: 0.0,
+            qos_bias: 0.0,
             class1_bicubic: false,
             cache: CacheMode::Off,
             cache_threshold: 1.0,
@@ -681,9 +686,17 @@ impl Engine {
         work.fresh_ids.clear();
         work.fresh_ids.extend((0..n as u32).filter(|&i| work.fresh[i as usize]));
         let cached = cfg.cache != CacheMode::Off;
+        let full = cfg.cache == CacheMode::Full;
+        let bias = cfg.bias + cfg.qos_bias;
         for i in 0..n {
             if !work.fresh[i] {
-                work.class_of[i] = work.cache.classes[i];
+                // A tile that keeps its output keeps the class that made it; the others are
+                // routed again from their logits (the bias may have moved by a QoS step).
+                work.class_of[i] = match fixed {
+                    _ if full && work.reuses_hr(i) => work.cache.classes[i],
+                    Some(b) => b as u8,
+                    None => route(work.cache.logits(i), bias),
+                };
                 stats.class_cache_hits += 1;
             }
         }
@@ -708,20 +721,21 @@ impl Engine {
             stats.runs += 1;
             stats.macs += classifier_macs * m as u64;
             for (k, l) in work.logits.chunks_exact(3).enumerate() {
-                work.class_of[work.fresh_ids[k] as usize] = route(l, cfg.bias);
+                work.class_of[work.fresh_ids[k] as usize] = route(l, bias);
             }
         }
         if cached {
-            for &i in &work.fresh_ids {
+            let routed = fixed.is_none();
+            for (k, &i) in work.fresh_ids.iter().enumerate() {
                 let i = i as usize;
+                let logits = routed.then(|| [0, 1, 2].map(|c| work.logits[3 * k + c]));
                 work.cache
-                    .store(i, &work.all_tiles[i * item..(i + 1) * item], work.class_of[i]);
+                    .store(i, &work.all_tiles[i * item..(i + 1) * item], work.class_of[i], logits);
             }
         }
         for g in &mut work.groups {
             g.clear();
         }
-        let full = cfg.cache == CacheMode::Full;
         for i in 0..n {
             // In full mode an unchanged tile with a cached output needs no branch run.
             if !(full && work.reuses_hr(i)) {
