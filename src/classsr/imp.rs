@@ -216,11 +216,44 @@ impl ClassSr {
         }
     }
 
-    /// Whether a property that needs the model reloaded may change now; warns if not.
-    fn may_reload(&self, name: &str) -> bool {
-        if !self.running.load(Ordering::SeqCst) {
-            return true;
+    /// Loads the model of `settings` and makes the streaming state (see `start`).
+    fn start_with(&self, settings: Settings) -> Result<(), gst::ErrorMessage> {
+        let loaded = catch_unwind(AssertUnwindSafe(|| {
+            let set = ModelSet::load(&settings.model)?;
+            Model::load(&set, &settings.session_config())
+        }))
+        .unwrap_or_else(|_| Err(Error::Runtime("loading the model panicked".into())));
+        let model = loaded.map_err(|e| Self::error_message(&e))?;
+        if let Some(why) = &model.fallback {
+            gst::warning!(CAT, imp = self, "device=auto falls back to CPU: {why}");
         }
+        gst::info!(
+            CAT,
+            imp = self,
+            "loaded {} model ({}) from {}: inference on {}",
+            model.manifest.family,
+            model.manifest.provenance.kind,
+            model.origin,
+            model.device
+        );
+        self.scale.store(model.manifest.scale, Ordering::SeqCst);
+        *self.active_device.lock().unwrap() = model.device.to_string();
+        *self.state.lock().unwrap() = Some(State {
+            engine: Engine::new(model),
+            in_layout: None,
+            out_layout: None,
+            frames: 0,
+            tiling: None,
+            refused_tiling: None,
+            graphs_skipped: None,
+        });
+        *self.qos.lock().unwrap() = Qos::default();
+        self.size_warned.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Says why a property that needs the model reloaded was not changed.
+    fn refuse_reload(&self, name: &str) {
         gst::warning!(
             CAT,
             imp = self,
@@ -234,7 +267,6 @@ impl ClassSr {
                 name
             )
         );
-        false
     }
 }
 
@@ -360,10 +392,14 @@ impl ObjectImpl for ClassSr {
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let name = pspec.name();
-        if matches!(name, "model" | "device" | "device-id" | "threads") && !self.may_reload(name) {
+        let mut s = self.settings.lock().unwrap();
+        // checked under the settings lock, which start() holds while it takes the settings
+        // and marks the element running: a change cannot slip in between and be ignored
+        if matches!(name, "model" | "device" | "device-id" | "threads") && self.running.load(Ordering::SeqCst) {
+            drop(s);
+            self.refuse_reload(name);
             return;
         }
-        let mut s = self.settings.lock().unwrap();
         match name {
             "model" => s.model = value.get::<Option<String>>().expect("type checked").unwrap_or_default(),
             "mode" => s.mode = value.get().expect("type checked"),
@@ -458,40 +494,17 @@ impl BaseTransformImpl for ClassSr {
     const TRANSFORM_IP_ON_PASSTHROUGH: bool = false;
 
     fn start(&self) -> Result<(), gst::ErrorMessage> {
-        let settings = self.settings.lock().unwrap().clone();
-        let loaded = catch_unwind(AssertUnwindSafe(|| {
-            let set = ModelSet::load(&settings.model)?;
-            Model::load(&set, &settings.session_config())
-        }))
-        .unwrap_or_else(|_| Err(Error::Runtime("loading the model panicked".into())));
-        let model = loaded.map_err(|e| Self::error_message(&e))?;
-        if let Some(why) = &model.fallback {
-            gst::warning!(CAT, imp = self, "device=auto falls back to CPU: {why}");
+        // From here on, settings that need a reload are refused (see set_property).
+        let settings = {
+            let s = self.settings.lock().unwrap();
+            self.running.store(true, Ordering::SeqCst);
+            s.clone()
+        };
+        let started = self.start_with(settings);
+        if started.is_err() {
+            self.running.store(false, Ordering::SeqCst);
         }
-        gst::info!(
-            CAT,
-            imp = self,
-            "loaded {} model ({}) from {}: inference on {}",
-            model.manifest.family,
-            model.manifest.provenance.kind,
-            model.origin,
-            model.device
-        );
-        self.scale.store(model.manifest.scale, Ordering::SeqCst);
-        *self.active_device.lock().unwrap() = model.device.to_string();
-        *self.state.lock().unwrap() = Some(State {
-            engine: Engine::new(model),
-            in_layout: None,
-            out_layout: None,
-            frames: 0,
-            tiling: None,
-            refused_tiling: None,
-            graphs_skipped: None,
-        });
-        *self.qos.lock().unwrap() = Qos::default();
-        self.running.store(true, Ordering::SeqCst);
-        self.size_warned.store(false, Ordering::SeqCst);
-        Ok(())
+        started
     }
 
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
