@@ -548,6 +548,7 @@ fn qos_lateness_degrades_with_a_warning_and_recovers() {
 
 #[test]
 fn qos_steps_keep_the_cache_and_reroute_cached_tiles() {
+    init();
     let model = ka_with_qos_step(0.05);
     let img = graded(32);
     let late = gst::event::Qos::new(
@@ -590,6 +591,49 @@ fn qos_steps_keep_the_cache_and_reroute_cached_tiles() {
     assert_eq!(u(&st[0], "tiles-class3"), 5);
     assert_eq!(u(&st[1], "class-cache-hits"), u(&st[1], "tiles"), "{:?}", st[1]);
     assert_eq!(u(&st[1], "tiles-class3"), 4, "{:?}", st[1]);
+    // cache=full from level 4 back to 0: the bicubic stand-ins (strips 0-2) are redone by
+    // their branch at the restored bias, and the stats then count each reused tile by the
+    // branch that made its output (strip 3 keeps level 4's branch2 output).
+    let props = [
+        ("model", model.as_str()),
+        ("overlap", "0"),
+        ("cache", "full"),
+        ("cache-threshold", "0"),
+        ("cache-refresh", "0"),
+    ];
+    let (mut h, bus) = element(&props);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, img.width, img.height));
+    let late = |ms| {
+        gst::event::Qos::new(
+            gst::QOSType::Overflow,
+            1.5,
+            40_000_000,
+            gst::ClockTime::from_mseconds(ms),
+        )
+    };
+    for k in 1..=4 {
+        assert!(h.push_upstream_event(late(33 * k)));
+    }
+    assert_eq!(h.element().unwrap().property::<u32>("qos-level"), 4);
+    push(&mut h, &img);
+    let on_time = gst::event::Qos::new(
+        gst::QOSType::Underflow,
+        0.5,
+        -20_000_000,
+        gst::ClockTime::from_mseconds(200),
+    );
+    for _ in 0..5 {
+        h.push_upstream_event(on_time.clone());
+    }
+    assert_eq!(h.element().unwrap().property::<u32>("qos-level"), 0);
+    push(&mut h, &img);
+    push(&mut h, &img);
+    let st = stats(&bus);
+    let classes = |s: &gst::Structure| [1, 2, 3].map(|c| u(s, &format!("tiles-class{c}")));
+    assert_eq!(classes(&st[0]), [3, 1, 2], "level 4: {:?}", st[0]);
+    assert_eq!(u(&st[1], "full-cache-hits"), 3, "strips 3-5 keep their outputs");
+    assert_eq!(u(&st[2], "full-cache-hits"), u(&st[2], "tiles"));
+    assert_eq!(classes(&st[2]), [1, 1, 4], "{:?}", st[2]);
 }
 
 /// `img` as a buffer at frame `n` of a 30 fps stream.

@@ -737,8 +737,13 @@ impl Engine {
             g.clear();
         }
         for i in 0..n {
-            // In full mode an unchanged tile with a cached output needs no branch run.
+            // In full mode an unchanged tile with a cached output needs no branch run; the
+            // others' outputs are made (and kept) by their class now, which the cache records
+            // for when the output is reused.
             if !(full && work.reuses_hr(i)) {
+                if full {
+                    work.cache.classes[i] = work.class_of[i];
+                }
                 work.groups[work.class_of[i] as usize].push(i as u32);
             }
         }
