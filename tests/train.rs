@@ -309,6 +309,21 @@ fn short_run_learns_uses_all_classes_exports_and_protects_the_model() {
     let log = String::from_utf8_lossy(&r.stderr).to_string();
     assert!(!r.status.success());
     assert!(
+        log.contains("--init-from") && log.contains("its branch3 is known-answer") && log.contains("FSRCNN(d=56"),
+        "{log}"
+    );
+    // ... also without a manifest to compare with: by the weights themselves.
+    let bare = root.join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::copy("models/known-answer/branch3.onnx", bare.join("branch3.onnx")).unwrap();
+    let bare = bare.display().to_string();
+    let mut args = vec!["stage1", "--init-from", &bare, "--work"];
+    args.push(&work);
+    args.extend_from_slice(&common);
+    let r = train_cmd(&args);
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(!r.status.success());
+    assert!(
         log.contains("--init-from") && log.contains("branch3.onnx") && log.contains("head.weight"),
         "{log}"
     );
@@ -359,6 +374,21 @@ fn killed_training_resumes_where_it_stopped() {
     let r = train_cmd(&args);
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("--resume"));
+
+    // Resuming with other options (batch size, iterations) would mix two runs: refused.
+    for (k, v) in [("--batch", "4"), ("--iters", "200")] {
+        let mut other: Vec<&str> = args.to_vec();
+        let at = other.iter().position(|a| *a == k).unwrap();
+        other[at + 1] = v;
+        other.push("--resume");
+        let r = train_cmd(&other);
+        let log = String::from_utf8_lossy(&r.stderr).to_string();
+        assert!(
+            !r.status.success() && log.contains("interrupted in a run with other options"),
+            "{log}"
+        );
+        assert!(ckpt.exists());
+    }
 
     let mut resumed = args.to_vec();
     resumed.push("--resume");
@@ -544,4 +574,30 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
         !ok && log.contains("already holds a model") && !log.contains("original:"),
         "{log}"
     );
+    // Options that cannot work are refused before --force removes anything: checkpoints of
+    // other architectures (naming the stage to redo), missing data, a -O model to start from
+    // of another architecture, a budget under the cheapest routing, --work = --out.
+    let (ok, log) = run("stage2", &data, &["--plain", "--force"]);
+    assert!(
+        !ok && log.contains("but this run builds") && log.contains("`stage1 --force`"),
+        "{log}"
+    );
+    let (ok, log) = run("stage3", &data, &["--classifier-width", "16", "--force"]);
+    assert!(!ok && log.contains("`stage2 --force`"), "{log}");
+    let (ok, log) = run("stage1", &root.join("no-such-data"), &["--force"]);
+    assert!(!ok, "{log}");
+    let skip_model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/fsrcnn");
+    let (ok, log) = run("stage1", &data, &["--force", "--plain", "--init-from", skip_model]);
+    assert!(!ok && log.contains("--init-from") && log.contains("--plain"), "{log}");
+    for step in ["original", "branch3", "classifier", "joint"] {
+        assert!(work.join(format!("{step}.done.ckpt")).exists(), "{step} kept");
+    }
+    let (ok, log) = run("all", &data, &["--force", "--resume", "--macs-budget", "5"]);
+    assert!(
+        !ok && log.contains("give at least") && !log.contains("original:"),
+        "{log}"
+    );
+    let model = root.join("model").display().to_string();
+    let (ok, log) = run("export", &data, &["--work", &model]);
+    assert!(!ok && log.contains("--work must not be --out"), "{log}");
 }

@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use gstclasssr::train::pipeline::{Family, Options, Trainer};
 
 const USAGE: &str = "usage: classsr-train <prepare|stage1|stage2|stage3|export|all> --data DIR --val DIR --out DIR \
-[--family fsrcnn|srresnet] [--scale 4] [--iters N] [--batch B] [--device cpu|flex|cuda] [--seed S] [--resume] [--force] \
+[--family fsrcnn|srresnet] [--scale 4] [--iters N] [--batch B] [--device cpu|flex|cuda (default cpu)] [--seed S] [--resume] [--force] \
 [--work DIR] [--checkpoint-secs S] [--aug 1.0,0.9,...] [--iters-original N] [--plain] [--classifier-width W] \
 [--init-from MODEL_DIR] [--random-init] [--macs-budget PERCENT] [--finetune-lr LR] [--global-split]";
 
@@ -113,6 +113,9 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
     o.val = val.ok_or("--val DIR is required")?;
     o.out = out.ok_or("--out DIR is required")?;
     o.work = work.unwrap_or_else(|| Options::work_of(&o.out));
+    if o.work == o.out {
+        return Err("--work must not be --out: the model folder is written from the work folder".into());
+    }
     if o.scale != 4 {
         return Err("only --scale 4 is supported (the sub-image geometry is LR 32 / HR 128)".into());
     }
@@ -148,6 +151,12 @@ fn run<B: burn::tensor::backend::AutodiffBackend>(cmd: &str, opts: Options, devi
             opts.out.display()
         ));
     }
+    if cmd == "export" && !opts.work.is_dir() {
+        return Err(format!(
+            "no training to export: the work folder '{}' does not exist (train first, or point --work at it)",
+            opts.work.display()
+        ));
+    }
     let mut t = Trainer::<B>::new(opts, device)?;
     t.check_inputs(cmd)?;
     t.check_work(Trainer::<B>::steps_of(cmd))?;
@@ -171,7 +180,9 @@ fn run<B: burn::tensor::backend::AutodiffBackend>(cmd: &str, opts: Options, devi
         }
         Ok(())
     })();
-    t.finish_report();
+    if result.is_err() {
+        t.finish_report();
+    }
     result
 }
 

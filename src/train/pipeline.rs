@@ -176,6 +176,27 @@ static STEPS: [&str; 8] = [
     "classifier",
     "joint",
 ];
+/// The stage (subcommand) that makes a step.
+fn stage_of(step: &str) -> &'static str {
+    match step {
+        "original" | "split" | "branch1" | "branch2" | "branch3" => "stage1",
+        "warmup" | "classifier" => "stage2",
+        _ => "stage3",
+    }
+}
+
+/// Option values of a run that an interrupted step must be resumed with (iterations of the
+/// step included): another batch size, seed, start or schedule would silently mix two runs.
+const RESUME_KEYS: [&str; 7] = [
+    "original_init",
+    "branch_init",
+    "class_split",
+    "finetune_lr",
+    "batch",
+    "seed",
+    "scale_augmentation",
+];
+
 /// Crops of the validation images scored during training.
 const VAL_CROPS: usize = 192;
 
@@ -199,6 +220,8 @@ struct StepState<B: AutodiffBackend> {
     nets: Vec<Net<B>>,
     adams: Vec<Adam<B>>,
     iter: usize,
+    /// The step's iterations (recorded, so that a resume with others is refused).
+    iters: usize,
     rng: Rng,
 }
 
@@ -265,19 +288,120 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// work folder (with --force it removes its own steps first): stage2 needs the class
     /// split of this data and the branches, stage3 the classifier stage.
     pub fn check_inputs(&mut self, cmd: &str) -> Result<(), String> {
-        let needs: &[&str] = match cmd {
-            "stage2" => &["branch1", "branch2", "branch3"],
-            "stage3" => &["classifier"],
-            _ => return Ok(()),
-        };
-        for step in needs {
-            if !self.ckpt(step, true).exists() {
+        if self.opts.out.exists() && !self.opts.out.is_dir() {
+            return Err(format!(
+                "--out '{}' is a file: the model is a folder",
+                self.opts.out.display()
+            ));
+        }
+        if let (Some(budget), "export" | "all") = (self.opts.macs_budget, cmd) {
+            // routing every tile to branch1 is the least any routing costs
+            let cost = |a: &Arch| a.cost_per_tile(LR_SIZE).0 as f64;
+            let archs = self.opts.branches();
+            let floor = 100.0 * (cost(&self.opts.classifier()) + cost(&archs[0])) / cost(&archs[2]);
+            if budget < floor {
                 return Err(format!(
-                    "step '{step}' has not finished yet; run the stage that makes it first"
+                    "--macs-budget {budget}: even routing every tile to branch1 costs {floor:.1} % of the -O model (classifier included); give at least {}",
+                    floor.ceil()
                 ));
             }
         }
+        if cmd == "export" {
+            return Ok(());
+        }
+        // the data first: --force below removes checkpoints
+        self.datasets()?;
+        if matches!(cmd, "stage1" | "all") {
+            self.check_init_from()?;
+        }
+        let archs = self.opts.branches();
+        let all_archs = [self.opts.classifier(), archs[0], archs[1], archs[2]];
+        let needs: Vec<(&str, Vec<Arch>)> = match cmd {
+            "stage2" => (0..3)
+                .map(|j| (["branch1", "branch2", "branch3"][j], vec![archs[j]]))
+                .collect(),
+            "stage3" => vec![("classifier", all_archs.to_vec())],
+            _ => return Ok(()),
+        };
+        for (step, archs) in &needs {
+            if !self.ckpt(step, true).exists() {
+                return Err(format!(
+                    "step '{step}' has not finished yet; run {} first",
+                    stage_of(step)
+                ));
+            }
+            let meta = checkpoint::meta(&self.ckpt(step, true))?;
+            self.check_archs(step, &self.ckpt(step, true), &meta, archs)?;
+        }
         self.load_split().map(|_| ())
+    }
+
+    /// --init-from must hold a -O model of this run's architecture (a model with the bicubic
+    /// skip loads into a plain network, the skip having no weights, and trains nonsense).
+    fn check_init_from(&self) -> Result<(), String> {
+        let Some(dir) = &self.opts.init_from else {
+            return Ok(());
+        };
+        let want = self.opts.branches()[2].describe();
+        let manifest = dir.join(crate::manifest::MANIFEST_FILE);
+        if let Ok(text) = std::fs::read_to_string(&manifest) {
+            let m: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| format!("--init-from: '{}' is not a manifest: {e}", manifest.display()))?;
+            if let Some(arch) = m["branches"][2]["arch"].as_str() {
+                if arch != want {
+                    return Err(format!(
+                        "--init-from '{}': its branch3 is {arch}, but this run's -O model is {want} (check --plain and --family)",
+                        dir.display()
+                    ));
+                }
+            }
+        }
+        let file = dir.join(BRANCH_FILES[2]);
+        if !file.is_file() {
+            return Err(format!("--init-from: '{}' does not exist", file.display()));
+        }
+        Ok(())
+    }
+
+    /// A checkpoint of other architectures (another --plain, --family or
+    /// --classifier-width) could load (the bicubic skip has no weights) and train or export
+    /// nonsense: refused, naming the options and the stage to redo.
+    fn check_archs(&self, step: &str, path: &Path, meta: &serde_json::Value, archs: &[Arch]) -> Result<(), String> {
+        let want: Vec<String> = archs.iter().map(|a| a.describe()).collect();
+        if let Some(made) = meta["archs"].as_array() {
+            let made: Vec<&str> = made.iter().filter_map(|v| v.as_str()).collect();
+            if made != want {
+                return Err(format!(
+                    "{} holds {} but this run builds {}: use the --plain, --family and --classifier-width that made it, or redo it with `{} --force`",
+                    path.display(),
+                    made.join(", "),
+                    want.join(", "),
+                    stage_of(step)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// An interrupted step resumes only with the options it started with.
+    fn check_resume(&self, step: &str, meta: &serde_json::Value, iters: usize) -> Result<(), String> {
+        let own = self.run_options();
+        let mut changed: Vec<String> = RESUME_KEYS
+            .iter()
+            .filter(|k| !meta["options"][**k].is_null() && meta["options"][**k] != own[**k])
+            .map(|k| format!("{k} {} (now {})", meta["options"][*k], own[*k]))
+            .collect();
+        if let Some(was) = meta["iters"].as_u64().filter(|&n| n != iters as u64) {
+            changed.push(format!("iterations {was} (now {iters})"));
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "step '{step}' was interrupted in a run with other options: {}; resume with those, or redo it with `{} --force`",
+            changed.join(", "),
+            stage_of(step)
+        ))
     }
 
     /// Those of `steps` with a checkpoint in the work folder (finished or not).
@@ -395,6 +519,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let meta = serde_json::json!({
             "step": step,
             "iter": st.iter,
+            "iters": st.iters,
             "options": self.run_options(),
             "rng": st.rng.state.to_string(),
             "adam_steps": st.adams.iter().map(|a| a.step).collect::<Vec<_>>(),
@@ -413,19 +538,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             return Ok(None);
         }
         let (meta, tensors) = checkpoint::load(&path)?;
-        // A checkpoint of other architectures (another --plain, --family or
-        // --classifier-width) could load (the bicubic skip has no weights) and train or
-        // export nonsense.
-        let want: Vec<String> = archs.iter().map(|a| a.describe()).collect();
-        if let Some(made) = meta["archs"].as_array() {
-            let made: Vec<&str> = made.iter().filter_map(|v| v.as_str()).collect();
-            if made != want {
-                return Err(format!(
-                    "{} holds {made:?} but this run builds {want:?}: run with the options that made it, or --force to redo the step",
-                    path.display()
-                ));
-            }
-        }
+        self.check_archs(step, &path, &meta, archs)?;
         let mut nets = Vec::new();
         let mut adams = Vec::new();
         for (k, arch) in archs.iter().enumerate() {
@@ -459,7 +572,14 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .unwrap_or(self.opts.seed),
         };
         let iter = meta["iter"].as_u64().unwrap_or(0) as usize;
-        Ok(Some(StepState { nets, adams, iter, rng }))
+        let iters = meta["iters"].as_u64().unwrap_or(0) as usize;
+        Ok(Some(StepState {
+            nets,
+            adams,
+            iter,
+            iters,
+            rng,
+        }))
     }
 
     /// The finished nets of an earlier step.
@@ -488,8 +608,13 @@ impl<B: AutodiffBackend> Trainer<B> {
             return self.finished(step, archs);
         }
         self.datasets()?;
+        if self.ckpt(step, false).exists() {
+            let meta = checkpoint::meta(&self.ckpt(step, false))?;
+            self.check_resume(step, &meta, iters)?;
+        }
         let mut st = match self.load(step, archs, trainable, false)? {
-            Some(st) => {
+            Some(mut st) => {
+                st.iters = iters;
                 eprintln!("{step}: resuming at iteration {}/{iters}", st.iter);
                 // the iterations after the checkpoint are run again: their rows go
                 self.log.drop_rows_after(step, st.iter)?;
@@ -509,6 +634,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     nets,
                     adams,
                     iter: 0,
+                    iters,
                     rng,
                 }
             }
@@ -1136,8 +1262,9 @@ impl<B: AutodiffBackend> Trainer<B> {
                     details: serde_json::json!({
                         "data": self.opts.data.display().to_string(),
                         "val": self.opts.val.display().to_string(),
-                        "train_images": list_count(&self.opts.data),
-                        "val_images": list_count(&self.opts.val),
+                        // the images used (calibrate loaded them), not the files
+                        "train_images": self.train.as_ref().map_or(0, |t| t.images.len()),
+                        "val_images": self.val.as_ref().map_or(0, |v| v.images.len()),
                         "iterations": iterations,
                         "final_stage": from,
                         "batch": recorded("branch1", "batch"),
@@ -1240,15 +1367,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok((Some(b as f64), step))
     }
 
+    /// Plots the training log (nothing before the first logged iteration).
     pub fn finish_report(&self) {
+        if self.log.is_empty() {
+            return;
+        }
         if let Err(e) = self.log.plot(&self.opts.work.join("training.png")) {
             eprintln!("warning: no plot: {e}");
         }
     }
-}
-
-fn list_count(dir: &Path) -> usize {
-    crate::eval::list_images(dir).map(|v| v.len()).unwrap_or(0)
 }
 
 /// Scores a model set on full validation images through ONNX Runtime and records the results

@@ -89,6 +89,11 @@ impl TrainLog {
             .map_err(|e| format!("cannot append to '{}': {e}", self.path.display()))
     }
 
+    /// Whether no iteration has been logged yet.
+    pub fn is_empty(&self) -> bool {
+        self.rows().is_empty()
+    }
+
     fn rows(&self) -> Vec<(String, usize, f64, Option<f64>)> {
         let text = std::fs::read_to_string(&self.path).unwrap_or_default();
         text.lines()
@@ -233,7 +238,7 @@ impl Progress {
     pub fn finish(&self) {
         self.bar.finish();
         let secs = self.started.elapsed().as_secs_f64();
-        let n = self.bar.position() - self.first;
+        let n = self.bar.position().saturating_sub(self.first);
         let msg = format!(
             "done ({n} iterations in {secs:.1} s, {:.2} it/s)",
             n as f64 / secs.max(1e-9)
