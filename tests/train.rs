@@ -526,6 +526,14 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
         !ok && log.contains("leaves class") && log.contains("--global-split"),
         "{log}"
     );
+    assert!(!log.contains("original:"), "known before the -O model trains: {log}");
+    // Scale factors that leave every image under one sub-image are named.
+    let (ok, log) = run(
+        "prepare",
+        &small,
+        &["--aug", "0.5", "--work", root.join("small.work").to_str().unwrap()],
+    );
+    assert!(!ok && log.contains("at every scale of --aug"), "{log}");
     // A bad scale factor, or an option the subcommand does not use, is refused before
     // anything runs.
     let (ok, log) = run("prepare", &data, &["--aug", "0"]);

@@ -177,8 +177,17 @@ impl Dataset {
             ds.images.push(f);
         }
         if ds.subs.is_empty() {
+            // images were read, but every scale of them came out under one sub-image
+            let hint = if ds.images.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    ": its {} images are smaller than {hr_size}x{hr_size} at every scale of --aug {aug:?} (use larger factors)",
+                    ds.images.len()
+                )
+            };
             return Err(format!(
-                "data folder '{}' has no usable images ({} skipped)",
+                "data folder '{}' has no usable images ({} skipped){hint}",
                 dir.display(),
                 ds.skipped.len()
             ));

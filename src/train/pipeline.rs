@@ -313,6 +313,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.datasets()?;
         if matches!(cmd, "stage1" | "all") {
             self.check_init_from()?;
+            if !self.opts.work.join("split.json").exists() {
+                self.check_split_sizes()?;
+            }
         }
         let archs = self.opts.branches();
         let all_archs = [self.opts.classifier(), archs[0], archs[1], archs[2]];
@@ -928,21 +931,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             progress.tick(0.0);
         }
         progress.finish();
-        let groups: Vec<u32> = if self.opts.global_split {
-            vec![0; n]
-        } else {
-            self.train.as_ref().unwrap().subs.iter().map(|s| s.pair).collect()
-        };
-        let classes = class_split(&psnr, &groups);
-        let counts = [0u8, 1, 2].map(|c| classes.iter().filter(|&&k| k == c).count());
-        if let Some(empty) = counts.iter().position(|&c| c == 0) {
-            return Err(format!(
-                "the {scope} class split of {n} sub-images leaves class {} empty (counts {counts:?}): \
-                 the training images give too few sub-images each (images of at least 256x128 px \
-                 give three); use larger images or --global-split",
-                empty + 1,
-            ));
-        }
+        let classes = class_split(&psnr, &self.split_groups());
+        let counts = Self::split_counts(&classes, scope)?;
         let mean_db = [0u8, 1, 2].map(|c| {
             let v: Vec<f64> = (0..n).filter(|&i| classes[i] == c).map(|i| psnr[i]).collect();
             v.iter().sum::<f64>() / v.len().max(1) as f64
@@ -1114,6 +1104,40 @@ impl<B: AutodiffBackend> Trainer<B> {
             "seed": self.opts.seed,
             "scale_augmentation": self.opts.aug,
         })
+    }
+
+    /// The groups the class split cuts into thirds: each training image (at each scale), or
+    /// all sub-images together with --global-split.
+    fn split_groups(&self) -> Vec<u32> {
+        let subs = &self.train.as_ref().expect("loaded").subs;
+        if self.opts.global_split {
+            vec![0; subs.len()]
+        } else {
+            subs.iter().map(|s| s.pair).collect()
+        }
+    }
+
+    /// The sub-images per class of a split, or why the split cannot be used (an empty class).
+    fn split_counts(classes: &[u8], scope: &str) -> Result<[usize; 3], String> {
+        let counts = [0u8, 1, 2].map(|c| classes.iter().filter(|&&k| k == c).count());
+        if let Some(empty) = counts.iter().position(|&c| c == 0) {
+            return Err(format!(
+                "the {scope} class split of {} sub-images leaves class {} empty (counts {counts:?}): \
+                 the training images give too few sub-images each (images of at least 256x128 px \
+                 give three); use larger images or --global-split",
+                classes.len(),
+                empty + 1,
+            ));
+        }
+        Ok(counts)
+    }
+
+    /// Whether the class split can fill three classes, known before the -O model is trained:
+    /// the class sizes depend only on the group sizes (thirds of each group by rank).
+    fn check_split_sizes(&self) -> Result<(), String> {
+        let groups = self.split_groups();
+        let scope = if self.opts.global_split { "global" } else { "per-image" };
+        Self::split_counts(&class_split(&vec![0.0; groups.len()], &groups), scope).map(|_| ())
     }
 
     /// The stored split, for the data of this run (loaded if needed).
