@@ -263,20 +263,13 @@ fn the_command_line_never_loses_a_file_and_names_what_it_skips() {
     assert!(!ok && err.contains("finite"), "{err}");
     // eval skips, by name, an image too small to score, and --save keeps two images that
     // share a stem apart.
-    let sr = p("sr");
-    let (ok, err) = classsr(&[
-        "eval",
-        "--hr",
-        hr.to_str().unwrap(),
-        "--model",
-        ka,
-        "--modes",
-        "bicubic",
-        "--device",
-        "cpu",
-        "--save",
-        &sr,
-    ]);
+    let hr_dir = hr.to_str().unwrap();
+    let save_to = |dir: &str| {
+        classsr(&[
+            "eval", "--hr", hr_dir, "--model", ka, "--modes", "bicubic", "--save", dir,
+        ])
+    };
+    let (ok, err) = save_to(&p("sr"));
     assert!(ok && err.contains("tiny.png") && err.contains("too small"), "{err}");
     for name in ["a.png_bicubic.ppm", "a.jpg_bicubic.ppm", "a.png_hr.ppm", "a.jpg_hr.ppm"] {
         assert!(dir.join("sr").join(name).exists(), "{name}");
@@ -284,18 +277,7 @@ fn the_command_line_never_loses_a_file_and_names_what_it_skips() {
     // ... also where a whole name meets another's stem (a.png and a.png.png).
     save_rgb(&picture(40, 32, 4), &hr.join("a.png.png"));
     let sr2 = p("sr2");
-    let args = [
-        "eval",
-        "--hr",
-        hr.to_str().unwrap(),
-        "--model",
-        ka,
-        "--modes",
-        "bicubic",
-        "--save",
-        &sr2,
-    ];
-    let (ok, err) = classsr(&args);
+    let (ok, err) = save_to(&sr2);
     assert!(ok, "{err}");
     let saved: std::collections::BTreeSet<String> = std::fs::read_dir(&sr2)
         .unwrap()

@@ -275,15 +275,13 @@ fn a_mode_or_bias_change_mid_stream_invalidates_the_full_cache() {
     }
 }
 
-#[test]
-fn a_cache_threshold_reuses_tiles_that_changed_slightly() {
-    // A static picture, then the same with ±1 level on about a tenth of the pixels (in every
-    // tile): below a threshold of 2 everywhere, but not bit-identical.
-    let a = picture(128, 96, 9);
-    let mut b = a.clone();
-    let mut rng = Rng(77);
-    for p in &mut b.px {
-        if rng.below(10) == 0 {
+/// `img` with ±1 level on the colours of about one pixel in `every` (a change under a cache
+/// threshold of 2 in every block, but not bit-identical).
+fn nudged(img: &Rgba, seed: u64, every: u64) -> Rgba {
+    let mut out = img.clone();
+    let mut rng = Rng(seed);
+    for p in &mut out.px {
+        if rng.below(every) == 0 {
             for v in &mut p[..3] {
                 *v = if rng.below(2) == 0 {
                     v.saturating_add(1)
@@ -293,6 +291,15 @@ fn a_cache_threshold_reuses_tiles_that_changed_slightly() {
             }
         }
     }
+    out
+}
+
+#[test]
+fn a_cache_threshold_reuses_tiles_that_changed_slightly() {
+    // A static picture, then the same with ±1 level on about a tenth of the pixels (in every
+    // tile): below a threshold of 2 everywhere, but not bit-identical.
+    let a = picture(128, 96, 9);
+    let b = nudged(&a, 77, 10);
     assert_ne!(a, b);
     for (threshold, reused) in [("2", true), ("0", false)] {
         let props = [
@@ -324,13 +331,7 @@ fn cache_refresh_recomputes_every_tile_staggered() {
     // the tiles; after 3 frames of the changed picture every tile has been recomputed from
     // it, so the frame equals cache=off's of it, and not before.
     let a = picture(96, 64, 5);
-    let mut b = a.clone();
-    let mut rng = Rng(3);
-    for p in &mut b.px {
-        if rng.below(4) == 0 {
-            p[0] = if p[0] > 127 { p[0] - 1 } else { p[0] + 1 };
-        }
-    }
+    let b = nudged(&a, 3, 4);
     let props = [("cache", "full"), ("cache-threshold", "2"), ("cache-refresh", "3")];
     let (mut h, bus) = element(&props);
     h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 96, 64));
@@ -557,16 +558,21 @@ fn qos_steps_keep_the_cache_and_reroute_cached_tiles() {
         40_000_000,
         gst::ClockTime::from_mseconds(33),
     );
+    // the element on `img`'s caps, one tile per strip, with the cache `cache` and no refresh
+    let start = |cache: &str| {
+        let props = [
+            ("model", model.as_str()),
+            ("overlap", "0"),
+            ("cache", cache),
+            ("cache-threshold", "0"),
+            ("cache-refresh", "0"),
+        ];
+        let (mut h, bus) = element(&props);
+        h.set_src_caps_str(&caps_str(VideoFormat::Rgb, img.width, img.height));
+        (h, bus)
+    };
     // cache=full: a QoS step keeps every cached output (the frame costs nothing).
-    let props = [
-        ("model", model.as_str()),
-        ("overlap", "0"),
-        ("cache", "full"),
-        ("cache-threshold", "0"),
-        ("cache-refresh", "0"),
-    ];
-    let (mut h, bus) = element(&props);
-    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, img.width, img.height));
+    let (mut h, bus) = start("full");
     let first = push(&mut h, &img);
     assert!(h.push_upstream_event(late.clone()));
     assert_eq!(h.element().unwrap().property::<u32>("qos-level"), 1);
@@ -576,14 +582,7 @@ fn qos_steps_keep_the_cache_and_reroute_cached_tiles() {
     assert_eq!(u(&st[1], "runs"), 0);
     // cache=class: unchanged tiles skip the classifier and are routed again from their
     // cached logits at the lowered bias (one strip leaves branch3).
-    let props = [
-        ("model", model.as_str()),
-        ("overlap", "0"),
-        ("cache", "class"),
-        ("cache-refresh", "0"),
-    ];
-    let (mut h, bus) = element(&props);
-    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, img.width, img.height));
+    let (mut h, bus) = start("class");
     push(&mut h, &img);
     assert!(h.push_upstream_event(late));
     push(&mut h, &img);
@@ -594,15 +593,7 @@ fn qos_steps_keep_the_cache_and_reroute_cached_tiles() {
     // cache=full from level 4 back to 0: the bicubic stand-ins (strips 0-2) are redone by
     // their branch at the restored bias, and the stats then count each reused tile by the
     // branch that made its output (strip 3 keeps level 4's branch2 output).
-    let props = [
-        ("model", model.as_str()),
-        ("overlap", "0"),
-        ("cache", "full"),
-        ("cache-threshold", "0"),
-        ("cache-refresh", "0"),
-    ];
-    let (mut h, bus) = element(&props);
-    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, img.width, img.height));
+    let (mut h, bus) = start("full");
     let late = |ms| {
         gst::event::Qos::new(
             gst::QOSType::Overflow,
