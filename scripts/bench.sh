@@ -12,8 +12,13 @@ bash scripts/fetch-training-data.sh >/dev/null
 cargo build -q --release --example bench --bin classsr
 args=("$@")
 model_arg=()
-for ((i = 0; i < ${#args[@]}; i++)); do [ "${args[$i]}" = "--model" ] && model_arg=(--model "${args[$((i + 1))]}"); done
-eval_json() { ./target/release/classsr eval --hr data/val "${model_arg[@]}" --json "$@"; }
+for ((i = 0; i < ${#args[@]}; i++)); do
+  if [ "${args[$i]}" = "--model" ]; then
+    [ $((i + 1)) -lt ${#args[@]} ] || { echo "usage: bash scripts/bench.sh [--frames N] [--reps R] [--model DIR]" >&2; exit 2; }
+    model_arg=(--model "${args[$((i + 1))]}")
+  fi
+done
+eval_json() { ./target/release/classsr eval --hr data/val --device cpu "${model_arg[@]}" --json "$@"; }
 model=$(eval_json --modes bicubic | python3 -c '
 import json, sys
 d = json.load(sys.stdin)
@@ -33,7 +38,7 @@ out=$(mktemp)
   echo
   echo "\`classsr eval --hr data/val --modes bicubic,branch1,branch2,branch3,original,classsr\` ($(ls data/val | wc -l) held-out photographs of \`scripts/fetch-training-data.sh\`, x4 from antialiased bicubic LR, RGB PSNR with a 4-pixel border shaved, SSIM on Y):"
   echo
-  ./target/release/classsr eval --hr data/val "${model_arg[@]}" --modes bicubic,branch1,branch2,branch3,original,classsr \
+  ./target/release/classsr eval --hr data/val --device cpu "${model_arg[@]}" --modes bicubic,branch1,branch2,branch3,original,classsr \
     | grep '^|'
   echo
   echo "## The bias knob on real photographs"
@@ -55,7 +60,7 @@ print("| %s | %.0f%% / %.0f%% / %.0f%% | %.1f | %.3f |" % (sys.argv[1], 100*s[0]
   echo
   echo "Produced by \`bash scripts/bench.sh ${args[*]}\` on $(date -u +%Y-%m-%d)."
   echo
-  echo "* machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GB RAM, no GPU"
+  echo "* machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GB RAM; every run on the CPU (device=cpu)"
   echo "* ONNX Runtime 1.31.1 (CPU), GStreamer $(gst-launch-1.0 --version | head -1 | awk '{print $NF}'), release build"
   echo "* model: $model"
   echo "* The machine is shared and noisy: compare the ratios within one run, not absolute fps across runs."

@@ -6,10 +6,12 @@ cd "$(dirname "$0")/.."
 out=data/clips/vtest.avi
 if [ ! -f "$out" ]; then
   tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"; rm -f "$out.part"' EXIT
   (cd "$tmp" && apt-get download opencv-doc >/dev/null 2>&1) || { apt-get update -q >/dev/null 2>&1 || true; (cd "$tmp" && apt-get download opencv-doc >/dev/null); }
   mkdir -p "$tmp/x" data/clips
   dpkg-deb --fsys-tarfile "$tmp"/opencv-doc_*.deb | tar -x -C "$tmp/x" ./usr/share/doc/opencv-doc/examples/data/vtest.avi
-  mv "$tmp/x/usr/share/doc/opencv-doc/examples/data/vtest.avi" "$out"
-  rm -rf "$tmp"
+  # copied under a temporary name and renamed, so an interrupted run leaves no truncated clip
+  cp "$tmp/x/usr/share/doc/opencv-doc/examples/data/vtest.avi" "$out.part"
+  mv "$out.part" "$out"
 fi
 echo "$out"

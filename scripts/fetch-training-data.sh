@@ -13,16 +13,25 @@ trap 'rm -rf "$tmp"' EXIT
 (cd "$tmp" && apt-get download plasma-workspace-wallpapers >/dev/null 2>&1) \
   || { apt-get update -q >/dev/null 2>&1 || true; (cd "$tmp" && apt-get download plasma-workspace-wallpapers >/dev/null); }
 dpkg-deb -x "$tmp"/plasma-workspace-wallpapers_*.deb "$tmp/x"
-mkdir -p data/train data/val
+# filled beside data/ and moved into place at the end, so an interrupted run leaves no
+# partial split behind
+stage=data/.fetch-training-data
+rm -rf "$stage"
+mkdir -p "$stage/train" "$stage/val"
 n=0
 for dir in "$tmp"/x/usr/share/wallpapers/*/; do
   name=$(basename "$dir")
   # largest regular JPEG of this wallpaper (the smaller sizes are symlinks)
   best=$(find "$dir" -path '*images*' -type f \( -name '*.jpg' -o -name '*.jpeg' \) -printf '%s %p\n' | sort -n | tail -1 | cut -d' ' -f2-)
   [ -n "$best" ] || continue
-  head -c 65536 "$best" | grep -aq Exif || continue   # photographs carry EXIF
+  # photographs carry EXIF (read from a process substitution: in a pipe, grep -q stopping
+  # at the first match would fail head with SIGPIPE and, under pipefail, skip the photograph)
+  grep -aq Exif < <(head -c 65536 "$best") || continue
   n=$((n + 1))
-  if [ $((n % 3)) -eq 0 ]; then dest=data/val; else dest=data/train; fi
-  cp "$best" "$dest/$name.jpg"
+  if [ $((n % 3)) -eq 0 ]; then dest=val; else dest=train; fi
+  cp "$best" "$stage/$dest/$name.jpg"
 done
+rm -rf data/train data/val
+mv "$stage/train" "$stage/val" data/
+rmdir "$stage"
 echo "data/train: $(ls data/train | wc -l) images, data/val: $(ls data/val | wc -l) images"

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # GPU benchmark of the element (960x540 -> 3840x2160, cache off), in two halves:
 #
-#   BUNDLES=DIR bash scripts/gpu-bench.sh prepare
-#       here (Debian, with the build): release plugin, ONNX Runtime CUDA and GStreamer runtime
-#       bundles (made by DIR/ort-cuda-bundle.sh and DIR/gst-runtime-bundle.sh) and 20 frames
-#       of vtest.avi at 960x540 as PNG, all under .gpu/ (git-ignored).
+#   [BUNDLES=DIR] bash scripts/gpu-bench.sh prepare
+#       here (Debian, with the build): the release plugin and 20 frames of vtest.avi at
+#       960x540 as PNG, under .gpu/ (git-ignored). With BUNDLES, also self-contained ONNX
+#       Runtime CUDA and GStreamer runtime bundles for a GPU host that has neither, made by
+#       DIR/ort-cuda-bundle.sh and DIR/gst-runtime-bundle.sh (scripts of your own: the first
+#       must leave .gpu/ort/unpack.sh, which sets ORT_DYLIB_PATH, the second .gpu/gst/env.sh,
+#       which sets up GStreamer). Without them the GPU host needs GStreamer 1.22 and the
+#       onnxruntime-gpu library (ORT_DYLIB_PATH) installed.
 #   bash scripts/gpu-bench.sh run OUT [FRAMES]
 #       on the GPU host (carrying .gpu/): fps of modes classsr / original / bicubic, with and
 #       without frame-graphs, on videotestsrc and the clip; card, driver and results in
@@ -15,15 +19,16 @@ cd "$(dirname "$0")/.."
 cmd=${1:-}
 
 if [ "$cmd" = prepare ]; then
-  : "${BUNDLES:?set BUNDLES to the folder holding ort-cuda-bundle.sh and gst-runtime-bundle.sh}"
   SKIP_BUILD=1 bash scripts/setup.sh >/dev/null
   cargo build --release --lib
   mkdir -p .gpu/plugin .gpu/clip
   cp target/release/libgstclasssr.so .gpu/plugin/
   # multifilesrc (for the clip's frames) is not among the runtime bundle's core plugins
   cp "$(pkg-config --variable=pluginsdir gstreamer-1.0)/libgstmultifile.so" .gpu/plugin/
-  bash "$BUNDLES/ort-cuda-bundle.sh" .gpu/ort
-  bash "$BUNDLES/gst-runtime-bundle.sh" .gpu/gst .gpu/plugin/*.so
+  if [ -n "${BUNDLES:-}" ]; then
+    bash "$BUNDLES/ort-cuda-bundle.sh" .gpu/ort
+    bash "$BUNDLES/gst-runtime-bundle.sh" .gpu/gst .gpu/plugin/*.so
+  fi
   clip=$(bash scripts/fetch-clip.sh)
   rm -f .gpu/clip/*.png
   gst-launch-1.0 -q filesrc location="$clip" ! decodebin ! videoconvert ! videoscale \
@@ -34,7 +39,7 @@ if [ "$cmd" = prepare ]; then
 fi
 
 if [ "$cmd" != run ]; then
-  echo "usage: BUNDLES=DIR $0 prepare | $0 run OUT [FRAMES]" >&2
+  echo "usage: [BUNDLES=DIR] $0 prepare | $0 run OUT [FRAMES]" >&2
   exit 2
 fi
 out=${2:?OUT folder}
@@ -62,11 +67,16 @@ sources() {
   esac
 }
 seconds() { # source mode graphs frames
-  local t0 t1
+  local t0 t1 log="$out/log-$1-$2-$3.txt"
   t0=$(date +%s.%N)
+  # (called in $(...), where set -e does not apply: a failed run must say so itself)
   # shellcheck disable=SC2046
-  gst-launch-1.0 -q $(sources "$1" "$4") ! classsr device="$device" cache=off mode="$2" frame-graphs="$3" \
-    ! fakesink sync=false >"$out/log-$1-$2-$3.txt" 2>&1
+  if ! gst-launch-1.0 -q $(sources "$1" "$4") ! classsr device="$device" cache=off mode="$2" frame-graphs="$3" \
+    ! fakesink sync=false >"$log" 2>&1; then
+    echo "error: $1 mode=$2 frame-graphs=$3 failed:" >&2
+    cat "$log" >&2
+    return 1
+  fi
   t1=$(date +%s.%N)
   python3 -c "print($t1 - $t0)"
 }
