@@ -8,6 +8,13 @@ if [ -d data/train ] && [ -d data/val ] && [ -n "$(ls data/val 2>/dev/null)" ]; 
   echo "data/train: $(ls data/train | wc -l) images, data/val: $(ls data/val | wc -l) images (already there)"
   exit 0
 fi
+# never replace photographs someone put there
+for d in data/train data/val; do
+  if [ -n "$(ls "$d" 2>/dev/null)" ]; then
+    echo "error: $d holds files but the split is incomplete; move them away (or fill data/val) and run this again" >&2
+    exit 1
+  fi
+done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 (cd "$tmp" && apt-get download plasma-workspace-wallpapers >/dev/null 2>&1) \
@@ -31,7 +38,7 @@ for dir in "$tmp"/x/usr/share/wallpapers/*/; do
   if [ $((n % 3)) -eq 0 ]; then dest=val; else dest=train; fi
   cp "$best" "$stage/$dest/$name.jpg"
 done
-rm -rf data/train data/val
+rmdir data/train data/val 2>/dev/null || true
 mv "$stage/train" "$stage/val" data/
 rmdir "$stage"
 echo "data/train: $(ls data/train | wc -l) images, data/val: $(ls data/val | wc -l) images"

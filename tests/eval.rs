@@ -346,6 +346,15 @@ fn upscale_reads_images_as_viewers_show_them_and_writes_where_it_can() {
     assert!(!ok && err.contains("not 3"), "{err}");
     let (ok, err) = classsr(&["upscale", &p("side.jpg"), &p("a.png"), "-x"]);
     assert!(!ok && err.contains("unknown option '-x'"), "{err}");
+    // ... unless after `--`, where they are file names.
+    std::fs::copy(dir.join("side.jpg"), dir.join("-in.jpg")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_classsr"))
+        .current_dir(&*dir)
+        .args(["upscale", "--model", ka, "--", "-in.jpg", "-out.png"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(dir.join("-out.png").exists());
 }
 
 #[test]

@@ -390,8 +390,9 @@ fn killed_training_resumes_where_it_stopped() {
         assert!(ckpt.exists());
     }
 
+    // How the step started (here --seed) does not matter once it has: accepted.
     let mut resumed = args.to_vec();
-    resumed.push("--resume");
+    resumed.extend_from_slice(&["--resume", "--seed", "9"]);
     let r = train_cmd(&resumed);
     let log = String::from_utf8_lossy(&r.stderr).to_string();
     assert!(r.status.success(), "{log}");

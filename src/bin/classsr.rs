@@ -58,6 +58,11 @@ fn parse(cmd: &str, args: &[String]) -> Result<Args, String> {
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
+        if arg == "--" {
+            // everything after it is a file name, also one that starts with '-'
+            pos.extend(it.by_ref().cloned());
+            break;
+        }
         let only = |c: &str| {
             if cmd == c {
                 Ok(())
@@ -134,7 +139,11 @@ fn parse(cmd: &str, args: &[String]) -> Result<Args, String> {
                     .filter(|b| b.is_finite())
                     .ok_or_else(|| format!("--bias: '{v}' is not a finite number"))?;
             }
-            s if s.starts_with('-') && s.len() > 1 => return Err(format!("unknown option '{s}'\n{USAGE}")),
+            s if s.starts_with('-') && s.len() > 1 => {
+                return Err(format!(
+                    "unknown option '{s}' (a file whose name starts with '-' goes after `--`)\n{USAGE}"
+                ))
+            }
             s => pos.push(s.to_string()),
         }
     }

@@ -185,17 +185,17 @@ fn stage_of(step: &str) -> &'static str {
     }
 }
 
-/// Option values of a run that an interrupted step must be resumed with (iterations of the
-/// step included): another batch size, seed, start or schedule would silently mix two runs.
-const RESUME_KEYS: [&str; 7] = [
-    "original_init",
-    "branch_init",
-    "class_split",
-    "finetune_lr",
-    "batch",
-    "seed",
-    "scale_augmentation",
-];
+/// Recorded options an interrupted step must be resumed with (its iterations too): what
+/// shapes the rest of its training. Batch size and augmentation shape every step, the
+/// branches' learning rate and class split the branches'. How a step started (--init-from,
+/// --random-init, --seed) does not matter once it has started: the checkpoint's values stay
+/// on record.
+fn resume_keys(step: &str) -> &'static [&'static str] {
+    match step {
+        "branch1" | "branch2" | "branch3" => &["batch", "scale_augmentation", "finetune_lr", "class_split"],
+        _ => &["batch", "scale_augmentation"],
+    }
+}
 
 /// Crops of the validation images scored during training.
 const VAL_CROPS: usize = 192;
@@ -222,6 +222,8 @@ struct StepState<B: AutodiffBackend> {
     iter: usize,
     /// The step's iterations (recorded, so that a resume with others is refused).
     iters: usize,
+    /// The options the step started with (recorded in its checkpoints, for the manifest).
+    options: serde_json::Value,
     rng: Rng,
 }
 
@@ -313,7 +315,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.datasets()?;
         if matches!(cmd, "stage1" | "all") {
             self.check_init_from()?;
-            if !self.opts.work.join("split.json").exists() {
+            // (a split already made is kept, unless --force redoes stage 1)
+            let redo = self.opts.force && !self.opts.resume;
+            if redo || !self.opts.work.join("split.json").exists() {
                 self.check_split_sizes()?;
             }
         }
@@ -389,10 +393,16 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// An interrupted step resumes only with the options it started with.
     fn check_resume(&self, step: &str, meta: &serde_json::Value, iters: usize) -> Result<(), String> {
         let own = self.run_options();
-        let mut changed: Vec<String> = RESUME_KEYS
+        let mut changed: Vec<String> = resume_keys(step)
             .iter()
-            .filter(|k| !meta["options"][**k].is_null() && meta["options"][**k] != own[**k])
-            .map(|k| format!("{k} {} (now {})", meta["options"][*k], own[*k]))
+            // (a key the checkpoint lacks is from an older version: not compared)
+            .filter_map(|k| {
+                meta["options"]
+                    .get(*k)
+                    .filter(|was| **was != own[*k])
+                    .map(|was| (k, was))
+            })
+            .map(|(k, was)| format!("{k} {was} (now {})", own[*k]))
             .collect();
         if let Some(was) = meta["iters"].as_u64().filter(|&n| n != iters as u64) {
             changed.push(format!("iterations {was} (now {iters})"));
@@ -523,7 +533,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             "step": step,
             "iter": st.iter,
             "iters": st.iters,
-            "options": self.run_options(),
+            "options": st.options,
             "rng": st.rng.state.to_string(),
             "adam_steps": st.adams.iter().map(|a| a.step).collect::<Vec<_>>(),
             "archs": st.nets.iter().map(|n| n.arch.describe()).collect::<Vec<_>>(),
@@ -576,11 +586,16 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         let iter = meta["iter"].as_u64().unwrap_or(0) as usize;
         let iters = meta["iters"].as_u64().unwrap_or(0) as usize;
+        let options = match &meta["options"] {
+            serde_json::Value::Null => self.run_options(),
+            recorded => recorded.clone(),
+        };
         Ok(Some(StepState {
             nets,
             adams,
             iter,
             iters,
+            options,
             rng,
         }))
     }
@@ -638,6 +653,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     adams,
                     iter: 0,
                     iters,
+                    options: self.run_options(),
                     rng,
                 }
             }
