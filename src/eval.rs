@@ -61,6 +61,11 @@ impl EvalImage {
 /// Reads a PNG or JPEG file by its content (not its name), turned upright by its EXIF
 /// orientation (as image viewers show it: phone photographs are often stored sideways).
 pub fn read_image(path: &Path) -> Result<image::DynamicImage, String> {
+    read_image_upright(path).map(|(img, _)| img)
+}
+
+/// [`read_image`], and whether its EXIF orientation turned or flipped it.
+pub fn read_image_upright(path: &Path) -> Result<(image::DynamicImage, bool), String> {
     let fail = |e: &dyn std::fmt::Display| format!("cannot read '{}': {e}", path.display());
     let mut decoder = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
@@ -72,7 +77,7 @@ pub fn read_image(path: &Path) -> Result<image::DynamicImage, String> {
         .unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| fail(&e))?;
     img.apply_orientation(orientation);
-    Ok(img)
+    Ok((img, orientation != image::metadata::Orientation::NoTransforms))
 }
 
 /// PSNR of identical images: a cap, so that one exactly reproduced image does not make a

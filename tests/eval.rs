@@ -287,28 +287,6 @@ fn the_command_line_never_loses_a_file_and_names_what_it_skips() {
     assert_eq!(saved.len(), 3, "one HR file per image: {saved:?}");
 }
 
-/// A JPEG of `img` with an EXIF orientation tag (`orientation`, 1..=8) in an APP1 segment.
-fn jpeg_with_orientation(img: &Rgba, orientation: u8) -> Vec<u8> {
-    let rgb: Vec<u8> = img.px.iter().flat_map(|p| [p[0], p[1], p[2]]).collect();
-    let mut jpeg = Vec::new();
-    image::RgbImage::from_raw(img.width as u32, img.height as u32, rgb)
-        .unwrap()
-        .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
-        .unwrap();
-    // TIFF header (little-endian, IFD at 8), one IFD entry: 0x0112 SHORT 1 = orientation
-    let mut tiff = b"II\x2a\x00\x08\x00\x00\x00\x01\x00\x12\x01\x03\x00\x01\x00\x00\x00".to_vec();
-    tiff.extend_from_slice(&[orientation, 0, 0, 0, 0, 0, 0, 0]);
-    let mut app1 = b"Exif\x00\x00".to_vec();
-    app1.extend_from_slice(&tiff);
-    let len = (app1.len() + 2) as u16;
-    let mut out = jpeg[..2].to_vec(); // SOI
-    out.extend_from_slice(&[0xFF, 0xE1]);
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(&app1);
-    out.extend_from_slice(&jpeg[2..]);
-    out
-}
-
 #[test]
 fn upscale_reads_images_as_viewers_show_them_and_writes_where_it_can() {
     let dir = ScratchDir::new("cli-files");

@@ -610,3 +610,20 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
     let (ok, log) = run("export", &data, &["--work", &model]);
     assert!(!ok && log.contains("--work must not be --out"), "{log}");
 }
+
+#[test]
+fn training_photographs_are_read_upright_and_the_turned_ones_are_known() {
+    // 300x200 stored with EXIF orientation 6 (turn 90° clockwise): 200x300 upright, the way
+    // `classsr eval` reads the held-out ones.
+    let dir = scratch("upright");
+    let img = common::picture(300, 200, 3);
+    std::fs::write(dir.join("side.jpg"), common::jpeg_with_orientation(&img, 6)).unwrap();
+    std::fs::write(dir.join("plain.jpg"), common::jpeg_with_orientation(&img, 1)).unwrap();
+    let ds = gstclasssr::train::data::Dataset::load(dir.path(), 4, &[1.0], &mut |_| {}).unwrap();
+    assert_eq!(ds.images.len(), 2);
+    assert_eq!(ds.turned, vec![dir.join("side.jpg")]);
+    let (side, _) = gstclasssr::train::data::read_rgb(&dir.join("side.jpg")).unwrap();
+    let (plain, _) = gstclasssr::train::data::read_rgb(&dir.join("plain.jpg")).unwrap();
+    assert_eq!((side.width, side.height), (200, 300));
+    assert_eq!((plain.width, plain.height), (300, 200));
+}

@@ -54,6 +54,16 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
         if !used_by.is_empty() && !used_by.contains(&cmd.as_str()) {
             return Err(format!("{a} is used by {}, not by {cmd}", used_by.join(" and ")));
         }
+        // options of the training steps, which prepare and export do not run (export reads
+        // what the checkpoints record)
+        if matches!(cmd.as_str(), "prepare" | "export")
+            && matches!(
+                a.as_str(),
+                "--iters" | "--batch" | "--seed" | "--checkpoint-secs" | "--resume"
+            )
+        {
+            eprintln!("note: {a} changes nothing for {cmd}");
+        }
         match a.as_str() {
             "--data" => data = Some(PathBuf::from(v("--data")?)),
             "--val" => val = Some(PathBuf::from(v("--val")?)),

@@ -50,14 +50,17 @@ impl Rgb8 {
     }
 }
 
-/// Reads an image as 8-bit RGB (upright, as `classsr eval` reads it).
-pub fn read_rgb(path: &Path) -> Result<Rgb8, String> {
-    let img = crate::eval::read_image(path)?.to_rgb8();
-    Ok(Rgb8 {
+/// Reads an image as 8-bit RGB (upright, as `classsr eval` reads it), and whether its EXIF
+/// orientation turned it.
+pub fn read_rgb(path: &Path) -> Result<(Rgb8, bool), String> {
+    let (img, turned) = crate::eval::read_image_upright(path)?;
+    let img = img.to_rgb8();
+    let rgb = Rgb8 {
         width: img.width() as usize,
         height: img.height() as usize,
         data: img.into_raw(),
-    })
+    };
+    Ok((rgb, turned))
 }
 
 /// The LR image made from an HR one: mod-`scale` crop, then antialiased bicubic ×1/scale.
@@ -88,6 +91,8 @@ pub struct Dataset {
     pub scale: usize,
     /// Images used.
     pub images: Vec<PathBuf>,
+    /// Those of them turned upright by their EXIF orientation.
+    pub turned: Vec<PathBuf>,
     /// Files skipped, with the reason.
     pub skipped: Vec<(PathBuf, String)>,
 }
@@ -118,11 +123,17 @@ impl Dataset {
             subs: Vec::new(),
             scale,
             images: Vec::new(),
+            turned: Vec::new(),
             skipped: Vec::new(),
         };
         for f in files {
             let img = match read_rgb(&f) {
-                Ok(i) => i,
+                Ok((i, turned)) => {
+                    if turned {
+                        ds.turned.push(f.clone());
+                    }
+                    i
+                }
                 Err(e) => {
                     // (the message names the file)
                     warn(format!("skipping: {e}"));

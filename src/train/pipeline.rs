@@ -1170,11 +1170,17 @@ impl<B: AutodiffBackend> Trainer<B> {
         let t = self.train.as_ref().expect("data loaded");
         // names within --data, so that `train`, `./train` and its absolute path agree
         let name = |p: &PathBuf| p.strip_prefix(&self.opts.data).unwrap_or(p).display().to_string();
-        serde_json::json!({
+        let mut key = serde_json::json!({
             "images": t.images.iter().map(name).collect::<Vec<_>>(),
             "aug": self.opts.aug,
             "sub_images": t.subs.len(),
-        })
+        });
+        // images read upright by their EXIF orientation (before, they were read as stored: a
+        // split made then indexes other tiles); absent when none, so other splits still match
+        if !t.turned.is_empty() {
+            key["upright"] = t.turned.iter().map(name).collect::<Vec<_>>().into();
+        }
+        key
     }
 
     /// The stored split (classes and scope; splits written before the scope was recorded
