@@ -528,14 +528,8 @@ fn qos_lateness_degrades_with_a_warning_and_recovers() {
     assert!(per_level[4].1 < per_level[3].1, "{per_level:?}");
     // One warning for the burst of degradation (at most one per 10 s), not one per level.
     assert_eq!(warned, 1, "one warning for the degradation burst");
-    let on_time = gst::event::Qos::new(
-        gst::QOSType::Underflow,
-        0.5,
-        -20_000_000,
-        gst::ClockTime::from_mseconds(66),
-    );
     for _ in 0..5 {
-        h.push_upstream_event(on_time.clone());
+        h.push_upstream_event(recovered(66));
     }
     assert_eq!(e.property::<u32>("qos-level"), 0, "recovers when on time");
     push(&mut h, &img);
@@ -552,12 +546,6 @@ fn qos_steps_keep_the_cache_and_reroute_cached_tiles() {
     init();
     let model = ka_with_qos_step(0.05);
     let img = graded(32);
-    let late = gst::event::Qos::new(
-        gst::QOSType::Overflow,
-        1.5,
-        40_000_000,
-        gst::ClockTime::from_mseconds(33),
-    );
     // the element on `img`'s caps, one tile per strip, with the cache `cache` and no refresh
     let start = |cache: &str| {
         let props = [
@@ -574,7 +562,7 @@ fn qos_steps_keep_the_cache_and_reroute_cached_tiles() {
     // cache=full: a QoS step keeps every cached output (the frame costs nothing).
     let (mut h, bus) = start("full");
     let first = push(&mut h, &img);
-    assert!(h.push_upstream_event(late.clone()));
+    assert!(h.push_upstream_event(late(gst::QOSType::Overflow, 33)));
     assert_eq!(h.element().unwrap().property::<u32>("qos-level"), 1);
     assert!(push(&mut h, &img) == first, "the cached frame");
     let st = stats(&bus);
@@ -584,7 +572,7 @@ fn qos_steps_keep_the_cache_and_reroute_cached_tiles() {
     // cached logits at the lowered bias (one strip leaves branch3).
     let (mut h, bus) = start("class");
     push(&mut h, &img);
-    assert!(h.push_upstream_event(late));
+    assert!(h.push_upstream_event(late(gst::QOSType::Overflow, 33)));
     push(&mut h, &img);
     let st = stats(&bus);
     assert_eq!(u(&st[0], "tiles-class3"), 5);
@@ -594,27 +582,13 @@ fn qos_steps_keep_the_cache_and_reroute_cached_tiles() {
     // their branch at the restored bias, and the stats then count each reused tile by the
     // branch that made its output (strip 3 keeps level 4's branch2 output).
     let (mut h, bus) = start("full");
-    let late = |ms| {
-        gst::event::Qos::new(
-            gst::QOSType::Overflow,
-            1.5,
-            40_000_000,
-            gst::ClockTime::from_mseconds(ms),
-        )
-    };
     for k in 1..=4 {
-        assert!(h.push_upstream_event(late(33 * k)));
+        assert!(h.push_upstream_event(late(gst::QOSType::Overflow, 33 * k)));
     }
     assert_eq!(h.element().unwrap().property::<u32>("qos-level"), 4);
     push(&mut h, &img);
-    let on_time = gst::event::Qos::new(
-        gst::QOSType::Underflow,
-        0.5,
-        -20_000_000,
-        gst::ClockTime::from_mseconds(200),
-    );
     for _ in 0..5 {
-        h.push_upstream_event(on_time.clone());
+        h.push_upstream_event(recovered(200));
     }
     assert_eq!(h.element().unwrap().property::<u32>("qos-level"), 0);
     push(&mut h, &img);
@@ -634,6 +608,16 @@ fn timed(img: &Rgba, n: u64) -> gst::Buffer {
     m.set_pts(gst::ClockTime::from_mseconds(33 * n));
     m.set_duration(gst::ClockTime::from_mseconds(33));
     b
+}
+
+/// A downstream report of frames on time with headroom (proportion 0.5), at time `at_ms`.
+fn recovered(at_ms: u64) -> gst::Event {
+    gst::event::Qos::new(
+        gst::QOSType::Underflow,
+        0.5,
+        -20_000_000,
+        gst::ClockTime::from_mseconds(at_ms),
+    )
 }
 
 /// A downstream report that the frame of time `at_ms` was rendered 200 ms late.

@@ -407,8 +407,7 @@ fn upscale(a: &Args) -> Result<String, String> {
         result.write_to(&mut bytes, format)
     };
     encoded.map_err(|e| format!("cannot write '{}' as {format:?}: {e}", a.output))?;
-    write_bytes_atomically(std::path::Path::new(&a.output), bytes.get_ref())
-        .map_err(|e| format!("cannot write '{}': {e}", a.output))?;
+    write_bytes_atomically(out_path, bytes.get_ref()).map_err(|e| format!("cannot write '{}': {e}", a.output))?;
     let total: usize = stats.tiles.iter().sum();
     Ok(format!(
         "{} ({w}x{h}) -> {} ({ow}x{oh}) mode={} on {device}: tiles per branch {}/{}/{} of {total}, {:.1}% of original MACs, {:.2} s",

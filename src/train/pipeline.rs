@@ -331,14 +331,14 @@ impl<B: AutodiffBackend> Trainer<B> {
             _ => return Ok(()),
         };
         for (step, archs) in &needs {
-            if !self.ckpt(step, true).exists() {
+            let path = self.ckpt(step, true);
+            if !path.exists() {
                 return Err(format!(
                     "step '{step}' has not finished yet; run {} first",
                     stage_of(step)
                 ));
             }
-            let meta = checkpoint::meta(&self.ckpt(step, true))?;
-            self.check_archs(step, &self.ckpt(step, true), &meta, archs)?;
+            self.check_archs(step, &path, &checkpoint::meta(&path)?, archs)?;
         }
         self.load_split().map(|_| ())
     }
@@ -916,7 +916,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// [`class_split`]. The split is stored and reused by later stages and re-runs.
     fn split(&mut self, original: &Net<B>) -> Result<Vec<u8>, String> {
         let path = self.opts.work.join("split.json");
-        let scope = if self.opts.global_split { "global" } else { "per-image" };
+        let scope = self.split_scope();
         let n = self.train.as_ref().unwrap().subs.len();
         if path.exists() {
             let why = match self.read_split() {
@@ -1114,12 +1114,21 @@ impl<B: AutodiffBackend> Trainer<B> {
         serde_json::json!({
             "original_init": self.opts.init_from.as_ref().map(|d| d.display().to_string()),
             "branch_init": if self.opts.prune { "pruned from -O" } else { "random" },
-            "class_split": if self.opts.global_split { "global" } else { "per-image" },
+            "class_split": self.split_scope(),
             "finetune_lr": self.opts.finetune_lr,
             "batch": self.opts.batch,
             "seed": self.opts.seed,
             "scale_augmentation": self.opts.aug,
         })
+    }
+
+    /// How the class split groups the sub-images: "per-image", or "global" (--global-split).
+    fn split_scope(&self) -> &'static str {
+        if self.opts.global_split {
+            "global"
+        } else {
+            "per-image"
+        }
     }
 
     /// The groups the class split cuts into thirds: each training image (at each scale), or
@@ -1152,7 +1161,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     /// the class sizes depend only on the group sizes (thirds of each group by rank).
     fn check_split_sizes(&self) -> Result<(), String> {
         let groups = self.split_groups();
-        let scope = if self.opts.global_split { "global" } else { "per-image" };
+        let scope = self.split_scope();
         Self::split_counts(&class_split(&vec![0.0; groups.len()], &groups), scope).map(|_| ())
     }
 
