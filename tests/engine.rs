@@ -348,6 +348,50 @@ fn frame_graphs_match_the_cpu_engine_bit_for_bit() {
     }
 }
 
+#[test]
+fn frame_graphs_bound_broken_outputs_as_the_cpu_merge_does() {
+    // A broken model's NaN, infinite or huge outputs go into the frame graphs' accumulator
+    // exactly as the engine's merge puts them (NaN as the lower bound, the rest clamped), so
+    // the frame stays bounded and the two paths stay bit-identical.
+    use gstclasssr::engine::accumulate::{merge_tile, TileFx, FX_ONE};
+    use gstclasssr::engine::TileGrid;
+    use gstclasssr::onnx::frame_graphs::{acc_len, accumulate_graph, ACC, ACC_OUT, IDS, SR};
+    let grid = TileGrid::new(50, 40, 32, 4, 4).unwrap();
+    let (lo, hi) = (-0.5f32, 1.5f32);
+    let th = grid.tile * grid.scale;
+    let (n, item) = (grid.len(), 3 * th * th);
+    let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, 0.25, 1.75, -0.7];
+    let sr: Vec<f32> = (0..n * item)
+        .map(|k| special[(k * 7 + k / 13) % special.len()])
+        .collect();
+    let m = TileFx {
+        lo,
+        k: FX_ONE / (hi - lo),
+        phases: false,
+    };
+    let len = acc_len(&grid);
+    let mut cpu = vec![0i32; len];
+    for i in 0..n {
+        merge_tile(&grid, &mut cpu, i, &sr[i * item..(i + 1) * item], m);
+    }
+    let bytes = gstclasssr::onnx::to_bytes(&accumulate_graph(&grid, lo, hi, false));
+    let mut s = runtime::cpu_session_as_is(&bytes, "accumulate graph", 1).unwrap();
+    let ids: Vec<i64> = (0..n as i64).collect();
+    let acc = vec![0i32; len];
+    let out = s
+        .run(ort::inputs![
+            ACC => TensorRef::from_array_view(([len], &acc[..])).unwrap(),
+            SR => TensorRef::from_array_view(([n, 3, th, th], &sr[..])).unwrap(),
+            IDS => TensorRef::from_array_view(([n], &ids[..])).unwrap(),
+        ])
+        .unwrap();
+    let (_, graph) = out[ACC_OUT].try_extract_tensor::<i32>().unwrap();
+    let planes = 3 * grid.padded_width * grid.padded_height * grid.scale * grid.scale;
+    assert!(cpu[..planes].iter().any(|&v| v < 0), "NaN and -inf pull samples below lo");
+    let differ = (0..planes).filter(|&i| cpu[i] != graph[i]).count();
+    assert_eq!(differ, 0, "of {planes} accumulator samples");
+}
+
 /// Runs each (picture, settings) frame through two engines of the trained default, one with
 /// cache=off and one with cache=full (threshold 0: only bit-identical tiles are reused; no
 /// refresh), asserts that every frame is the same byte for byte and returns the full-cache

@@ -218,6 +218,10 @@ pub fn accumulate_graph(grid: &TileGrid, lo: f32, hi: f32, phases: bool) -> Mode
     let fx_k = FX_ONE / (hi - lo);
     let bound = fx_bound(fx_k);
     let (min, max) = (g.weight("d.min", &[], &[-bound]), g.weight("d.max", &[], &[bound]));
+    // a NaN (a broken model's output) counts as −bound, as in the engine's merge: Clip passes
+    // NaN through, and its cast to i32 is undefined
+    let nan = g.op("IsNaN", &[&d], &[]);
+    let d = g.op("Where", &[&nan, &min, &d], &[]);
     let d = g.op("Clip", &[&d, &min, &max], &[]);
     let upd = g.op("Mul", &[&wgt, &d], &[]);
     let k = g.weight("fx.scale", &[], &[fx_k]);
