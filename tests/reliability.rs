@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use common::*;
@@ -14,23 +14,51 @@ const KA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/known-answer");
 #[test]
 fn two_elements_in_one_pipeline_and_two_pipelines_at_once() {
     init();
+    // Two pipelines in two threads, started together (a barrier) and long enough to overlap,
+    // one of them with two classsr in a row; each must deliver every frame at its size.
     let chained = format!(
-        "videotestsrc num-buffers=3 ! video/x-raw,format=RGB,width=16,height=12 ! classsr model={KA} mode=branch1 \
-         ! classsr model={KA} mode=branch3 ! video/x-raw,width=256,height=192 ! fakesink"
+        "videotestsrc num-buffers=60 ! video/x-raw,format=RGB,width=16,height=12 ! classsr model={KA} mode=branch1 \
+         ! classsr model={KA} mode=branch3 ! appsink name=s sync=false"
     );
-    let threads: Vec<_> = (0..2)
-        .map(|k| {
-            let d = if k == 0 {
-                chained.clone()
-            } else {
-                format!("videotestsrc num-buffers=20 ! video/x-raw,width=96,height=64 ! classsr model={KA} ! fakesink")
-            };
-            std::thread::spawn(move || run_pipeline(&d))
+    let single = format!(
+        "videotestsrc num-buffers=60 ! video/x-raw,format=RGB,width=96,height=64 ! classsr model={KA} ! appsink name=s sync=false"
+    );
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = [(chained, 256usize, 192usize), (single, 384, 256)]
+        .into_iter()
+        .map(|(desc, w, h)| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let p = gst::parse::launch(&desc).unwrap().downcast::<gst::Pipeline>().unwrap();
+                let sink = p.by_name("s").unwrap().downcast::<gst_app::AppSink>().unwrap();
+                p.set_state(gst::State::Paused).unwrap();
+                barrier.wait();
+                let t0 = std::time::Instant::now();
+                p.set_state(gst::State::Playing).unwrap();
+                let mut frames = 0;
+                while let Ok(sample) = sink.pull_sample() {
+                    let info = gst_video::VideoInfo::from_caps(sample.caps().unwrap()).unwrap();
+                    assert_eq!((info.width() as usize, info.height() as usize), (w, h));
+                    assert_eq!(sample.buffer().unwrap().size(), w * h * 3);
+                    frames += 1;
+                }
+                let t1 = std::time::Instant::now();
+                let eos = p.bus().unwrap().timed_pop_filtered(
+                    gst::ClockTime::from_seconds(30),
+                    &[gst::MessageType::Eos, gst::MessageType::Error],
+                );
+                p.set_state(gst::State::Null).unwrap();
+                assert!(matches!(eos.as_ref().map(|m| m.view()), Some(gst::MessageView::Eos(_))), "{eos:?}");
+                (frames, t0, t1)
+            })
         })
         .collect();
-    for t in threads {
-        t.join().unwrap().unwrap();
+    let runs: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    for (frames, _, _) in &runs {
+        assert_eq!(*frames, 60);
     }
+    let (a, b) = (&runs[0], &runs[1]);
+    assert!(a.1.max(b.1) < a.2.min(b.2), "the two pipelines ran at the same time");
 }
 
 /// Keys cubic kernel (a = −0.5) and the triangle (bilinear) kernel, with their supports.
@@ -166,7 +194,8 @@ fn property_changes_from_another_thread_while_playing() {
     let c = p.by_name("c").unwrap();
     let sink = p.by_name("s").unwrap().downcast::<gst_app::AppSink>().unwrap();
     let done = Arc::new(AtomicBool::new(false));
-    let d2 = done.clone();
+    let changes = Arc::new(AtomicU32::new(0));
+    let (d2, c2) = (done.clone(), changes.clone());
     let changer = std::thread::spawn(move || {
         let mut i = 0u32;
         while !d2.load(Ordering::SeqCst) {
@@ -180,21 +209,31 @@ fn property_changes_from_another_thread_while_playing() {
             c.set_property("bias", (i % 5) as f32 * 0.1 - 0.2);
             c.set_property("max-batch", 1 + i % 9);
             i += 1;
+            c2.store(i, Ordering::SeqCst);
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        i
     });
     p.set_state(gst::State::Playing).unwrap();
-    let mut n = 0;
+    let (mut n, mut first) = (0, None);
     while let Ok(s) = sink.pull_sample() {
         assert_eq!(s.buffer().unwrap().size(), 320 * 240 * 3);
         n += 1;
+        let now = changes.load(Ordering::SeqCst);
+        first.get_or_insert(now);
+        // every 10th frame, wait for a change: the changes really fall between frames
+        if n % 10 == 0 {
+            let t0 = std::time::Instant::now();
+            while changes.load(Ordering::SeqCst) == now && t0.elapsed().as_secs() < 10 {
+                std::thread::yield_now();
+            }
+        }
     }
+    let during = changes.load(Ordering::SeqCst) - first.unwrap_or(0);
     done.store(true, Ordering::SeqCst);
-    let changes = changer.join().unwrap();
+    changer.join().unwrap();
     let err = p.bus().unwrap().pop_filtered(&[gst::MessageType::Error]);
     p.set_state(gst::State::Null).unwrap();
     assert!(err.is_none(), "{err:?}");
     assert_eq!(n, 150);
-    assert!(changes > 10, "properties changed {changes} times while playing");
+    assert!(during >= 14, "properties changed {during} times between the first and last frame");
 }

@@ -16,6 +16,8 @@ use gstclasssr::train::pipeline::{class_split, routing_offset};
 use gstclasssr::train::rng::Rng;
 use ort::value::TensorRef;
 
+const KA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/known-answer");
+
 mod common;
 use common::ScratchDir;
 
@@ -301,7 +303,7 @@ fn short_run_learns_uses_all_classes_exports_and_protects_the_model() {
     assert_eq!(m.provenance.details["class_split"], "per-image");
 
     // --init-from names what is wrong with a model of another architecture.
-    let mut args = vec!["stage1", "--init-from", "models/known-answer", "--work"];
+    let mut args = vec!["stage1", "--init-from", KA, "--work"];
     let work = root.join("other.work").display().to_string();
     args.push(&work);
     args.extend_from_slice(&common);
@@ -315,7 +317,7 @@ fn short_run_learns_uses_all_classes_exports_and_protects_the_model() {
     // ... also without a manifest to compare with: by the weights themselves.
     let bare = root.join("bare");
     std::fs::create_dir_all(&bare).unwrap();
-    std::fs::copy("models/known-answer/branch3.onnx", bare.join("branch3.onnx")).unwrap();
+    std::fs::copy(format!("{KA}/branch3.onnx"), bare.join("branch3.onnx")).unwrap();
     let bare = bare.display().to_string();
     let mut args = vec!["stage1", "--init-from", &bare, "--work"];
     args.push(&work);
@@ -415,6 +417,19 @@ fn killed_training_resumes_where_it_stopped() {
         .collect();
     assert!(iters.windows(2).all(|w| w[0] < w[1]), "{iters:?}");
     assert_eq!(iters.last(), Some(&150));
+
+    // The later stages go on from the resumed step's checkpoints, and the model loads.
+    for stage in ["stage2", "stage3", "export"] {
+        let mut next: Vec<&str> = args.to_vec();
+        next[0] = stage;
+        let at = next.iter().position(|a| *a == "--iters").unwrap();
+        next[at + 1] = "10";
+        let r = train_cmd(&next);
+        assert!(r.status.success(), "{stage}: {}", String::from_utf8_lossy(&r.stderr));
+    }
+    let set = gstclasssr::manifest::ModelSet::load_dir(Path::new(&out)).unwrap();
+    assert_eq!(set.manifest.provenance.kind, "trained");
+    gstclasssr::engine::Model::load(&set, &CPU).unwrap();
 }
 
 #[test]

@@ -381,6 +381,77 @@ fn stats_add_up() {
     assert_eq!(u(st, "original-macs"), m.branches[2].macs_per_tile * n);
     assert_eq!(u(st, "frame"), 1);
     assert!(u(st, "processing-time") > 0);
+
+    // With the cache, the MACs leave out what was skipped: cache=class runs the branches but
+    // not the classifier on an unchanged frame, cache=full (no refresh) runs nothing.
+    for (cache, classifier, branches) in [("class", false, true), ("full", false, false)] {
+        let (mut h, bus) = element(&[("cache", cache), ("cache-refresh", "0"), ("cache-threshold", "0")]);
+        h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 150, 90));
+        push(&mut h, &img);
+        push(&mut h, &img);
+        let st = &stats(&bus)[1];
+        let t = [u(st, "tiles-class1"), u(st, "tiles-class2"), u(st, "tiles-class3")];
+        assert_eq!(t.iter().sum::<u64>(), n, "{cache}");
+        assert_eq!(u(st, "class-cache-hits"), n, "{cache}");
+        let mut expect = (0..3).map(|c| m.branches[c].macs_per_tile * t[c]).sum::<u64>();
+        if !branches {
+            assert_eq!(u(st, "full-cache-hits"), n);
+            expect = 0;
+        }
+        if classifier {
+            expect += m.classifier.macs_per_tile * n;
+        }
+        assert_eq!(u(st, "macs"), expect, "cache={cache}");
+        assert_eq!(u(st, "original-macs"), m.branches[2].macs_per_tile * n);
+    }
+}
+
+#[test]
+fn a_seek_resets_the_cache_and_latency_is_upstreams() {
+    init();
+    let launch = |live: bool| {
+        let p = gst::parse::launch(&format!(
+            "videotestsrc pattern=smpte is-live={live} ! video/x-raw,format=RGB,width=96,height=64,framerate=100/1 \
+             ! classsr name=c model={KA} device=cpu cache=class stats=true ! appsink name=s max-buffers=1 sync={live}"
+        ))
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+        let sink = p.by_name("s").unwrap().downcast::<gst_app::AppSink>().unwrap();
+        p.set_state(gst::State::Playing).unwrap();
+        for _ in 0..3 {
+            sink.pull_sample().unwrap();
+        }
+        (p, sink)
+    };
+    // The element holds no frame back: a live pipeline's latency is its source's.
+    let (p, sink) = launch(true);
+    let latency = |pad: gst::Pad| {
+        let mut q = gst::query::Latency::new();
+        assert!(pad.peer_query(&mut q));
+        q.result()
+    };
+    let upstream = p.by_name("c").unwrap().static_pad("sink").unwrap();
+    let (live, min, max) = latency(sink.static_pad("sink").unwrap());
+    assert!(live, "a live source's pipeline is live");
+    assert_eq!((live, min, max), latency(upstream));
+    p.set_state(gst::State::Null).unwrap();
+
+    // A flushing seek starts the cache over: the static scene's next frame has no hits.
+    let (p, sink) = launch(false);
+    let bus = p.bus().unwrap();
+    let mut st = stats(&bus);
+    p.seek_simple(gst::SeekFlags::FLUSH, gst::ClockTime::ZERO).unwrap();
+    let first = sink.pull_sample().unwrap();
+    assert_eq!(first.buffer().unwrap().pts(), Some(gst::ClockTime::ZERO), "the seek happened");
+    sink.pull_sample().unwrap();
+    st.extend(stats(&bus));
+    p.set_state(gst::State::Null).unwrap();
+    let mut hits: Vec<u64> = st.iter().map(|s| u(s, "class-cache-hits")).collect();
+    assert!(hits.len() >= 5, "{hits:?}");
+    assert_eq!(hits.remove(0), 0, "the first frame computes everything");
+    let resets = hits.iter().filter(|&&h| h == 0).count();
+    assert_eq!(resets, 1, "one reset, by the seek, and hits on every other frame: {hits:?}");
 }
 
 #[test]
@@ -403,6 +474,17 @@ fn branch3_share_is_monotonic_in_bias_through_the_element() {
             "1" => assert_eq!(k, tiles, "bias 1: every tile on branch3"),
             _ => {}
         }
+    }
+    // Strictly, in steps: each 0.05 of bias moves one strip of graded() (one tile each) onto
+    // branch3.
+    let img = graded(32);
+    for (k, bias) in ["-0.25", "-0.2", "-0.15", "-0.1", "-0.05", "0", "0.1"].iter().enumerate() {
+        let (mut h, bus) = element(&[("bias", bias), ("tile-size", "32"), ("overlap", "0")]);
+        h.set_src_caps_str(&caps_str(VideoFormat::Rgb, img.width, img.height));
+        push(&mut h, &img);
+        let st = &stats(&bus)[0];
+        assert_eq!(u(st, "tiles"), 6);
+        assert_eq!(u(st, "tiles-class3"), k as u64, "bias {bias}");
     }
 }
 

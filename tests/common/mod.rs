@@ -307,8 +307,13 @@ pub fn zones(width: usize, height: usize) -> Rgba {
 pub struct ScratchDir(pub std::path::PathBuf);
 
 impl ScratchDir {
+    /// A fresh folder named for `name`, the process and a counter, so that tests running at
+    /// once in one process never share one (a shared one was removed under a test that was
+    /// still using it).
     pub fn new(name: &str) -> ScratchDir {
-        let dir = std::env::temp_dir().join(format!("classsr-{name}-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("classsr-{name}-{}-{k}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         ScratchDir(dir)
