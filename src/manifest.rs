@@ -15,6 +15,12 @@ pub const BRANCH_FILES: [&str; 3] = ["branch1.onnx", "branch2.onnx", "branch3.on
 
 /// Version of the manifest format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
+/// Accepted spans of `value_range` (hi − lo).
+pub const MIN_VALUE_RANGE: f32 = 1e-3;
+pub const MAX_VALUE_RANGE: f32 = 1e6;
+/// Most MACs per LR pixel a graph may claim (far above any SR network; it keeps a frame's
+/// MAC counts within u64).
+pub const MAX_MACS_PER_PIXEL: u64 = 1 << 30;
 
 /// One graph's tensors and cost.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -97,7 +103,22 @@ impl Manifest {
         if !(lo.is_finite() && hi.is_finite() && hi > lo) {
             return bad(format!("value_range {:?} is not an increasing pair", self.value_range));
         }
+        // (the merge's fixed point needs a range it can scale to and bound: see accumulate.rs)
+        if !(MIN_VALUE_RANGE..=MAX_VALUE_RANGE).contains(&(hi - lo)) {
+            return bad(format!(
+                "value_range {:?} spans {:?}; it must span {MIN_VALUE_RANGE:?} to {MAX_VALUE_RANGE:?} (e.g. [0, 1] or [0, 255])",
+                self.value_range,
+                hi - lo
+            ));
+        }
+        let area = u64::from(self.tile_size).pow(2);
         for g in std::iter::once(&self.classifier).chain(self.branches.iter()) {
+            if g.macs_per_tile / area > MAX_MACS_PER_PIXEL {
+                return bad(format!(
+                    "'{}' claims {} MACs per {}x{} tile, over {MAX_MACS_PER_PIXEL} per pixel: not a MAC count",
+                    g.file, g.macs_per_tile, self.tile_size, self.tile_size
+                ));
+            }
             if g.input.is_empty() || g.output.is_empty() || g.file.is_empty() {
                 return bad(format!("graph '{}' needs file, input and output names", g.file));
             }

@@ -162,8 +162,16 @@ pub fn rewritten(bytes: &[u8], device: DeviceRequest) -> Cow<'_, [u8]> {
 }
 
 fn commit_as_is(mut b: ort::session::builder::SessionBuilder, bytes: &[u8], what: &str) -> Result<Session, Error> {
-    b.commit_from_memory(bytes)
-        .map_err(|e| Error::Model(format!("{what} is not a valid ONNX model for ONNX Runtime: {e}")))
+    b.commit_from_memory(bytes).map_err(|e| {
+        if crate::onnx::uses_external_data(bytes) {
+            Error::Model(format!(
+                "{what} keeps its weights in a separate file (ONNX external data), which is not read: \
+                 save it with the weights inside (onnx.save(model, path, save_as_external_data=False))"
+            ))
+        } else {
+            Error::Model(format!("{what} is not a valid ONNX model for ONNX Runtime: {e}"))
+        }
+    })
 }
 
 /// A CPU session of `bytes` exactly as given, without the load-time rewrites (for bytes
@@ -190,8 +198,9 @@ pub fn session(
 }
 
 /// Builds a session for one graph as given: on the CPU with `cpu_threads` intra-op threads
-/// (see [`cpu_session`]). With `Auto`, a CUDA provider that fails to register falls back to
-/// CPU and the reason is returned as a warning.
+/// (see [`cpu_session`]). With `Auto`, a CUDA provider that fails to register, or cannot make
+/// a session of a graph the CPU can run, falls back to CPU and the reason is returned as a
+/// warning.
 pub fn session_as_is(
     bytes: &[u8],
     what: &str,
@@ -208,7 +217,24 @@ pub fn session_as_is(
         .error_on_failure();
     let registered = builder(cfg.threads)?.with_execution_providers([cuda]);
     match registered {
-        Ok(b) => Ok((commit_as_is(b, bytes, what)?, ActiveDevice::Cuda(cfg.device_id), None)),
+        Ok(mut b) => match b.commit_from_memory(bytes) {
+            Ok(s) => Ok((s, ActiveDevice::Cuda(cfg.device_id), None)),
+            // The provider registered but the session failed: the graph or the device (no
+            // such device, no usable GPU) is at fault. A CPU session tells which: a broken
+            // graph fails there too, with its own message.
+            Err(e) => {
+                let cpu = cpu_session_as_is(bytes, what, cpu_threads)?;
+                let why = format!(
+                    "the CUDA execution provider (device {}) could not make a session of {what}: {}",
+                    cfg.device_id,
+                    e.to_string().trim_end_matches('.')
+                );
+                match cfg.device {
+                    DeviceRequest::Cuda => Err(Error::Runtime(why)),
+                    _ => Ok((cpu, ActiveDevice::Cpu, Some(why))),
+                }
+            }
+        },
         Err(e) => {
             let why = format!(
                 "CUDA execution provider (device {}) did not register: {}. It needs an NVIDIA driver, \

@@ -94,6 +94,100 @@ fn manifest_that_lies_about_shapes_is_reported() {
     assert!(err.contains("'hr'"), "{err}");
 }
 
+/// Rewrites `file` of the model in `dir` by `f`.
+fn edit_graph(dir: &Path, file: &str, f: impl FnOnce(&mut gstclasssr::onnx::proto::ModelProto)) {
+    use prost::Message;
+    let path = dir.join(file);
+    let mut m = gstclasssr::onnx::proto::ModelProto::decode(&std::fs::read(&path).unwrap()[..]).unwrap();
+    f(&mut m);
+    std::fs::write(&path, m.encode_to_vec()).unwrap();
+}
+
+/// Sets axis `axis` of the graph's first input to `value`.
+fn fix_input_axis(m: &mut gstclasssr::onnx::proto::ModelProto, axis: usize, value: i64) {
+    use gstclasssr::onnx::proto::tensor_shape_proto::dimension::Value;
+    use gstclasssr::onnx::proto::type_proto;
+    let input = &mut m.graph.as_mut().unwrap().input[0];
+    let Some(type_proto::Value::TensorType(t)) = input.r#type.as_mut().unwrap().value.as_mut() else {
+        panic!("a tensor input")
+    };
+    t.shape.as_mut().unwrap().dim[axis].value = Some(Value::DimValue(value));
+}
+
+#[test]
+fn graphs_the_engine_cannot_feed_are_reported_at_load() {
+    // A fixed batch (PyTorch's export without dynamic axes): refused when the model loads,
+    // not on the first frame that has two tiles of a class.
+    let dir = copy_ka("fixed-batch");
+    edit_graph(&dir, "branch2.onnx", |m| fix_input_axis(m, 0, 1));
+    let err = run_with_model(&dir).unwrap_err();
+    assert!(
+        err.contains("branch2.onnx") && err.contains("fixed batch of 1") && err.contains("dynamic_axes"),
+        "{err}"
+    );
+    // Fixed 32x32 tiles: fine at tile-size 32, a clear error at any other.
+    let dir = copy_ka("fixed-tile");
+    edit_graph(&dir, "classifier.onnx", |m| {
+        fix_input_axis(m, 2, 32);
+        fix_input_axis(m, 3, 32);
+    });
+    run_with_model(&dir).unwrap();
+    let err = run_pipeline(&format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,width=64,height=48 ! classsr model=\"{}\" tile-size=16 ! fakesink",
+        dir.display()
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("takes only 32x32 tiles") && err.contains("tile-size=32"),
+        "{err}"
+    );
+    // Weights in a separate file (ONNX external data) are named as such.
+    let dir = copy_ka("external-data");
+    edit_graph(&dir, "branch1.onnx", |m| {
+        use gstclasssr::onnx::proto::tensor_proto::DataLocation;
+        use gstclasssr::onnx::proto::StringStringEntryProto;
+        let t = &mut m.graph.as_mut().unwrap().initializer[0];
+        t.raw_data = None;
+        t.float_data.clear();
+        t.data_location = Some(DataLocation::External as i32);
+        t.external_data = vec![StringStringEntryProto {
+            key: Some("location".into()),
+            value: Some("branch1.data".into()),
+        }];
+    });
+    let err = run_with_model(&dir).unwrap_err();
+    assert!(err.contains("branch1.onnx") && err.contains("external data"), "{err}");
+    // A value range the merge cannot scale to, and MAC counts that cannot be.
+    for (from, to, what) in [
+        (
+            "\"value_range\": [\n    0.0,\n    1.0\n  ]",
+            "\"value_range\": [0.0, 1e-35]",
+            "value_range",
+        ),
+        (
+            "\"macs_per_tile\": ",
+            "\"macs_per_tile\": 18446744073709551615",
+            "MACs per",
+        ),
+    ] {
+        let dir = copy_ka("bad-numbers");
+        let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+        assert!(text.contains(from), "{text}");
+        let text = match what {
+            "MACs per" => {
+                // the first count replaced by u64::MAX
+                let at = text.find(from).unwrap() + from.len();
+                let end = at + text[at..].find(|c: char| !c.is_ascii_digit()).unwrap();
+                format!("{}{}{}", &text[..at - from.len()], to, &text[end..])
+            }
+            _ => text.replacen(from, to, 1),
+        };
+        std::fs::write(dir.join("manifest.json"), text).unwrap();
+        let err = run_with_model(&dir).unwrap_err();
+        assert!(err.contains("manifest.json") && err.contains(what), "{err}");
+    }
+}
+
 /// One frame of videotestsrc with `caps` through classsr (known-answer model) with `props`.
 fn one_frame(caps: &str, props: &str) -> Result<(), String> {
     run_pipeline(&format!(

@@ -360,7 +360,16 @@ fn frame_graphs_bound_broken_outputs_as_the_cpu_merge_does() {
     let (lo, hi) = (-0.5f32, 1.5f32);
     let th = grid.tile * grid.scale;
     let (n, item) = (grid.len(), 3 * th * th);
-    let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e30, -1e30, 0.25, 1.75, -0.7];
+    let special = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        1e30,
+        -1e30,
+        0.25,
+        1.75,
+        -0.7,
+    ];
     let sr: Vec<f32> = (0..n * item)
         .map(|k| special[(k * 7 + k / 13) % special.len()])
         .collect();
@@ -387,7 +396,10 @@ fn frame_graphs_bound_broken_outputs_as_the_cpu_merge_does() {
         .unwrap();
     let (_, graph) = out[ACC_OUT].try_extract_tensor::<i32>().unwrap();
     let planes = 3 * grid.padded_width * grid.padded_height * grid.scale * grid.scale;
-    assert!(cpu[..planes].iter().any(|&v| v < 0), "NaN and -inf pull samples below lo");
+    assert!(
+        cpu[..planes].iter().any(|&v| v < 0),
+        "NaN and -inf pull samples below lo"
+    );
     let differ = (0..planes).filter(|&i| cpu[i] != graph[i]).count();
     assert_eq!(differ, 0, "of {planes} accumulator samples");
 }

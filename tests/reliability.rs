@@ -48,7 +48,10 @@ fn two_elements_in_one_pipeline_and_two_pipelines_at_once() {
                     &[gst::MessageType::Eos, gst::MessageType::Error],
                 );
                 p.set_state(gst::State::Null).unwrap();
-                assert!(matches!(eos.as_ref().map(|m| m.view()), Some(gst::MessageView::Eos(_))), "{eos:?}");
+                assert!(
+                    matches!(eos.as_ref().map(|m| m.view()), Some(gst::MessageView::Eos(_))),
+                    "{eos:?}"
+                );
                 (frames, t0, t1)
             })
         })
@@ -235,5 +238,8 @@ fn property_changes_from_another_thread_while_playing() {
     p.set_state(gst::State::Null).unwrap();
     assert!(err.is_none(), "{err:?}");
     assert_eq!(n, 150);
-    assert!(during >= 14, "properties changed {during} times between the first and last frame");
+    assert!(
+        during >= 14,
+        "properties changed {during} times between the first and last frame"
+    );
 }

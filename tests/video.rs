@@ -443,7 +443,11 @@ fn a_seek_resets_the_cache_and_latency_is_upstreams() {
     let mut st = stats(&bus);
     p.seek_simple(gst::SeekFlags::FLUSH, gst::ClockTime::ZERO).unwrap();
     let first = sink.pull_sample().unwrap();
-    assert_eq!(first.buffer().unwrap().pts(), Some(gst::ClockTime::ZERO), "the seek happened");
+    assert_eq!(
+        first.buffer().unwrap().pts(),
+        Some(gst::ClockTime::ZERO),
+        "the seek happened"
+    );
     sink.pull_sample().unwrap();
     st.extend(stats(&bus));
     p.set_state(gst::State::Null).unwrap();
@@ -451,7 +455,10 @@ fn a_seek_resets_the_cache_and_latency_is_upstreams() {
     assert!(hits.len() >= 5, "{hits:?}");
     assert_eq!(hits.remove(0), 0, "the first frame computes everything");
     let resets = hits.iter().filter(|&&h| h == 0).count();
-    assert_eq!(resets, 1, "one reset, by the seek, and hits on every other frame: {hits:?}");
+    assert_eq!(
+        resets, 1,
+        "one reset, by the seek, and hits on every other frame: {hits:?}"
+    );
 }
 
 #[test]
@@ -478,7 +485,10 @@ fn branch3_share_is_monotonic_in_bias_through_the_element() {
     // Strictly, in steps: each 0.05 of bias moves one strip of graded() (one tile each) onto
     // branch3.
     let img = graded(32);
-    for (k, bias) in ["-0.25", "-0.2", "-0.15", "-0.1", "-0.05", "0", "0.1"].iter().enumerate() {
+    for (k, bias) in ["-0.25", "-0.2", "-0.15", "-0.1", "-0.05", "0", "0.1"]
+        .iter()
+        .enumerate()
+    {
         let (mut h, bus) = element(&[("bias", bias), ("tile-size", "32"), ("overlap", "0")]);
         h.set_src_caps_str(&caps_str(VideoFormat::Rgb, img.width, img.height));
         push(&mut h, &img);

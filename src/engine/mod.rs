@@ -469,6 +469,7 @@ impl Engine {
         let key = (w, h, cfg.tile, cfg.overlap);
         if self.work.is_none() || self.geometry != key {
             Self::check_size(w, h)?;
+            self.model.check_tile(cfg.tile)?;
             let grid = TileGrid::new(w, h, cfg.tile, cfg.overlap, self.scale()).map_err(Error::Settings)?;
             self.work = Some(Work::new(grid, self.scale()));
             self.geometry = key;

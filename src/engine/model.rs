@@ -1,5 +1,6 @@
 // A model set loaded into ONNX Runtime sessions: the classifier and three branches, checked
-// against the manifest (tensor names, and shapes by a dry run on one tile) before first use.
+// against the manifest (tensor names, declared input shape, and output shapes by a dry run on
+// two tiles) before first use.
 
 use std::borrow::Cow;
 
@@ -23,6 +24,8 @@ pub struct Model {
     /// branches could be rewritten so and loaded, see onnx/phase_output.rs); the merge
     /// interleaves them.
     pub phases: bool,
+    /// The tile size when a graph's input takes no other (its spatial axes are fixed).
+    pub fixed_tile: Option<usize>,
     pub device: ActiveDevice,
     /// Why CUDA was not used, when `auto` fell back to CPU.
     pub fallback: Option<String>,
@@ -31,7 +34,39 @@ pub struct Model {
     pub origin: String,
 }
 
-fn check_names(session: &Session, input: &str, output: &str, what: &str) -> Result<(), Error> {
+/// Checks the graph's tensor names against the manifest, and that its declared input shape
+/// takes what the engine feeds: [batch, 3, t, t] with any batch (a frame's tiles go in one
+/// call) and, unless fixed at the manifest's tile size, any tile size.
+/// Returns whether its tile size is fixed.
+fn check_names(session: &Session, input: &str, output: &str, what: &str, tile: u32) -> Result<bool, Error> {
+    let mut fixed_tile = false;
+    if let Some(ort::value::ValueType::Tensor { shape, .. }) = session.inputs().first().map(|i| i.dtype()) {
+        let fixed = |d: i64| d > 0;
+        let how = format!(
+            "re-export it with dynamic axes (e.g. torch.onnx.export(..., dynamic_axes=\
+             {{'{input}': {{0: 'n', 2: 'h', 3: 'w'}}}}))"
+        );
+        if shape.len() != 4 || (fixed(shape[1]) && shape[1] != 3) {
+            return Err(Error::Model(format!(
+                "{what} takes input shape {:?}; the engine feeds NCHW tiles [batch, 3, height, width]",
+                &shape[..]
+            )));
+        }
+        if fixed(shape[0]) {
+            return Err(Error::Model(format!(
+                "{what} takes a fixed batch of {} tiles, but a frame's tiles go in one call: {how}",
+                shape[0]
+            )));
+        }
+        let t = i64::from(tile);
+        if (fixed(shape[2]) && shape[2] != t) || (fixed(shape[3]) && shape[3] != t) {
+            return Err(Error::Model(format!(
+                "{what} takes {}x{} tiles but the manifest's tile_size is {tile}",
+                shape[3], shape[2]
+            )));
+        }
+        fixed_tile = fixed(shape[2]) || fixed(shape[3]);
+    }
     let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
     let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
     if inputs != [input] {
@@ -44,7 +79,7 @@ fn check_names(session: &Session, input: &str, output: &str, what: &str) -> Resu
             "{what} has outputs {outputs:?} but the manifest names '{output}'"
         )));
     }
-    Ok(())
+    Ok(fixed_tile)
 }
 
 /// Runs `session` on `n` NCHW tiles of side `t` and hands the named f32 output (shape, values)
@@ -71,9 +106,18 @@ pub(crate) fn run_with<R>(
     f(shape, values)
 }
 
-/// The output shape of a dry run on one zero tile; a graph that cannot run is a model error.
-fn dry_run_shape(session: &mut Session, output: &str, zeros: &[f32], t: usize, what: &str) -> Result<Vec<i64>, Error> {
-    run_with(session, output, zeros, (1, t), what, |shape, _| Ok(shape.to_vec())).map_err(|e| match e {
+/// Tiles in a load-time dry run: more than one, as a frame's tiles go in one call (a graph
+/// that only runs one at a time fails at load, not on the first busy frame).
+const DRY_RUN_TILES: usize = 2;
+
+/// The output shape of a dry run on [`DRY_RUN_TILES`] tiles of `lo` values; a graph that
+/// cannot run is a model error.
+fn dry_run_shape(session: &mut Session, output: &str, lo: f32, t: usize, what: &str) -> Result<Vec<i64>, Error> {
+    let zeros = vec![lo; DRY_RUN_TILES * 3 * t * t];
+    run_with(session, output, &zeros, (DRY_RUN_TILES, t), what, |shape, _| {
+        Ok(shape.to_vec())
+    })
+    .map_err(|e| match e {
         Error::Runtime(m) => Error::Model(m),
         e => e,
     })
@@ -89,8 +133,9 @@ pub(crate) fn branch_output_shape(n: usize, t: usize, scale: usize, phases: bool
     }
 }
 
-/// Three branch sessions, cheapest first, and the graphs they were made from.
-type LoadedBranches<'g> = ([Session; 3], Vec<Cow<'g, [u8]>>);
+/// Three branch sessions, cheapest first, the graphs they were made from, and whether any
+/// takes only tiles of the manifest's size.
+type LoadedBranches<'g> = ([Session; 3], Vec<Cow<'g, [u8]>>, bool);
 
 /// The three branch sessions of `graphs` (the set's branches, possibly rewritten to give phase
 /// planes: `phases`) after the load-time rewrites ([`runtime::rewritten`]), checked against the
@@ -111,20 +156,20 @@ fn load_branches<'g>(
     }
     let mut branches: [Session; 3] = branches.try_into().unwrap_or_else(|_| unreachable!());
     let (t, scale) = (m.tile_size as usize, m.scale as usize);
-    let zeros = vec![m.value_range[0]; 3 * t * t];
-    let want = branch_output_shape(1, t, scale, phases);
+    let want = branch_output_shape(DRY_RUN_TILES, t, scale, phases);
+    let mut fixed_tile = false;
     for (session, info) in branches.iter_mut().zip(&m.branches) {
-        check_names(session, &info.input, &info.output, &what(&info.file))?;
-        let shape = dry_run_shape(session, &info.output, &zeros, t, &what(&info.file))?;
+        fixed_tile |= check_names(session, &info.input, &info.output, &what(&info.file), m.tile_size)?;
+        let shape = dry_run_shape(session, &info.output, m.value_range[0], t, &what(&info.file))?;
         if shape != want {
             return Err(Error::Model(format!(
-                "{} returns shape {shape:?} for one {t}x{t} tile but the manifest says scale {} (expected {want:?})",
+                "{} returns shape {shape:?} for {DRY_RUN_TILES} tiles of {t}x{t} but the manifest says scale {} (expected {want:?})",
                 what(&info.file),
                 m.scale,
             )));
         }
     }
-    Ok((branches, graphs))
+    Ok((branches, graphs, fixed_tile))
 }
 
 impl Model {
@@ -148,25 +193,25 @@ impl Model {
             },
             ..*cfg
         };
-        // Names, then shapes by a dry run on one tile of the manifest's size.
-        check_names(
+        // Names and input shape, then output shapes by a dry run on tiles of the manifest's size.
+        let classifier_fixed = check_names(
             &classifier,
             &m.classifier.input,
             &m.classifier.output,
             &what(&m.classifier.file),
+            m.tile_size,
         )?;
         let t = m.tile_size as usize;
-        let zeros = vec![m.value_range[0]; 3 * t * t];
         let shape = dry_run_shape(
             &mut classifier,
             &m.classifier.output,
-            &zeros,
+            m.value_range[0],
             t,
             &what(&m.classifier.file),
         )?;
-        if shape != [1, 3] {
+        if shape != [DRY_RUN_TILES as i64, 3] {
             return Err(Error::Model(format!(
-                "{} returns shape {shape:?} for one tile; a classifier must return [batch, 3] logits",
+                "{} returns shape {shape:?} for {DRY_RUN_TILES} tiles; a classifier must return [batch, 3] logits",
                 what(&m.classifier.file)
             )));
         }
@@ -182,7 +227,7 @@ impl Model {
         let phase_planes = phased
             .as_ref()
             .and_then(|p| load_branches(set, &cfg, p.iter().map(|b| &b[..]), true).ok());
-        let ((branches, graphs), phases) = match phase_planes {
+        let ((branches, graphs, branches_fixed), phases) = match phase_planes {
             Some(loaded) => (loaded, true),
             None => (
                 load_branches(set, &cfg, set.branches.iter().map(|b| &b[..]), false)?,
@@ -205,6 +250,7 @@ impl Model {
             branches,
             workers,
             phases,
+            fixed_tile: (classifier_fixed || branches_fixed).then_some(t),
             device,
             fallback,
             config: cfg,
@@ -234,6 +280,18 @@ impl Model {
                 Ok(())
             },
         )
+    }
+
+    /// Whether the graphs take tiles of side `tile`.
+    pub fn check_tile(&self, tile: usize) -> Result<(), Error> {
+        match self.fixed_tile {
+            Some(t) if t != tile => Err(Error::Settings(format!(
+                "the model ({}) takes only {t}x{t} tiles (its input shape is fixed): set tile-size={t} \
+                 (the CLI's --tile {t}), or re-export it with dynamic height and width",
+                self.origin
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// True MACs per tile of side `tile` for each branch (the manifest's figures scaled by area).

@@ -452,6 +452,20 @@ pub(crate) fn float_tensor(name: &str, dims: Vec<i64>, values: &[f32]) -> super:
     }
 }
 
+/// Whether a serialised ONNX model keeps tensors in separate files (ONNX "external data"),
+/// which a graph loaded from memory cannot find.
+pub fn uses_external_data(bytes: &[u8]) -> bool {
+    use prost::Message;
+    let external = super::proto::tensor_proto::DataLocation::External as i32;
+    ModelProto::decode(bytes).is_ok_and(|m| {
+        m.graph.is_some_and(|g| {
+            g.initializer
+                .iter()
+                .any(|t| t.data_location == Some(external) || !t.external_data.is_empty())
+        })
+    })
+}
+
 /// The f32 initializers of a serialised ONNX model, by name (e.g. to start training from an
 /// exported model). Reads raw_data and float_data; other element types are skipped.
 pub fn read_weights(bytes: &[u8]) -> Result<Weights, String> {

@@ -15,6 +15,6 @@ pub mod rewrite;
 
 pub use builder::{to_bytes, Attr, Dim, GraphBuilder, OPSET};
 pub use graphs::{
-    build, build_bytes, read_arch_weights, read_weights, resampler_weight, Arch, Kernel, Tensor, Weights,
-    BRANCH_OUTPUT, CLASSIFIER_OUTPUT, INPUT,
+    build, build_bytes, read_arch_weights, read_weights, resampler_weight, uses_external_data, Arch, Kernel, Tensor,
+    Weights, BRANCH_OUTPUT, CLASSIFIER_OUTPUT, INPUT,
 };
