@@ -491,31 +491,72 @@ fn stop_and_restart_reload_the_model_with_the_settings_made_while_stopped() {
     assert_eq!(runs(&bus), 1);
 }
 
-/// A copy of the known-answer set whose branch2 declares a batch of exactly one tile, as many
-/// exporters write a graph: it passes the load-time dry run (one tile) and fails at run time on
-/// a batch of several tiles.
-fn batch_of_one_model() -> ScratchDir {
-    use gstclasssr::onnx::proto::{tensor_shape_proto::dimension::Value, type_proto, ModelProto};
+/// A copy of the known-answer set whose branch2 runs only on batches of one or two tiles: its
+/// input goes through Add with a constant of batch 2 (which broadcasts only from a batch of 1
+/// or 2) and is sliced back to the input's batch. It passes the load-time checks (any declared
+/// batch, a dry run on two tiles) and fails at run time on three tiles or more, as a graph
+/// with a batch baked into its operators does.
+fn batch_of_two_model() -> ScratchDir {
+    use gstclasssr::onnx::proto::attribute_proto::AttributeType;
+    use gstclasssr::onnx::proto::{tensor_proto::DataType, AttributeProto, ModelProto, NodeProto, TensorProto};
     use prost::Message;
-    let dir = ScratchDir::new("element-batch-of-one");
+    let dir = ScratchDir::new("element-batch-of-two");
     for f in std::fs::read_dir(KA).unwrap() {
         let f = f.unwrap().path();
         std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
     }
     let path = dir.path().join("branch2.onnx");
     let mut model = ModelProto::decode(&std::fs::read(&path).unwrap()[..]).unwrap();
-    let input = &mut model.graph.as_mut().unwrap().input[0];
-    let Some(type_proto::Value::TensorType(t)) = input.r#type.as_mut().unwrap().value.as_mut() else {
-        panic!("a tensor input")
+    let graph = model.graph.as_mut().unwrap();
+    let input = graph.input[0].name.clone().unwrap();
+    for node in &mut graph.node {
+        for i in node.input.iter_mut().filter(|i| **i == input) {
+            *i = "lr.sliced".into();
+        }
+    }
+    graph.initializer.push(TensorProto {
+        name: Some("zeros.batch2".into()),
+        dims: vec![2, 1, 1, 1],
+        data_type: Some(DataType::Float as i32),
+        float_data: vec![0.0; 2],
+        ..Default::default()
+    });
+    graph.initializer.push(TensorProto {
+        name: Some("zero".into()),
+        dims: vec![1],
+        data_type: Some(DataType::Int64 as i32),
+        int64_data: vec![0],
+        ..Default::default()
+    });
+    let node = |op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>| NodeProto {
+        op_type: Some(op.into()),
+        name: Some(output.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
     };
-    t.shape.as_mut().unwrap().dim[0].value = Some(Value::DimValue(1));
+    let int = |name: &str, v: i64| AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Int as i32),
+        i: Some(v),
+        ..Default::default()
+    };
+    let nodes = [
+        node("Add", &[&input, "zeros.batch2"], "lr.batch2", vec![]),
+        node("Shape", &[&input], "lr.batch", vec![int("start", 0), int("end", 1)]),
+        node("Slice", &["lr.batch2", "zero", "lr.batch", "zero"], "lr.sliced", vec![]),
+    ];
+    for (k, n) in nodes.into_iter().enumerate() {
+        graph.node.insert(k, n);
+    }
     std::fs::write(&path, model.encode_to_vec()).unwrap();
     dir
 }
 
 #[test]
 fn a_branch_run_that_fails_mid_stream_is_an_element_error_and_the_stream_recovers() {
-    let model = batch_of_one_model();
+    let model = batch_of_two_model();
     let mut h = harness(&[
         ("model", model.as_str()),
         ("device", "cpu"),
@@ -549,7 +590,7 @@ fn a_branch_run_that_fails_mid_stream_is_an_element_error_and_the_stream_recover
     assert!(err.error().matches(gst::LibraryError::Init), "{text}");
     // (how many of the 6 tiles the failing run had depends on how they were shared out)
     assert!(
-        text.contains("branch2 failed on") && text.contains("tiles of 32x32") && text.contains("invalid dimensions"),
+        text.contains("branch2 failed on") && text.contains("tiles of 32x32") && text.contains("broadcast"),
         "{text}"
     );
     assert_eq!(msg.src().map(|s| s.name()), Some(e.name()));
@@ -563,8 +604,8 @@ fn a_branch_run_that_fails_mid_stream_is_an_element_error_and_the_stream_recover
         0,
         "a stale tile of the failed frame"
     );
-    // With one tile per run, branch2 runs too.
-    e.set_property("max-batch", 1u32);
+    // With runs of at most two tiles, branch2 runs too.
+    e.set_property("max-batch", 2u32);
     let mild = frame(true, 3);
     h.push(to_buffer(&mild, VideoFormat::Rgb)).unwrap();
     let out = from_buffer(&h.pull().unwrap(), VideoFormat::Rgb, 1280, 256);
