@@ -430,6 +430,18 @@ fn killed_training_resumes_where_it_stopped() {
     let set = gstclasssr::manifest::ModelSet::load_dir(Path::new(&out)).unwrap();
     assert_eq!(set.manifest.provenance.kind, "trained");
     gstclasssr::engine::Model::load(&set, &CPU).unwrap();
+    // A finished step is reused as it is, saying so when asked for other iterations.
+    let mut longer: Vec<&str> = args.to_vec();
+    let at = longer.iter().position(|a| *a == "--iters").unwrap();
+    longer[at + 1] = "300";
+    longer.push("--resume");
+    let r = train_cmd(&longer);
+    let log = String::from_utf8_lossy(&r.stderr).to_string();
+    assert!(r.status.success(), "{log}");
+    assert!(
+        log.contains("original: finished earlier after 150 iterations") && log.contains("--force trains it again"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -556,6 +568,9 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
     assert!(!ok && log.contains("--aug: '0'"), "{log}");
     let (ok, log) = run("stage2", &data, &["--macs-budget", "50"]);
     assert!(!ok && log.contains("--macs-budget is used by export and all"), "{log}");
+    // A batch that would fill the machine's memory is refused up front.
+    let (ok, log) = run("stage1", &data, &["--batch", "100000"]);
+    assert!(!ok && log.contains("--batch 100000: at most 256"), "{log}");
     // Each stage on its own, no --resume needed for the next one.
     for stage in ["stage1", "stage2", "stage3"] {
         let (ok, log) = run(stage, &data, &[]);

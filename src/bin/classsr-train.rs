@@ -27,7 +27,13 @@ use gstclasssr::train::pipeline::{Family, Options, Trainer};
 const USAGE: &str = "usage: classsr-train <prepare|stage1|stage2|stage3|export|all> --data DIR --val DIR --out DIR \
 [--family fsrcnn|srresnet] [--scale 4] [--iters N] [--batch B] [--device cpu|flex|cuda (default cpu)] [--seed S] [--resume] [--force] \
 [--work DIR] [--checkpoint-secs S] [--aug 1.0,0.9,...] [--iters-original N] [--plain] [--classifier-width W] \
-[--init-from MODEL_DIR] [--random-init] [--macs-budget PERCENT] [--finetune-lr LR] [--global-split]";
+[--init-from MODEL_DIR] [--random-init] [--macs-budget PERCENT] [--finetune-lr LR] [--global-split]
+defaults: --iters 2000 per step, --batch 16 (at most 256), --seed 1, --checkpoint-secs 120, --classifier-width 32;
+--out is never replaced without --force, and an interrupted step goes on with --resume (README: \"Training your own models\")";
+
+/// Largest --batch: a step's activations grow with it (stage 3 holds all four networks'), and
+/// a batch of tens of thousands of sub-images fills any machine's memory.
+const MAX_BATCH: usize = 256;
 
 fn parse(args: &[String]) -> Result<(String, Options), String> {
     let cmd = args.first().ok_or("missing subcommand")?.clone();
@@ -132,6 +138,13 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
     if o.iters == 0 || o.batch == 0 || o.iters_original == Some(0) || o.classifier_width == 0 {
         return Err("--iters, --iters-original, --batch and --classifier-width must be at least 1".into());
     }
+    if o.batch > MAX_BATCH {
+        return Err(format!(
+            "--batch {}: at most {MAX_BATCH} sub-images per step (the memory a step needs grows with it; \
+             the paper trains with 16)",
+            o.batch
+        ));
+    }
     Ok((cmd, o))
 }
 
@@ -198,7 +211,11 @@ fn run<B: burn::tensor::backend::AutodiffBackend>(cmd: &str, opts: Options, devi
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.is_empty() || args[0] == "--help" || args[0] == "-h" {
+    if args.is_empty() {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    }
+    if args.iter().any(|a| a == "--help" || a == "-h") {
         println!("{USAGE}");
         return ExitCode::SUCCESS;
     }

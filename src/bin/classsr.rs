@@ -229,6 +229,9 @@ fn eval(a: &Args) -> Result<String, String> {
     let mut engine = Engine::new(model);
     let save_dir = (!a.save.is_empty()).then(|| std::path::PathBuf::from(&a.save));
     if let Some(d) = &save_dir {
+        if d.exists() && !d.is_dir() {
+            return Err(format!("--save '{}' is a file, not a folder", d.display()));
+        }
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create '{}': {e}", d.display()))?;
     }
     let names = save_names(&images.iter().map(|i| i.name.as_str()).collect::<Vec<_>>());
@@ -352,6 +355,13 @@ fn upscale(a: &Args) -> Result<String, String> {
             folder.display()
         ));
     }
+    if out_path.is_dir() {
+        return Err(format!(
+            "cannot write '{}': it is a folder; name an image file (e.g. '{}')",
+            a.output,
+            out_path.join("out.png").display()
+        ));
+    }
     let img = gstclasssr::eval::read_image(std::path::Path::new(&a.input))?;
     let has_alpha = img.color().has_alpha();
     let (w, h) = (img.width() as usize, img.height() as usize);
@@ -431,9 +441,13 @@ fn main() -> ExitCode {
         }
         Some("upscale") => parse("upscale", &args[1..]).and_then(|a| upscale(&a)),
         Some("eval") => parse("eval", &args[1..]).and_then(|a| eval(&a)),
-        Some("-h") | Some("--help") | None => {
+        Some("-h") | Some("--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
+        }
+        None => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
         }
         Some(other) => Err(format!("unknown command '{other}'\n{USAGE}")),
     };

@@ -264,6 +264,9 @@ fn psnr_tensor<B: Backend>(sr: Tensor<B, 4>, hr: Tensor<B, 4>) -> Vec<f64> {
 
 impl<B: AutodiffBackend> Trainer<B> {
     pub fn new(opts: Options, device: B::Device) -> Result<Self, String> {
+        if opts.work.exists() && !opts.work.is_dir() {
+            return Err(format!("work folder '{}' is a file, not a folder", opts.work.display()));
+        }
         std::fs::create_dir_all(&opts.work)
             .map_err(|e| format!("cannot create work folder '{}': {e}", opts.work.display()))?;
         let log = TrainLog::open(&opts.work)?;
@@ -476,8 +479,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let mut warn = |m: String| eprintln!("warning: {m}");
         let t0 = Instant::now();
-        let train = Dataset::load(&self.opts.data, self.opts.scale, &self.opts.aug, &mut warn)?;
-        let val = Dataset::load(&self.opts.val, self.opts.scale, &[1.0], &mut warn)?;
+        let train = Dataset::load(&self.opts.data, self.opts.scale, &self.opts.aug, &mut warn)
+            .map_err(|e| format!("--data: {e}"))?;
+        let val =
+            Dataset::load(&self.opts.val, self.opts.scale, &[1.0], &mut warn).map_err(|e| format!("--val: {e}"))?;
         let stride = (val.subs.len() / VAL_CROPS).max(1);
         self.val_ids = (0..val.subs.len()).step_by(stride).take(VAL_CROPS).collect();
         eprintln!(
@@ -622,7 +627,15 @@ impl<B: AutodiffBackend> Trainer<B> {
         eval_fn: &mut EvalFn<'_, B>,
     ) -> Result<Vec<Net<B>>, String> {
         if self.ckpt(step, true).exists() {
-            eprintln!("{step}: finished earlier, reusing it");
+            // (a step finished with other iterations is kept as it is: say so)
+            let done_iters = checkpoint::meta(&self.ckpt(step, true))?["iters"].as_u64();
+            match done_iters {
+                Some(n) if n as usize != iters => eprintln!(
+                    "{step}: finished earlier after {n} iterations, reusing it (the {iters} asked for now change \
+                     nothing for it; --force trains it again)"
+                ),
+                _ => eprintln!("{step}: finished earlier, reusing it"),
+            }
             return self.finished(step, archs);
         }
         self.datasets()?;
@@ -944,7 +957,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         for chunk in ids.chunks(64) {
             let (x, y) = self.lr_hr_on::<B::InnerBackend>(chunk, None, false);
             psnr.extend(psnr_tensor(net.forward_packed(x), y));
-            progress.tick(0.0);
+            progress.advance();
         }
         progress.finish();
         let classes = class_split(&psnr, &self.split_groups());

@@ -189,13 +189,19 @@ impl TrainLog {
     }
 }
 
-/// A progress bar for one step; plain lines when stderr is not a terminal.
+/// A progress bar for one step; when stderr is not a terminal (a log, CI), a plain line at the
+/// start and then every [`PLAIN_EVERY`].
 pub struct Progress {
     bar: ProgressBar,
     loss: f64,
     started: std::time::Instant,
     first: u64,
+    /// When the last plain line was written.
+    said: std::time::Instant,
 }
+
+/// How often a step without a terminal says how far it is.
+pub const PLAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Progress {
     pub fn new(step: &str, total: usize, done: usize) -> Progress {
@@ -208,14 +214,20 @@ impl Progress {
         bar.set_prefix(step.to_string());
         bar.set_position(done as u64);
         bar.reset_eta();
-        Progress {
+        let p = Progress {
             bar,
             loss: f64::NAN,
             started: std::time::Instant::now(),
             first: done as u64,
+            said: std::time::Instant::now(),
+        };
+        if p.bar.is_hidden() {
+            p.note(&format!("{done}/{total}"));
         }
+        p
     }
 
+    /// One iteration done, with its L1 loss (shown smoothed).
     pub fn tick(&mut self, l1: f64) {
         self.loss = if self.loss.is_nan() {
             l1
@@ -223,7 +235,24 @@ impl Progress {
             0.98 * self.loss + 0.02 * l1
         };
         self.bar.set_message(format!("L1 {:.4}", self.loss));
+        self.advance();
+    }
+
+    /// One unit of work done (no loss to show).
+    pub fn advance(&mut self) {
         self.bar.inc(1);
+        if self.bar.is_hidden() && self.said.elapsed() >= PLAIN_EVERY {
+            self.said = std::time::Instant::now();
+            let (pos, len) = (self.bar.position(), self.bar.length().unwrap_or(0));
+            let rate = (pos - self.first) as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+            let eta = (len.saturating_sub(pos)) as f64 / rate.max(1e-9);
+            let loss = if self.loss.is_nan() {
+                String::new()
+            } else {
+                format!(", L1 {:.4}", self.loss)
+            };
+            self.note(&format!("{pos}/{len}{loss}, about {eta:.0} s left"));
+        }
     }
 
     /// A line that stays above the bar (also printed when there is no terminal).
