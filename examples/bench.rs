@@ -226,7 +226,10 @@ fn main() -> Result<(), String> {
             let p = if k == 0 {
                 "reference".to_string()
             } else {
-                format!("{:.2}", psnr(&outputs[k], &outputs[0]))
+                match psnr(&outputs[k], &outputs[0]) {
+                    p if p.is_finite() => format!("{p:.2}"),
+                    _ => "identical".to_string(),
+                }
             };
             let name = if extra.is_empty() {
                 cache.to_string()

@@ -30,6 +30,16 @@ case "$model" in
   *known-answer*) biases=${BIASES:-"-0.04 -0.02 0 0.02 0.04"} ;;
   *) biases=${BIASES:-$(python3 -c "s=$step; print(' '.join('%.2f' % (k*s) for k in (-3,-2,-1,0,1,2,3)))")} ;;
 esac
+# and, for a model whose routing was calibrated to a MACs budget at export, biases that undo
+# half, all and one and a half of that calibration (towards branch3: the classifier as trained)
+manifest="${model_arg[1]:-models/fsrcnn}/manifest.json"
+if [ -z "${BIASES:-}" ] && [ -f "$manifest" ]; then
+  biases="$biases $(python3 -c '
+import json, sys
+o = json.load(open(sys.argv[1]))["provenance"]["details"].get("routing_offset")
+if o is not None and o < 0:
+    print(" ".join("%.2f" % (-o * k) for k in (0.5, 1.0, 1.5)))' "$manifest")"
+fi
 out=$(mktemp)
 ./target/release/examples/bench "$clip" --photos data/val "${args[@]}" > "$out"
 {
@@ -43,7 +53,7 @@ out=$(mktemp)
   echo
   echo "## The bias knob on real photographs"
   echo
-  echo "\`classsr eval --hr data/val --modes classsr --bias B\` on the same photographs, B in steps of the model's QoS bias step ($(printf %.2f "$step")); original = $(eval_json --modes original | python3 -c 'import json,sys; print("%.3f dB" % json.load(sys.stdin)["results"][0]["psnr"])')."
+  echo "\`classsr eval --hr data/val --modes classsr --bias B\` on the same photographs, B in steps of the model's QoS bias step ($(printf %.2f "$step")), then (for a model calibrated at export) undoing half, all and one and a half of its routing offset; original = $(eval_json --modes original | python3 -c 'import json,sys; print("%.3f dB" % json.load(sys.stdin)["results"][0]["psnr"])')."
   echo
   echo "| bias | tiles class1/2/3 | MACs % of original | PSNR (dB) |"
   echo "|---|---|---|---|"
