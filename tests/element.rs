@@ -642,6 +642,32 @@ fn too_large_caps_are_warned_about_once_per_start() {
     assert_eq!(max_diff(&out, &upscale(&img, &ka(&[])), true), 0);
 }
 
+#[test]
+fn a_too_large_frame_size_mid_stream_is_one_error() {
+    // 3841x2160 fits the caps (at most 4096 per side) but not the engine's pixel limit: the
+    // caps fail and every buffer that follows tries them again; the bus gets one error.
+    let mut h = harness(&ka(&[]));
+    let bus = bus_of(&h);
+    let img = picture(64, 48, 1);
+    run_one(&mut h, &img, VideoFormat::Rgb);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 3841, 2160));
+    for _ in 0..3 {
+        let buffer = gst::Buffer::with_size(3841 * 3 * 2160).unwrap();
+        assert_eq!(h.push(buffer), Err(gst::FlowError::NotNegotiated));
+    }
+    let errors: Vec<String> = std::iter::from_fn(|| bus.pop_filtered(&[gst::MessageType::Error]))
+        .map(|m| match m.view() {
+            gst::MessageView::Error(e) => e.error().to_string(),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("3841x2160") && errors[0].contains("too large"),
+        "{errors:?}"
+    );
+}
+
 /// A custom meta type with `tags` whose transform adds a copy of it to the output buffer,
 /// recording the transform it was asked for in a `transform` field.
 fn register_custom_meta(name: &'static str, tags: &[&str]) {

@@ -158,6 +158,9 @@ pub struct ClassSr {
     running: AtomicBool,
     /// Whether the refusal of too large caps was posted on the bus since start().
     size_warned: AtomicBool,
+    /// Whether caps of a size the engine refuses were reported as an error since the last
+    /// caps it took (basetransform tries the same caps again for every buffer).
+    size_error_posted: AtomicBool,
     qos: Mutex<Qos>,
     /// The loaded model's scale (4 until a model is loaded), used for caps.
     scale: AtomicU32,
@@ -173,6 +176,7 @@ impl Default for ClassSr {
             state: Mutex::new(None),
             running: AtomicBool::new(false),
             size_warned: AtomicBool::new(false),
+            size_error_posted: AtomicBool::new(false),
             qos: Mutex::new(Qos::default()),
             scale: AtomicU32::new(4),
             active_device: Mutex::new("none".to_string()),
@@ -249,6 +253,7 @@ impl ClassSr {
         });
         *self.qos.lock().unwrap() = Qos::default();
         self.size_warned.store(false, Ordering::SeqCst);
+        self.size_error_posted.store(false, Ordering::SeqCst);
         Ok(())
     }
 
@@ -782,9 +787,12 @@ impl VideoFilterImpl for ClassSr {
         };
         let (w, h) = (in_info.width() as usize, in_info.height() as usize);
         if let Err(e) = Engine::check_size(w, h) {
-            self.post_error(&e);
+            if !self.size_error_posted.swap(true, Ordering::SeqCst) {
+                self.post_error(&e);
+            }
             return Err(gst::loggable_error!(CAT, "{}", e));
         }
+        self.size_error_posted.store(false, Ordering::SeqCst);
         let scale = state.engine.scale();
         if out_info.width() as usize != w * scale || out_info.height() as usize != h * scale {
             let e = Error::Input(format!(
