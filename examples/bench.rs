@@ -227,8 +227,8 @@ fn main() -> Result<(), String> {
                 "reference".to_string()
             } else {
                 match psnr(&outputs[k], &outputs[0]) {
-                    p if p.is_finite() => format!("{p:.2}"),
-                    _ => "identical".to_string(),
+                    p if p.is_infinite() => "identical".to_string(),
+                    p => format!("{p:.2}"),
                 }
             };
             let name = if extra.is_empty() {

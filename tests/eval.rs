@@ -304,9 +304,32 @@ fn upscale_reads_images_as_viewers_show_them_and_writes_where_it_can() {
     std::fs::rename(dir.join("png-inside.png"), dir.join("png-inside.jpg")).unwrap();
     let (ok, err) = classsr(&["upscale", &p("png-inside.jpg"), &p("o.png"), "--model", ka]);
     assert!(ok, "{err}");
-    // A missing folder is named before any work.
+    // A missing folder, or an output that is a folder, is named before any work; so is a
+    // --save folder that is a file.
     let (ok, err) = classsr(&["upscale", &p("png-inside.jpg"), &p("no/such/o.png"), "--model", ka]);
     assert!(!ok && err.contains("does not exist"), "{err}");
+    std::fs::create_dir(dir.join("d.png")).unwrap();
+    let (ok, err) = classsr(&["upscale", &p("png-inside.jpg"), &p("d.png"), "--model", ka]);
+    assert!(!ok && err.contains("it is a folder"), "{err}");
+    let (ok, err) = classsr(&["eval", "--hr", &p("."), "--model", ka, "--save", &p("side.jpg")]);
+    assert!(!ok && err.contains("is a file, not a folder"), "{err}");
+    // Usage errors exit 2 (no command, an unknown one, bad arguments); failed work exits 1.
+    let code = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_classsr"))
+            .args(args)
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    assert_eq!(code(&[]), Some(2));
+    assert_eq!(code(&["upsale"]), Some(2));
+    assert_eq!(code(&["upscale", &p("side.jpg")]), Some(2));
+    assert_eq!(
+        code(&["upscale", &p("missing.png"), &p("o2.png"), "--model", ka]),
+        Some(1)
+    );
+    assert_eq!(code(&["upscale", "--help"]), Some(0));
     // A replaced file keeps its permissions.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.join("o.png"), std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -561,7 +561,10 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
         &small,
         &["--aug", "0.5", "--work", root.join("small.work").to_str().unwrap()],
     );
-    assert!(!ok && log.contains("at every scale of --aug"), "{log}");
+    assert!(
+        !ok && log.contains("--data: ") && log.contains("at every scale of --aug"),
+        "{log}"
+    );
     // A bad scale factor, or an option the subcommand does not use, is refused before
     // anything runs.
     let (ok, log) = run("prepare", &data, &["--aug", "0"]);

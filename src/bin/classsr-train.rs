@@ -222,8 +222,9 @@ fn main() -> ExitCode {
     let (cmd, opts) = match parse(&args) {
         Ok(x) => x,
         Err(e) => {
+            // a usage error, as without arguments
             eprintln!("error: {e}\n{USAGE}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(2);
         }
     };
     let result = match opts.device_name.as_str() {

@@ -432,15 +432,23 @@ fn upscale(a: &Args) -> Result<String, String> {
     ))
 }
 
+/// A subcommand: its work on parsed arguments, giving the line to print.
+type Command = fn(&Args) -> Result<String, String>;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
+    // usage errors (no or unknown command, bad arguments) exit 2, failures of the work 1
+    let usage = |e: String| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    };
+    let (cmd, run): (&str, Command) = match args.first().map(String::as_str) {
         Some("upscale" | "eval") if args[1..].iter().any(|a| a == "-h" || a == "--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
         }
-        Some("upscale") => parse("upscale", &args[1..]).and_then(|a| upscale(&a)),
-        Some("eval") => parse("eval", &args[1..]).and_then(|a| eval(&a)),
+        Some("upscale") => ("upscale", upscale),
+        Some("eval") => ("eval", eval),
         Some("-h") | Some("--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -449,9 +457,13 @@ fn main() -> ExitCode {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
         }
-        Some(other) => Err(format!("unknown command '{other}'\n{USAGE}")),
+        Some(other) => return usage(format!("unknown command '{other}'\n{USAGE}")),
     };
-    match result {
+    let parsed = match parse(cmd, &args[1..]) {
+        Ok(a) => a,
+        Err(e) => return usage(e),
+    };
+    match run(&parsed) {
         Ok(msg) => {
             println!("{msg}");
             ExitCode::SUCCESS

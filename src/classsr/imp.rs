@@ -745,7 +745,10 @@ impl ClassSr {
     /// frame, else (changed while playing) the last good pair, with a warning once.
     fn tiling(&self, state: &mut State, cfg: &FrameConfig) -> Result<(usize, usize), Error> {
         let want = (cfg.tile, cfg.overlap);
-        match (check_tiling(cfg.tile, cfg.overlap), state.tiling) {
+        // (a model whose graphs take one tile size only takes that one)
+        let usable = check_tiling(cfg.tile, cfg.overlap)
+            .and_then(|()| state.engine.model().check_tile(cfg.tile).map_err(|e| e.to_string()));
+        match (usable, state.tiling) {
             (Ok(()), _) => {
                 state.refused_tiling = None;
                 Ok(want)

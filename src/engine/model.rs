@@ -40,16 +40,25 @@ pub struct Model {
 /// Returns whether its tile size is fixed.
 fn check_names(session: &Session, input: &str, output: &str, what: &str, tile: u32) -> Result<bool, Error> {
     let mut fixed_tile = false;
-    if let Some(ort::value::ValueType::Tensor { shape, .. }) = session.inputs().first().map(|i| i.dtype()) {
+    // (an input declared without a shape has none to check: the dry run tells)
+    let declared = match session.inputs().first().map(|i| i.dtype()) {
+        Some(ort::value::ValueType::Tensor { shape, .. }) if !shape.is_empty() => Some(shape),
+        _ => None,
+    };
+    if let Some(shape) = declared {
         let fixed = |d: i64| d > 0;
+        let dims: Vec<String> = shape
+            .iter()
+            .map(|&d| if fixed(d) { d.to_string() } else { "?".into() })
+            .collect();
         let how = format!(
             "re-export it with dynamic axes (e.g. torch.onnx.export(..., dynamic_axes=\
              {{'{input}': {{0: 'n', 2: 'h', 3: 'w'}}}}))"
         );
         if shape.len() != 4 || (fixed(shape[1]) && shape[1] != 3) {
             return Err(Error::Model(format!(
-                "{what} takes input shape {:?}; the engine feeds NCHW tiles [batch, 3, height, width]",
-                &shape[..]
+                "{what} takes input shape [{}]; the engine feeds NCHW tiles [batch, 3, height, width]",
+                dims.join(", ")
             )));
         }
         if fixed(shape[0]) {
@@ -62,7 +71,7 @@ fn check_names(session: &Session, input: &str, output: &str, what: &str, tile: u
         if (fixed(shape[2]) && shape[2] != t) || (fixed(shape[3]) && shape[3] != t) {
             return Err(Error::Model(format!(
                 "{what} takes {}x{} tiles but the manifest's tile_size is {tile}",
-                shape[3], shape[2]
+                dims[3], dims[2]
             )));
         }
         fixed_tile = fixed(shape[2]) || fixed(shape[3]);
@@ -173,8 +182,26 @@ fn load_branches<'g>(
 }
 
 impl Model {
-    /// Creates the four sessions and checks them against the manifest.
+    /// Creates the four sessions and checks them against the manifest. With `auto`, a model
+    /// that CUDA cannot load (its provider registered, but a graph's session fails there) is
+    /// loaded on the CPU, the reason kept as [`Model::fallback`]; a graph the CPU cannot load
+    /// either is reported as such.
     pub fn load(set: &ModelSet, cfg: &SessionConfig) -> Result<Model, Error> {
+        match Self::load_on(set, cfg) {
+            Err(e) if cfg.device == runtime::DeviceRequest::Auto => {
+                let cpu = SessionConfig {
+                    device: runtime::DeviceRequest::Cpu,
+                    ..*cfg
+                };
+                let mut model = Self::load_on(set, &cpu)?;
+                model.fallback = Some(format!("CUDA could not load the model: {e}"));
+                Ok(model)
+            }
+            loaded => loaded,
+        }
+    }
+
+    fn load_on(set: &ModelSet, cfg: &SessionConfig) -> Result<Model, Error> {
         let m = &set.manifest;
         m.validate()?;
         let what = |file: &str| format!("{} ({})", file, set.origin);
@@ -296,11 +323,18 @@ impl Model {
 
     /// True MACs per tile of side `tile` for each branch (the manifest's figures scaled by area).
     pub fn branch_macs(&self, tile: usize) -> [u64; 3] {
-        let area = |macs: u64| macs * (tile * tile) as u64 / (self.manifest.tile_size as u64).pow(2);
-        [0, 1, 2].map(|i| area(self.manifest.branches[i].macs_per_tile))
+        [0, 1, 2].map(|i| self.scaled_macs(self.manifest.branches[i].macs_per_tile, tile))
     }
 
     pub fn classifier_macs(&self, tile: usize) -> u64 {
-        self.manifest.classifier.macs_per_tile * (tile * tile) as u64 / (self.manifest.tile_size as u64).pow(2)
+        self.scaled_macs(self.manifest.classifier.macs_per_tile, tile)
+    }
+
+    /// `macs` per tile of the manifest's size, for a tile of side `tile` (by area; in u128, as
+    /// the product may not fit a u64 before the division).
+    fn scaled_macs(&self, macs: u64, tile: usize) -> u64 {
+        let area = u128::from(self.manifest.tile_size).pow(2);
+        let scaled = u128::from(macs) * (tile * tile) as u128 / area;
+        scaled.min(u128::from(u64::MAX)) as u64
     }
 }

@@ -952,7 +952,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         let net = original.inner();
         let mut psnr = Vec::with_capacity(n);
-        let mut progress = Progress::new("split", n.div_ceil(64), 0);
+        let mut progress = Progress::new("split", n.div_ceil(64), 0).counting("batches of 64 sub-images");
         let ids: Vec<usize> = (0..n).collect();
         for chunk in ids.chunks(64) {
             let (x, y) = self.lr_hr_on::<B::InnerBackend>(chunk, None, false);

@@ -198,6 +198,8 @@ pub struct Progress {
     first: u64,
     /// When the last plain line was written.
     said: std::time::Instant,
+    /// What a step of the bar counts (for the closing line).
+    unit: &'static str,
 }
 
 /// How often a step without a terminal says how far it is.
@@ -220,11 +222,18 @@ impl Progress {
             started: std::time::Instant::now(),
             first: done as u64,
             said: std::time::Instant::now(),
+            unit: "iterations",
         };
         if p.bar.is_hidden() {
             p.note(&format!("{done}/{total}"));
         }
         p
+    }
+
+    /// Names what a step of the bar counts (iterations unless said).
+    pub fn counting(mut self, unit: &'static str) -> Progress {
+        self.unit = unit;
+        self
     }
 
     /// One iteration done, with its L1 loss (shown smoothed).
@@ -269,7 +278,8 @@ impl Progress {
         let secs = self.started.elapsed().as_secs_f64();
         let n = self.bar.position().saturating_sub(self.first);
         let msg = format!(
-            "done ({n} iterations in {secs:.1} s, {:.2} it/s)",
+            "done ({n} {} in {secs:.1} s, {:.2}/s)",
+            self.unit,
             n as f64 / secs.max(1e-9)
         );
         self.note(&msg);
