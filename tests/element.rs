@@ -408,16 +408,6 @@ fn play(h: &mut gst_check::Harness) {
     assert!(h.push_event(gst::event::StreamStart::new("restarted")));
 }
 
-/// The warnings posted so far, as text (other messages are dropped).
-fn warnings(bus: &gst::Bus) -> Vec<String> {
-    std::iter::from_fn(|| bus.pop_filtered(&[gst::MessageType::Warning]))
-        .map(|m| match m.view() {
-            gst::MessageView::Warning(w) => w.error().to_string(),
-            _ => unreachable!(),
-        })
-        .collect()
-}
-
 #[test]
 fn stop_and_restart_reload_the_model_with_the_settings_made_while_stopped() {
     // 12 tiles with the default tiling: with max-batch 64, one branch run per worker.
@@ -655,12 +645,7 @@ fn a_too_large_frame_size_mid_stream_is_one_error() {
         let buffer = gst::Buffer::with_size(3841 * 3 * 2160).unwrap();
         assert_eq!(h.push(buffer), Err(gst::FlowError::NotNegotiated));
     }
-    let errors: Vec<String> = std::iter::from_fn(|| bus.pop_filtered(&[gst::MessageType::Error]))
-        .map(|m| match m.view() {
-            gst::MessageView::Error(e) => e.error().to_string(),
-            _ => unreachable!(),
-        })
-        .collect();
+    let (_, errors) = warnings_and_errors(&bus);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
         errors[0].contains("3841x2160") && errors[0].contains("too large"),

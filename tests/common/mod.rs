@@ -365,6 +365,20 @@ pub fn three_classes(w: usize, h: usize, mild: bool, seed: u64) -> Rgba {
 }
 
 /// A bus set on `h`'s element (messages posted from then on).
+/// The texts of the warning and of the error messages on `bus` so far (other messages are
+/// dropped).
+pub fn warnings_and_errors(bus: &gst::Bus) -> (Vec<String>, Vec<String>) {
+    let (mut warnings, mut errors) = (Vec::new(), Vec::new());
+    while let Some(m) = bus.pop() {
+        match m.view() {
+            gst::MessageView::Warning(w) => warnings.push(w.error().to_string()),
+            gst::MessageView::Error(e) => errors.push(e.error().to_string()),
+            _ => {}
+        }
+    }
+    (warnings, errors)
+}
+
 pub fn bus_of(h: &gst_check::Harness) -> gst::Bus {
     let bus = gst::Bus::new();
     h.element().unwrap().set_bus(Some(&bus));
@@ -399,4 +413,9 @@ pub fn jpeg_with_orientation(img: &Rgba, orientation: u8) -> Vec<u8> {
     out.extend_from_slice(&app1);
     out.extend_from_slice(&jpeg[2..]);
     out
+}
+
+/// The texts of the warning messages on `bus` so far (other messages are dropped).
+pub fn warnings(bus: &gst::Bus) -> Vec<String> {
+    warnings_and_errors(bus).0
 }
