@@ -189,69 +189,50 @@ pub fn cpu_session(bytes: &[u8], what: &str, threads: usize) -> Result<Session, 
 }
 
 /// [`session_as_is`] after the load-time rewrites ([`rewritten`]).
-pub fn session(
-    bytes: &[u8],
-    what: &str,
-    cfg: &SessionConfig,
-) -> Result<(Session, ActiveDevice, Option<String>), Error> {
+pub fn session(bytes: &[u8], what: &str, cfg: &SessionConfig) -> Result<(Session, ActiveDevice), Error> {
     session_as_is(&rewritten(bytes, cfg.device), what, cfg, 1)
 }
 
 /// Builds a session for one graph as given: on the CPU with `cpu_threads` intra-op threads
-/// (see [`cpu_session`]). With `Auto`, a CUDA provider that fails to register, or cannot make
-/// a session of a graph the CPU can run, falls back to CPU and the reason is returned as a
-/// warning.
+/// (see [`cpu_session`]), else (`Cuda`, and `Auto`) with the CUDA provider. A provider that
+/// does not register, or cannot make a session of a graph the CPU can run, is a runtime error
+/// saying why; falling back to the CPU for `Auto` is the caller's (`Model::load`: the whole
+/// model, not one graph).
 pub fn session_as_is(
     bytes: &[u8],
     what: &str,
     cfg: &SessionConfig,
     cpu_threads: usize,
-) -> Result<(Session, ActiveDevice, Option<String>), Error> {
+) -> Result<(Session, ActiveDevice), Error> {
     if cfg.device == DeviceRequest::Cpu {
-        return Ok((cpu_session_as_is(bytes, what, cpu_threads)?, ActiveDevice::Cpu, None));
+        return Ok((cpu_session_as_is(bytes, what, cpu_threads)?, ActiveDevice::Cpu));
     }
     let cuda = ort::ep::CUDA::default()
         .with_device_id(cfg.device_id)
         .with_tf32(true)
         .build()
         .error_on_failure();
-    let registered = builder(cfg.threads)?.with_execution_providers([cuda]);
-    match registered {
-        Ok(mut b) => match b.commit_from_memory(bytes) {
-            Ok(s) => Ok((s, ActiveDevice::Cuda(cfg.device_id), None)),
-            // The provider registered but the session failed: the graph or the device (no
-            // such device, no usable GPU) is at fault. A CPU session tells which: a broken
-            // graph fails there too, with its own message.
-            Err(e) => {
-                let cpu = cpu_session_as_is(bytes, what, cpu_threads)?;
-                let why = format!(
-                    "the CUDA execution provider (device {}) could not make a session of {what}: {}",
-                    cfg.device_id,
-                    e.to_string().trim_end_matches('.')
-                );
-                match cfg.device {
-                    DeviceRequest::Cuda => Err(Error::Runtime(why)),
-                    _ => Ok((cpu, ActiveDevice::Cpu, Some(why))),
-                }
-            }
-        },
+    let mut b = builder(cfg.threads)?.with_execution_providers([cuda]).map_err(|e| {
+        Error::Runtime(format!(
+            "CUDA execution provider (device {}) did not register: {}. It needs an NVIDIA driver, \
+             the CUDA 13 and cuDNN 9 libraries (e.g. libcublasLt.so.13) on LD_LIBRARY_PATH and the \
+             onnxruntime-gpu build of libonnxruntime",
+            cfg.device_id,
+            e.to_string().trim_end_matches('.')
+        ))
+    })?;
+    match b.commit_from_memory(bytes) {
+        Ok(s) => Ok((s, ActiveDevice::Cuda(cfg.device_id))),
+        // The provider registered but the session failed: the graph or the device (no such
+        // device, no usable GPU) is at fault. A CPU session tells which: a broken graph fails
+        // there too, with its own message.
         Err(e) => {
-            let why = format!(
-                "CUDA execution provider (device {}) did not register: {}. It needs an NVIDIA driver, \
-                 the CUDA 13 and cuDNN 9 libraries (e.g. libcublasLt.so.13) on LD_LIBRARY_PATH and the \
-                 onnxruntime-gpu build of libonnxruntime",
+            cpu_session_as_is(bytes, what, cpu_threads)?;
+            Err(Error::Runtime(format!(
+                "the CUDA execution provider (device {}) could not make a session of {what}: {}",
                 cfg.device_id,
                 e.to_string().trim_end_matches('.')
-            );
-            if cfg.device == DeviceRequest::Cuda {
-                Err(Error::Runtime(why))
-            } else {
-                Ok((
-                    cpu_session_as_is(bytes, what, cpu_threads)?,
-                    ActiveDevice::Cpu,
-                    Some(why),
-                ))
-            }
+            )))
         }
     }
 }

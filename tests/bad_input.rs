@@ -17,12 +17,7 @@ fn scratch(name: &str) -> ScratchDir {
 }
 
 fn copy_ka(name: &str) -> ScratchDir {
-    let dir = scratch(name);
-    for f in std::fs::read_dir(KA).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
-    }
-    dir
+    model_copy(KA, &format!("test-{name}"))
 }
 
 fn run_with_model(dir: &Path) -> Result<(), String> {

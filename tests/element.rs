@@ -481,66 +481,12 @@ fn stop_and_restart_reload_the_model_with_the_settings_made_while_stopped() {
     assert_eq!(runs(&bus), 1);
 }
 
-/// A copy of the known-answer set whose branch2 runs only on batches of one or two tiles: its
-/// input goes through Add with a constant of batch 2 (which broadcasts only from a batch of 1
-/// or 2) and is sliced back to the input's batch. It passes the load-time checks (any declared
-/// batch, a dry run on two tiles) and fails at run time on three tiles or more, as a graph
-/// with a batch baked into its operators does.
+/// A copy of the known-answer set whose branch2 fails on runs of three tiles or more
+/// ([`fails_above_two_tiles`]).
 fn batch_of_two_model() -> ScratchDir {
-    use gstclasssr::onnx::proto::attribute_proto::AttributeType;
-    use gstclasssr::onnx::proto::{tensor_proto::DataType, AttributeProto, ModelProto, NodeProto, TensorProto};
-    use prost::Message;
-    let dir = ScratchDir::new("element-batch-of-two");
-    for f in std::fs::read_dir(KA).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
-    }
+    let dir = model_copy(KA, "element-batch-of-two");
     let path = dir.path().join("branch2.onnx");
-    let mut model = ModelProto::decode(&std::fs::read(&path).unwrap()[..]).unwrap();
-    let graph = model.graph.as_mut().unwrap();
-    let input = graph.input[0].name.clone().unwrap();
-    for node in &mut graph.node {
-        for i in node.input.iter_mut().filter(|i| **i == input) {
-            *i = "lr.sliced".into();
-        }
-    }
-    graph.initializer.push(TensorProto {
-        name: Some("zeros.batch2".into()),
-        dims: vec![2, 1, 1, 1],
-        data_type: Some(DataType::Float as i32),
-        float_data: vec![0.0; 2],
-        ..Default::default()
-    });
-    graph.initializer.push(TensorProto {
-        name: Some("zero".into()),
-        dims: vec![1],
-        data_type: Some(DataType::Int64 as i32),
-        int64_data: vec![0],
-        ..Default::default()
-    });
-    let node = |op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>| NodeProto {
-        op_type: Some(op.into()),
-        name: Some(output.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        attribute,
-        ..Default::default()
-    };
-    let int = |name: &str, v: i64| AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Int as i32),
-        i: Some(v),
-        ..Default::default()
-    };
-    let nodes = [
-        node("Add", &[&input, "zeros.batch2"], "lr.batch2", vec![]),
-        node("Shape", &[&input], "lr.batch", vec![int("start", 0), int("end", 1)]),
-        node("Slice", &["lr.batch2", "zero", "lr.batch", "zero"], "lr.sliced", vec![]),
-    ];
-    for (k, n) in nodes.into_iter().enumerate() {
-        graph.node.insert(k, n);
-    }
-    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    std::fs::write(&path, fails_above_two_tiles(&std::fs::read(&path).unwrap())).unwrap();
     dir
 }
 

@@ -60,7 +60,7 @@ fn try_engine(
 
 /// One branch run on the whole frame in a single call (no tiling), as u8.
 fn whole_frame(set: &ModelSet, branch: usize, img: &Rgba) -> Rgba {
-    let (mut session, _, _) = runtime::session(&set.branches[branch], "branch", &CPU).unwrap();
+    let (mut session, _) = runtime::session(&set.branches[branch], "branch", &CPU).unwrap();
     let (w, h) = (img.width, img.height);
     let mut planar = vec![0f32; 3 * w * h];
     for (i, p) in img.px.iter().enumerate() {
@@ -867,38 +867,12 @@ fn engine_frames_are_the_same_with_hr_or_phase_outputs() {
     }
 }
 
-/// A branch that upscales tiles (by repeating each pixel) but fails at run time on more than
-/// two: it adds a constant of batch 2 (which broadcasts only from a batch of 1 or 2) and slices
-/// back to the input's batch, so it passes the load-time dry run on two tiles and fails
-/// half-way through a frame.
-fn fails_above_two_tiles() -> Vec<u8> {
-    use gstclasssr::onnx::{to_bytes, Attr, Dim, GraphBuilder};
-    let mut g = GraphBuilder::new("test: fails above two tiles");
-    let x = g.input(
-        "lr",
-        &[Dim::Symbolic("n"), Dim::Fixed(3), Dim::Fixed(32), Dim::Fixed(32)],
-    );
-    let reps = g.int64s("reps", &[1, 1, 4, 4]);
-    let y = g.op("Tile", &[&x, &reps], &[]);
-    let two = g.weight("zeros.batch2", &[2, 1, 1, 1], &[0.0, 0.0]);
-    let y = g.op("Add", &[&y, &two], &[]);
-    let n = g.op("Shape", &[&x], &[("start", Attr::Int(0)), ("end", Attr::Int(1))]);
-    let zero = g.int64s("zero", &[0]);
-    let y = g.op("Slice", &[&y, &zero, &n, &zero], &[]);
-    g.output(
-        "sr",
-        &y,
-        &[Dim::Symbolic("n"), Dim::Fixed(3), Dim::Fixed(128), Dim::Fixed(128)],
-    );
-    to_bytes(&g.finish("test", &[]))
-}
-
 #[test]
 fn a_frame_that_fails_half_way_leaves_no_stale_tiles() {
     // the known-answer set with branch2 (the mild tiles') failing on a call of three or more
     // (its 6 tiles in one frame, shared out between 2 workers)
     let mut set = gstclasssr::known_answer::model_set();
-    set.branches[1] = fails_above_two_tiles();
+    set.branches[1] = fails_above_two_tiles(&set.branches[1]);
     let cfg = FrameConfig {
         cache: CacheMode::Full,
         cache_threshold: 0.0,

@@ -40,25 +40,18 @@ fn eval_psnr_matches_an_independent_computation() {
         std::fs::write(originals.join(format!("img{i}.ppm")), ppm).unwrap();
     }
     let save = dir.join("sr");
-    let out = Command::new(env!("CARGO_BIN_EXE_classsr"))
-        .args([
-            "eval",
-            "--hr",
-            hr.to_str().unwrap(),
-            "--modes",
-            "bicubic,classsr,branch1",
-            "--json",
-            "--device",
-            "cpu",
-        ])
-        .arg("--model")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/models/known-answer"))
-        .arg("--save")
-        .arg(&save)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = eval_json(&[
+        "--hr",
+        hr.to_str().unwrap(),
+        "--modes",
+        "bicubic,classsr,branch1",
+        "--device",
+        "cpu",
+        "--model",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/models/known-answer"),
+        "--save",
+        save.to_str().unwrap(),
+    ]);
     let images: Vec<String> = serde_json::from_value(doc["images"].clone()).unwrap();
     assert_eq!(images, ["img0.png", "img1.png"]);
 
@@ -226,6 +219,17 @@ fn embedded_default_is_trained_and_sharper_than_bicubic() {
     );
 }
 
+/// Runs `classsr eval --json` with `args`, which must succeed; its JSON document.
+fn eval_json(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_classsr"))
+        .args(["eval", "--json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// Runs the `classsr` binary; (success, stderr).
 fn classsr(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_classsr")).args(args).output().unwrap();
@@ -364,21 +368,14 @@ fn eval_caps_the_psnr_of_exact_images_and_counts_only_the_classifier_for_classma
     // bicubic reproduces a flat image exactly
     save_rgb(&Rgba::new(40, 40, |_, _| [120, 80, 40, 255]), &hr.join("flat.png"));
     let ka = concat!(env!("CARGO_MANIFEST_DIR"), "/models/known-answer");
-    let out = Command::new(env!("CARGO_BIN_EXE_classsr"))
-        .args([
-            "eval",
-            "--hr",
-            hr.to_str().unwrap(),
-            "--model",
-            ka,
-            "--modes",
-            "bicubic,classmap",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let doc = eval_json(&[
+        "--hr",
+        hr.to_str().unwrap(),
+        "--model",
+        ka,
+        "--modes",
+        "bicubic,classmap",
+    ]);
     let r = &doc["results"];
     assert_eq!(r[0]["psnr"].as_f64(), Some(100.0), "{}", r[0]);
     let m = gstclasssr::manifest::ModelSet::load(ka).unwrap().manifest;

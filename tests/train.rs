@@ -59,7 +59,7 @@ fn random_weights(arch: &Arch, rng: &mut Rng) -> Weights {
 }
 
 fn ort_run(bytes: &[u8], input: &[f32], shape: [usize; 4]) -> (Vec<i64>, Vec<f32>) {
-    let (mut s, _, _) = runtime::session(bytes, "test graph", &CPU).unwrap();
+    let (mut s, _) = runtime::session(bytes, "test graph", &CPU).unwrap();
     let t = TensorRef::from_array_view((shape, input)).unwrap();
     let out = s.run(ort::inputs![t]).unwrap();
     let (shape, data) = out[0].try_extract_tensor::<f32>().unwrap();
@@ -187,11 +187,13 @@ fn io_args<'a>(data: &'a Path, val: &'a Path, out: &'a str) -> [&'a str; 6] {
     ]
 }
 
-fn train_cmd(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_classsr-train"))
+/// Runs `classsr-train` with `args`: (success, stderr).
+fn train_cmd(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_classsr-train"))
         .args(args)
         .output()
-        .expect("classsr-train runs")
+        .expect("classsr-train runs");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
 }
 
 fn csv_rows(path: &Path) -> Vec<Vec<String>> {
@@ -219,9 +221,8 @@ fn short_run_learns_uses_all_classes_exports_and_protects_the_model() {
     ]);
     let mut args = vec!["all"];
     args.extend_from_slice(&common);
-    let r = train_cmd(&args);
-    let log = String::from_utf8_lossy(&r.stderr).to_string();
-    assert!(r.status.success(), "{log}");
+    let (ok, log) = train_cmd(&args);
+    assert!(ok, "{log}");
     assert!(
         log.contains("skipping") && log.contains("corrupt.jpg"),
         "corrupt images are skipped with a warning: {log}"
@@ -273,18 +274,16 @@ fn short_run_learns_uses_all_classes_exports_and_protects_the_model() {
     // Never overwritten without --force.
     let mut args = vec!["export"];
     args.extend_from_slice(&common);
-    let r = train_cmd(&args);
-    assert!(!r.status.success());
-    assert!(String::from_utf8_lossy(&r.stderr).contains("--force"));
+    let (ok, log) = train_cmd(&args);
+    assert!(!ok && log.contains("--force"), "{log}");
     args.push("--force");
-    assert!(train_cmd(&args).status.success());
+    assert!(train_cmd(&args).0);
 
     // Export with a compute budget: the routing offset is folded into the classifier, the
     // manifest records it and a QoS step for the element.
     args.extend(["--macs-budget", "70"]);
-    let r = train_cmd(&args);
-    let log = String::from_utf8_lossy(&r.stderr).to_string();
-    assert!(r.status.success(), "{log}");
+    let (ok, log) = train_cmd(&args);
+    assert!(ok, "{log}");
     assert!(log.contains("calibrate: routing offset"), "{log}");
     let m = gstclasssr::manifest::ModelSet::load_dir(&out).unwrap().manifest;
     assert_eq!(m.classifier.arch, "ClassSR classifier (width 32)");
@@ -307,9 +306,8 @@ fn short_run_learns_uses_all_classes_exports_and_protects_the_model() {
     let work = root.join("other.work").display().to_string();
     args.push(&work);
     args.extend_from_slice(&common);
-    let r = train_cmd(&args);
-    let log = String::from_utf8_lossy(&r.stderr).to_string();
-    assert!(!r.status.success());
+    let (ok, log) = train_cmd(&args);
+    assert!(!ok);
     assert!(
         log.contains("--init-from") && log.contains("its branch3 is known-answer") && log.contains("FSRCNN(d=56"),
         "{log}"
@@ -322,9 +320,8 @@ fn short_run_learns_uses_all_classes_exports_and_protects_the_model() {
     let mut args = vec!["stage1", "--init-from", &bare, "--work"];
     args.push(&work);
     args.extend_from_slice(&common);
-    let r = train_cmd(&args);
-    let log = String::from_utf8_lossy(&r.stderr).to_string();
-    assert!(!r.status.success());
+    let (ok, log) = train_cmd(&args);
+    assert!(!ok);
     assert!(
         log.contains("--init-from") && log.contains("branch3.onnx") && log.contains("head.weight"),
         "{log}"
@@ -373,9 +370,8 @@ fn killed_training_resumes_where_it_stopped() {
     assert!(!work.join("original.done.ckpt").exists(), "killed before finishing");
 
     // Without --resume it refuses to silently start over.
-    let r = train_cmd(&args);
-    assert!(!r.status.success());
-    assert!(String::from_utf8_lossy(&r.stderr).contains("--resume"));
+    let (ok, log) = train_cmd(&args);
+    assert!(!ok && log.contains("--resume"), "{log}");
 
     // Resuming with other options (batch size, iterations) would mix two runs: refused.
     for (k, v) in [("--batch", "4"), ("--iters", "200")] {
@@ -383,21 +379,16 @@ fn killed_training_resumes_where_it_stopped() {
         let at = other.iter().position(|a| *a == k).unwrap();
         other[at + 1] = v;
         other.push("--resume");
-        let r = train_cmd(&other);
-        let log = String::from_utf8_lossy(&r.stderr).to_string();
-        assert!(
-            !r.status.success() && log.contains("interrupted in a run with other options"),
-            "{log}"
-        );
+        let (ok, log) = train_cmd(&other);
+        assert!(!ok && log.contains("interrupted in a run with other options"), "{log}");
         assert!(ckpt.exists());
     }
 
     // How the step started (here --seed) does not matter once it has: accepted.
     let mut resumed = args.to_vec();
     resumed.extend_from_slice(&["--resume", "--seed", "9"]);
-    let r = train_cmd(&resumed);
-    let log = String::from_utf8_lossy(&r.stderr).to_string();
-    assert!(r.status.success(), "{log}");
+    let (ok, log) = train_cmd(&resumed);
+    assert!(ok, "{log}");
     let at: usize = log
         .split("resuming at iteration ")
         .nth(1)
@@ -424,8 +415,8 @@ fn killed_training_resumes_where_it_stopped() {
         next[0] = stage;
         let at = next.iter().position(|a| *a == "--iters").unwrap();
         next[at + 1] = "10";
-        let r = train_cmd(&next);
-        assert!(r.status.success(), "{stage}: {}", String::from_utf8_lossy(&r.stderr));
+        let (ok, log) = train_cmd(&next);
+        assert!(ok, "{stage}: {log}");
     }
     let set = gstclasssr::manifest::ModelSet::load_dir(Path::new(&out)).unwrap();
     assert_eq!(set.manifest.provenance.kind, "trained");
@@ -435,9 +426,8 @@ fn killed_training_resumes_where_it_stopped() {
     let at = longer.iter().position(|a| *a == "--iters").unwrap();
     longer[at + 1] = "300";
     longer.push("--resume");
-    let r = train_cmd(&longer);
-    let log = String::from_utf8_lossy(&r.stderr).to_string();
-    assert!(r.status.success(), "{log}");
+    let (ok, log) = train_cmd(&longer);
+    assert!(ok, "{log}");
     assert!(
         log.contains("original: finished earlier after 150 iterations") && log.contains("--force trains it again"),
         "{log}"
@@ -545,8 +535,7 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
             args.extend_from_slice(&["--iters-original", "2"]);
         }
         args.extend_from_slice(extra);
-        let r = train_cmd(&args);
-        (r.status.success(), String::from_utf8_lossy(&r.stderr).to_string())
+        train_cmd(&args)
     };
     // Images too small for three sub-images each: a clear error, not a panic.
     let (ok, log) = run("stage1", &small, &["--work", root.join("small.work").to_str().unwrap()]);

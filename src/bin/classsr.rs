@@ -433,7 +433,7 @@ fn upscale(a: &Args) -> Result<String, String> {
 }
 
 /// A subcommand: its work on parsed arguments, giving the line to print.
-type Command = fn(&Args) -> Result<String, String>;
+type Subcommand = fn(&Args) -> Result<String, String>;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -442,7 +442,7 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         ExitCode::from(2)
     };
-    let (cmd, run): (&str, Command) = match args.first().map(String::as_str) {
+    let (cmd, run): (&str, Subcommand) = match args.first().map(String::as_str) {
         Some("upscale" | "eval") if args[1..].iter().any(|a| a == "-h" || a == "--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

@@ -183,9 +183,9 @@ fn load_branches<'g>(
 
 impl Model {
     /// Creates the four sessions and checks them against the manifest. With `auto`, a model
-    /// that CUDA cannot load (its provider registered, but a graph's session fails there) is
-    /// loaded on the CPU, the reason kept as [`Model::fallback`]; a graph the CPU cannot load
-    /// either is reported as such.
+    /// that CUDA cannot load (no provider, or a graph's session fails there) is loaded on the
+    /// CPU, the reason kept as [`Model::fallback`]; a graph the CPU cannot load either is
+    /// reported as such.
     pub fn load(set: &ModelSet, cfg: &SessionConfig) -> Result<Model, Error> {
         match Self::load_on(set, cfg) {
             Err(e) if cfg.device == runtime::DeviceRequest::Auto => {
@@ -194,7 +194,7 @@ impl Model {
                     ..*cfg
                 };
                 let mut model = Self::load_on(set, &cpu)?;
-                model.fallback = Some(format!("CUDA could not load the model: {e}"));
+                model.fallback = Some(e.to_string());
                 Ok(model)
             }
             loaded => loaded,
@@ -206,13 +206,14 @@ impl Model {
         m.validate()?;
         let what = |file: &str| format!("{} ({})", file, set.origin);
         // On the CPU the classifier runs alone (before the branches), on all the workers' cores.
-        let (mut classifier, device, fallback) = runtime::session_as_is(
+        let (mut classifier, device) = runtime::session_as_is(
             &runtime::rewritten(&set.classifier, cfg.device),
             &what(&m.classifier.file),
             cfg,
             cfg.cpu_workers(),
         )?;
-        // Once auto has settled on a device, the branches use the same one.
+        // With auto, the classifier made it on CUDA (else `load` retries on the CPU): the
+        // branches go there too.
         let cfg = SessionConfig {
             device: match device {
                 ActiveDevice::Cpu => runtime::DeviceRequest::Cpu,
@@ -279,7 +280,7 @@ impl Model {
             phases,
             fixed_tile: (classifier_fixed || branches_fixed).then_some(t),
             device,
-            fallback,
+            fallback: None,
             config: cfg,
             origin: set.origin.clone(),
         })

@@ -419,3 +419,69 @@ pub fn jpeg_with_orientation(img: &Rgba, orientation: u8) -> Vec<u8> {
 pub fn warnings(bus: &gst::Bus) -> Vec<String> {
     warnings_and_errors(bus).0
 }
+
+/// `graph` (a branch: one NCHW input) made to fail at run time on more than two tiles, as a
+/// graph with a batch baked into its operators does: its input goes through Add with a
+/// constant of batch 2 (which broadcasts only from a batch of 1 or 2) and is sliced back to
+/// the input's batch. It passes the load-time checks (any declared batch, a dry run on two
+/// tiles) and fails half-way through a frame.
+pub fn fails_above_two_tiles(graph: &[u8]) -> Vec<u8> {
+    use gstclasssr::onnx::proto::attribute_proto::AttributeType;
+    use gstclasssr::onnx::proto::{tensor_proto::DataType, AttributeProto, ModelProto, NodeProto, TensorProto};
+    use prost::Message;
+    let mut model = ModelProto::decode(graph).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let input = graph.input[0].name.clone().unwrap();
+    for node in &mut graph.node {
+        for i in node.input.iter_mut().filter(|i| **i == input) {
+            *i = "lr.sliced".into();
+        }
+    }
+    graph.initializer.push(TensorProto {
+        name: Some("zeros.batch2".into()),
+        dims: vec![2, 1, 1, 1],
+        data_type: Some(DataType::Float as i32),
+        float_data: vec![0.0; 2],
+        ..Default::default()
+    });
+    graph.initializer.push(TensorProto {
+        name: Some("zero".into()),
+        dims: vec![1],
+        data_type: Some(DataType::Int64 as i32),
+        int64_data: vec![0],
+        ..Default::default()
+    });
+    let node = |op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>| NodeProto {
+        op_type: Some(op.into()),
+        name: Some(output.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
+    };
+    let int = |name: &str, v: i64| AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Int as i32),
+        i: Some(v),
+        ..Default::default()
+    };
+    let nodes = [
+        node("Add", &[&input, "zeros.batch2"], "lr.batch2", vec![]),
+        node("Shape", &[&input], "lr.batch", vec![int("start", 0), int("end", 1)]),
+        node("Slice", &["lr.batch2", "zero", "lr.batch", "zero"], "lr.sliced", vec![]),
+    ];
+    for (k, n) in nodes.into_iter().enumerate() {
+        graph.node.insert(k, n);
+    }
+    model.encode_to_vec()
+}
+
+/// A scratch copy (`name`) of the model directory `model`, to change without touching it.
+pub fn model_copy(model: &str, name: &str) -> ScratchDir {
+    let dir = ScratchDir::new(name);
+    for f in std::fs::read_dir(model).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    dir
+}
