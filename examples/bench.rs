@@ -6,7 +6,7 @@
 // Runs are alternated and the median of several repetitions is reported, with ratios from the
 // same run.
 //
-//   cargo run --release --example bench -- CLIP [--frames N] [--reps R] [--model DIR] [--photos DIR]
+//   cargo run --release --example bench -- CLIP [--frames N] [--reps R] [--model DIR] [--photos DIR] [--cache-only]
 
 use std::time::Instant;
 
@@ -17,6 +17,10 @@ struct Run {
     seconds: f64,
     /// Share of tiles whose HR output came from the cache (with stats=true).
     hit_share: f64,
+    /// Share of tiles recomputed only in their changed part (with stats=true).
+    partial_share: f64,
+    /// MACs spent against -O's on the same frames (with stats=true).
+    macs_share: f64,
     /// The element's processing time of each frame in ms (with stats=true).
     frame_ms: Vec<f64>,
 }
@@ -47,6 +51,7 @@ fn run(desc: &str, keep: bool) -> Result<Run, String> {
     let seconds = t0.elapsed().as_secs_f64();
     let bus = p.bus().ok_or("no bus")?;
     let (mut hits, mut tiles, mut err, mut frame_ms) = (0u64, 0u64, None, Vec::new());
+    let (mut partial, mut macs, mut original_macs) = (0u64, 0u64, 0u64);
     while let Some(m) = bus.pop() {
         match m.view() {
             gst::MessageView::Error(e) => err = Some(e.error().to_string()),
@@ -54,6 +59,9 @@ fn run(desc: &str, keep: bool) -> Result<Run, String> {
                 if let Some(st) = m.structure().filter(|s| s.name() == "classsr-stats") {
                     hits += st.get::<u32>("full-cache-hits").unwrap_or(0) as u64;
                     tiles += st.get::<u32>("tiles").unwrap_or(0) as u64;
+                    partial += st.get::<u32>("partial-tiles").unwrap_or(0) as u64;
+                    macs += st.get::<u64>("macs").unwrap_or(0);
+                    original_macs += st.get::<u64>("original-macs").unwrap_or(0);
                     frame_ms.push(st.get::<u64>("processing-time").unwrap_or(0) as f64 / 1e6);
                 }
             }
@@ -67,11 +75,13 @@ fn run(desc: &str, keep: bool) -> Result<Run, String> {
     if !keep {
         frames = vec![Vec::new(); n];
     }
-    let hit_share = if tiles == 0 { 0.0 } else { hits as f64 / tiles as f64 };
+    let share = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     Ok(Run {
         frames,
         seconds,
-        hit_share,
+        hit_share: share(hits, tiles),
+        partial_share: share(partial, tiles),
+        macs_share: share(macs, original_macs),
         frame_ms,
     })
 }
@@ -117,7 +127,7 @@ fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let clip = args
         .first()
-        .ok_or("usage: bench CLIP [--frames N] [--reps R] [--model DIR] [--photos DIR]")?
+        .ok_or("usage: bench CLIP [--frames N] [--reps R] [--model DIR] [--photos DIR] [--cache-only]")?
         .clone();
     let opt = |name: &str, default: &str| -> String {
         args.iter()
@@ -129,6 +139,7 @@ fn main() -> Result<(), String> {
     let photos = opt("--photos", "");
     let reps: usize = opt("--reps", "3").parse().map_err(|_| "--reps")?;
     let model = opt("--model", "");
+    let cache_only = args.iter().any(|a| a == "--cache-only");
     gst::init().map_err(|e| e.to_string())?;
     gstclasssr::plugin_register_static().map_err(|e| e.to_string())?;
     let model_prop = if model.is_empty() {
@@ -183,13 +194,14 @@ fn main() -> Result<(), String> {
     };
 
     println!("## Per-tile cache on a static-camera clip\n");
-    println!("`{clip}` decoded and scaled once to raw RGB (192x144: output 768x576, the issue's size; 384x288: output 1536x1152), first {frames} frames, {reps} alternated timed runs per setting, median fps; PSNR of each setting's frames against cache=off, and the hits, from one more run before them (which keeps the frames and posts stats, so it is not timed); the element's processing time per frame (its `processing-time` stat: median, 95th percentile and slowest of the frames after the first, which computes every tile whatever the cache) from another untimed run that posts stats only. The cache's default threshold is 1; the higher thresholds trade PSNR for reuse (the reuse saturates: the tiles the walkers cross change for real). The default `cache-refresh=30` recomputes 1/30 of the tiles each frame (staggered), not every tile every 30th frame.\n");
-    println!("| input | cache | fps (median) | x cache=off | full-cache hits | PSNR vs off (dB) | frame ms: median / p95 / slowest |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("`{clip}` decoded and scaled once to raw RGB (192x144: output 768x576, the issue's size; 384x288: output 1536x1152), first {frames} frames, {reps} alternated timed runs per setting, median fps; PSNR of each setting's frames against cache=off, and the hits, from one more run before them (which keeps the frames and posts stats, so it is not timed); the element's processing time per frame (its `processing-time` stat: median, 95th percentile and slowest of the frames after the first, which computes every tile whatever the cache) from another untimed run that posts stats only. Recomputed in part: the share of tiles whose branch ran only around their changed 8x8 blocks (cache=full with a threshold above 0), the rest of their output kept; MACs % of -O: the MACs spent (classifier and branches) against those of the -O model on every tile of the same frames. The cache's default threshold is 1; the higher thresholds trade PSNR for reuse: a reused block may differ from the frame by up to the threshold (on this clip mostly compression noise, which cache=off follows frame by frame). The default `cache-refresh=30` recomputes 1/30 of the tiles each frame (staggered), not every tile every 30th frame.\n");
+    println!("| input | cache | fps (median) | x cache=off | full-cache hits | recomputed in part | MACs % of -O | PSNR vs off (dB) | frame ms: median / p95 / slowest |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let settings = [
         ("off", ""),
         ("class", ""),
         ("full", ""),
+        ("full", "cache-threshold=1.5"),
         ("full", "cache-threshold=2"),
         ("full", "cache-threshold=4"),
         ("full", "cache-threshold=8"),
@@ -197,7 +209,7 @@ fn main() -> Result<(), String> {
     for (w, h) in CLIP_SIZES {
         let mut times: Vec<Vec<f64>> = vec![Vec::new(); settings.len()];
         let mut outputs: Vec<Vec<Vec<u8>>> = vec![Vec::new(); settings.len()];
-        let mut hits = vec![0f64; settings.len()];
+        let mut hits = vec![(0f64, 0f64, 0f64); settings.len()];
         let mut frame_ms: Vec<Vec<f64>> = vec![Vec::new(); settings.len()];
         // run 0 keeps the frames (for PSNR) and posts stats (for the hits), run 1 posts stats
         // only (for the element's time per frame, without run 0's copying beside it): neither
@@ -212,7 +224,7 @@ fn main() -> Result<(), String> {
                 let out = run(&desc, r == 0)?;
                 if r == 0 {
                     outputs[k] = out.frames;
-                    hits[k] = out.hit_share;
+                    hits[k] = (out.hit_share, out.partial_share, out.macs_share);
                 } else if r == 1 {
                     frame_ms[k] = out.frame_ms;
                 } else {
@@ -242,12 +254,18 @@ fn main() -> Result<(), String> {
             let p95 = later[(later.len() * 95 / 100).min(later.len() - 1)];
             let slowest = later[later.len() - 1];
             println!(
-                "| {w}x{h} | {name} | {fps:.1} | {:.2} | {:.0}% | {p} | {:.1} / {p95:.1} / {slowest:.1} |",
+                "| {w}x{h} | {name} | {fps:.1} | {:.2} | {:.0}% | {:.0}% | {:.1} | {p} | {:.1} / {p95:.1} / {slowest:.1} |",
                 fps / base,
-                100.0 * hits[k],
+                100.0 * hits[k].0,
+                100.0 * hits[k].1,
+                100.0 * hits[k].2,
                 median(frame_ms[k].clone())
             );
         }
+    }
+    if cache_only {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(());
     }
     let set = gstclasssr::manifest::ModelSet::load(&model).map_err(|e| e.to_string())?;
     // the any-time knob three QoS steps towards the cheaper branches (see the bias table)

@@ -423,6 +423,7 @@ fn full_cache_against_off(frames: &[(&Rgba, FrameConfig)]) -> Vec<gstclasssr::en
         };
         let (got, st) = run_engine(&mut full, img, &fcfg);
         assert!(got == want, "frame {frame}: cache=full differs from cache=off: {st:?}");
+        assert_eq!(st.partial_tiles, 0, "threshold 0 recomputes whole tiles only");
         stats.push(st);
     }
     stats
@@ -433,18 +434,7 @@ fn full_cache_updates_only_changed_tiles_and_stays_exact() {
     // A patch moving across a still picture: with cache=full each frame equals cache=off's
     // byte for byte, though only the tiles the patch touches are recomputed and repacked over
     // the previous output.
-    let base = picture(200, 120, 9);
-    let pictures: Vec<Rgba> = (0..6)
-        .map(|frame| {
-            let mut img = base.clone();
-            for y in 40..52 {
-                for x in 20 + 25 * frame..32 + 25 * frame {
-                    img.px[y * img.width + x] = [250, 20, 40, 255];
-                }
-            }
-            img
-        })
-        .collect();
+    let pictures = moving_patch();
     let frames: Vec<_> = pictures.iter().map(|p| (p, FrameConfig::default())).collect();
     for (frame, st) in full_cache_against_off(&frames).iter().enumerate().skip(1) {
         let n = st.tiles.iter().sum::<usize>();
@@ -454,6 +444,96 @@ fn full_cache_updates_only_changed_tiles_and_stays_exact() {
             st.full_cache_hits
         );
     }
+}
+
+/// A 12x12 patch moving across a still 200x120 picture, 6 frames.
+fn moving_patch() -> Vec<Rgba> {
+    let base = picture(200, 120, 9);
+    (0..6)
+        .map(|frame| {
+            let mut img = base.clone();
+            for y in 40..52 {
+                for x in 20 + 25 * frame..32 + 25 * frame {
+                    img.px[y * img.width + x] = [250, 20, 40, 255];
+                }
+            }
+            img
+        })
+        .collect()
+}
+
+#[test]
+fn a_small_change_reruns_only_its_part_of_the_tile() {
+    // The moving patch with cache=full and a threshold: the tiles it touches are recomputed
+    // only around their changed blocks, for fewer MACs than whole tiles (threshold 0 runs the
+    // same tiles whole), and the frames stay within 45 dB of cache=off's; the parts are pasted
+    // where the patch is, not elsewhere.
+    let set = ModelSet::embedded();
+    let model = Model::load(&set, &CPU).unwrap();
+    assert!(model.crops, "the embedded branches are local enough for crops");
+    let mut off = Engine::new(model);
+    let mut whole = Engine::new(Model::load(&set, &CPU).unwrap());
+    let mut part = Engine::new(Model::load(&set, &CPU).unwrap());
+    let cfg = |threshold| FrameConfig {
+        cache: CacheMode::Full,
+        cache_threshold: threshold,
+        cache_refresh: 0,
+        ..FrameConfig::default()
+    };
+    let mut partial = 0;
+    for (frame, img) in moving_patch().iter().enumerate() {
+        let (want, _) = run_engine(&mut off, img, &FrameConfig::default());
+        let (_, w) = run_engine(&mut whole, img, &cfg(0.0));
+        let (got, p) = run_engine(&mut part, img, &cfg(2.0));
+        let quality = psnr(&got, &want);
+        assert!(quality >= 45.0, "frame {frame}: {quality:.2} dB against cache=off");
+        if frame == 0 {
+            assert_eq!(p.partial_tiles, 0, "nothing is cached yet");
+            continue;
+        }
+        assert_eq!(
+            p.full_cache_hits, w.full_cache_hits,
+            "frame {frame}: the same tiles change"
+        );
+        assert!(
+            p.macs < w.macs,
+            "frame {frame}: {} MACs in part, {} whole",
+            p.macs,
+            w.macs
+        );
+        partial += p.partial_tiles;
+        // where the patch now is, the output is the new one (red), not the cached picture
+        let (x, y) = (4 * (26 + 25 * frame), 4 * 46);
+        let px = got.px[y * got.width + x];
+        assert!(px[0] > 200 && px[1] < 80, "frame {frame}: {px:?} at the patch");
+    }
+    assert!(partial > 0, "some tiles are recomputed in part");
+}
+
+#[test]
+fn a_branch_that_looks_at_the_whole_tile_is_never_run_on_parts() {
+    // A branch whose output depends on the whole tile (its mean) fails the load-time probe:
+    // cache=full then recomputes whole tiles, whatever the threshold.
+    let mut set = ModelSet::embedded();
+    set.branches[1] = looks_at_the_whole_tile(&set.branches[1]);
+    let model = Model::load(&set, &CPU).unwrap();
+    assert!(!model.crops);
+    let mut engine = Engine::new(model);
+    let cfg = FrameConfig {
+        cache: CacheMode::Full,
+        cache_threshold: 2.0,
+        cache_refresh: 0,
+        ..FrameConfig::default()
+    };
+    for img in moving_patch() {
+        let (_, st) = run_engine(&mut engine, &img, &cfg);
+        assert_eq!(st.partial_tiles, 0);
+    }
+    let ka = ModelSet::load(KA).unwrap();
+    assert!(
+        Model::load(&ka, &CPU).unwrap().crops,
+        "the known-answer branches are local"
+    );
 }
 
 #[test]

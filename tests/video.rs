@@ -115,7 +115,7 @@ fn moving_ball_full_cache_matches_cache_off_frame_by_frame() {
 fn a_small_change_inside_a_static_tile_is_recomputed() {
     // An 8x8 patch (a person stepping into a corner of a tile) moves the tile-wide mean absolute
     // difference by < 1 level, but the default threshold compares 8x8 blocks, so the tiles that
-    // hold it are recomputed and their output equals cache=off's.
+    // hold it are recomputed (around the patch only) and their output is cache=off's.
     let (w, h) = (160, 96);
     let a = picture(w, h, 5);
     let mut b = a.clone();
@@ -143,22 +143,21 @@ fn a_small_change_inside_a_static_tile_is_recomputed() {
         }
     }
     // The whole frame, not only the patch: the reused tiles are bit-identical in `a` and `b`
-    // and the fixed-point merge is order-free, so every HR pixel equals cache=off's.
-    if let Some(i) = (0..got.px.len()).find(|&i| got.px[i] != want.px[i]) {
-        panic!(
-            "HR pixel ({}, {}) differs from cache=off: {:?} vs {:?}",
-            i % (4 * w),
-            i / (4 * w),
-            got.px[i],
-            want.px[i]
-        );
-    }
+    // and the fixed-point merge is order-free, so their pixels equal cache=off's; the parts
+    // recomputed around the patch (4 pixels of margin and 4 more of context, where a whole
+    // tile has up to 12) may round the other way.
+    assert!(
+        max_diff(&got, &want, false) <= 1,
+        "{} levels off",
+        max_diff(&got, &want, false)
+    );
     let st = stats(&bus);
     let hits = u(&st[1], "full-cache-hits");
     assert!(
         hits > 0 && hits < u(&st[1], "tiles"),
         "only the changed tiles rerun: {hits}"
     );
+    assert!(u(&st[1], "partial-tiles") > 0, "{:?}", st[1]);
 }
 
 #[test]
@@ -403,7 +402,32 @@ fn stats_add_up() {
         }
         assert_eq!(u(st, "macs"), expect, "cache={cache}");
         assert_eq!(u(st, "original-macs"), m.branches[2].macs_per_tile * n);
+        assert_eq!(u(st, "partial-tiles"), 0, "cache={cache}");
     }
+
+    // A small change with a threshold (in the noisy zone, so that its tiles keep their class):
+    // the tiles it touches are recomputed in part, for more than their classifier runs and less
+    // than their whole tiles would cost even on the dearest branch.
+    let (mut h, bus) = element(&[("cache", "full"), ("cache-refresh", "0"), ("cache-threshold", "2")]);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 150, 90));
+    push(&mut h, &img);
+    let mut changed = img.clone();
+    for y in 40..44 {
+        for x in 120..124 {
+            changed.px[y * img.width + x] = [255, 0, 255, 255];
+        }
+    }
+    push(&mut h, &changed);
+    let st = &stats(&bus)[1];
+    let (hits, partial) = (u(st, "full-cache-hits"), u(st, "partial-tiles"));
+    let fresh = n - hits;
+    assert!(partial >= 1 && partial <= fresh && fresh <= 4, "{st:?}");
+    let classifier = m.classifier.macs_per_tile * fresh;
+    let whole = m.branches[2].macs_per_tile * fresh;
+    assert!(
+        u(st, "macs") > classifier && u(st, "macs") < classifier + whole,
+        "{st:?}"
+    );
 }
 
 #[test]

@@ -353,7 +353,7 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("cache", ClassSrCache::default())
                     .nick("Cache")
-                    .blurb("Per-tile cache across frames: off, class (unchanged tiles keep their class and skip the classifier) or full (they also keep their HR output and skip their branch)")
+                    .blurb("Per-tile cache across frames: off, class (unchanged tiles keep their class and skip the classifier) or full (they also keep their HR output and skip their branch; with a threshold above 0, a tile changed in a few 8x8 blocks reruns its branch only around them)")
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecFloat::builder("cache-threshold")
@@ -673,6 +673,7 @@ impl ClassSr {
             .field("tiles-class3", st.tiles[2] as u32)
             .field("class-cache-hits", st.class_cache_hits as u32)
             .field("full-cache-hits", st.full_cache_hits as u32)
+            .field("partial-tiles", st.partial_tiles as u32)
             .field("macs", st.macs)
             .field("original-macs", st.original_macs)
             .field("runs", st.runs as u32)

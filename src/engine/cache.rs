@@ -25,6 +25,8 @@ impl CacheMode {
     }
 }
 
+pub use super::crop::Rect;
+
 /// Side of the blocks compared by [`TileCache::unchanged`]: small enough that a person
 /// entering a corner of a tile changes at least one block by much more than noise does.
 pub const BLOCK: usize = 8;
@@ -109,12 +111,20 @@ impl TileCache {
     /// rather than the whole tile keeps a small change (a hand, a face entering a corner) from
     /// being averaged away by an otherwise static tile.
     pub fn unchanged(&self, i: usize, tile: &[f32], threshold: f32) -> bool {
-        if !self.valid[i] {
-            return false;
-        }
+        self.changed_blocks(i, tile, threshold).is_none()
+    }
+
+    /// The blocks of tile `i` that changed (see [`TileCache::unchanged`]): `None` when none
+    /// did, else the rectangle (in tile pixels, block-aligned) that holds every changed block;
+    /// the whole tile when nothing is cached for it.
+    pub fn changed_blocks(&self, i: usize, tile: &[f32], threshold: f32) -> Option<Rect> {
         let t = self.tile;
+        if !self.valid[i] {
+            return Some(Rect::whole(t));
+        }
         let plane = t * t;
         let r = &self.reference[i * self.item..(i + 1) * self.item];
+        let mut changed: Option<Rect> = None;
         for by in (0..t).step_by(BLOCK) {
             let rows = by..(by + BLOCK).min(t);
             for bx in (0..t).step_by(BLOCK) {
@@ -132,11 +142,17 @@ impl TileCache {
                 }
                 let n = (3 * rows.len() * cols.len()) as f32;
                 if sad != 0.0 && sad >= threshold * n {
-                    return false;
+                    let block = Rect {
+                        y0: rows.start,
+                        y1: rows.end,
+                        x0: cols.start,
+                        x1: cols.end,
+                    };
+                    changed = Some(changed.map_or(block, |c| c.union(&block)));
                 }
             }
         }
-        true
+        changed
     }
 
     /// Records a freshly computed tile, its class and (modes that route) its logits.
@@ -146,6 +162,23 @@ impl TileCache {
         self.logits[i] = logits.unwrap_or_default();
         self.valid[i] = true;
         self.hr_valid[i] = false;
+    }
+
+    /// Records that only `region` of tile `i` was recomputed (its cached output patched there,
+    /// its class unchanged): the reference takes the new pixels of that region only, so a slow
+    /// change elsewhere in the tile still adds up against the pixels its output came from.
+    pub fn store_region(&mut self, i: usize, tile: &[f32], region: &Rect, logits: Option<[f32; 3]>) {
+        let t = self.tile;
+        let r = &mut self.reference[i * self.item..(i + 1) * self.item];
+        for c in 0..3 {
+            for y in region.y0..region.y1 {
+                let at = (c * t + y) * t;
+                r[at + region.x0..at + region.x1].copy_from_slice(&tile[at + region.x0..at + region.x1]);
+            }
+        }
+        if let Some(l) = logits {
+            self.logits[i] = l;
+        }
     }
 
     /// The logits stored with tile `i`.

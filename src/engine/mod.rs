@@ -5,6 +5,7 @@
 
 pub mod accumulate;
 pub mod cache;
+pub mod crop;
 pub mod frame_graphs;
 pub mod model;
 pub mod pixels;
@@ -27,6 +28,7 @@ use crate::runtime::ActiveDevice;
 use crate::Error;
 use accumulate::{merge_tile, replace_tile, tile_region, TileFx, FX_ONE};
 use cache::TileCache;
+use crop::Crop;
 use resample::Upsampler;
 pub use share::batch_calls;
 use share::{share_out, Share, TileCosts};
@@ -168,6 +170,9 @@ pub struct FrameStats {
     pub class_cache_hits: usize,
     /// Tiles whose HR output came from the cache (no branch run).
     pub full_cache_hits: usize,
+    /// Tiles whose branch ran only on their changed part, pasted into their cached output
+    /// (cache=full; counted as recomputed, not as hits).
+    pub partial_tiles: usize,
     pub seconds: f64,
 }
 
@@ -197,6 +202,8 @@ struct Work {
     class_of: Vec<u8>,
     /// Tiles recomputed this frame (the others come from the cache).
     fresh: Vec<bool>,
+    /// Of those, the ones recomputed only in part (cache=full), and which part.
+    crops: Vec<Option<Crop>>,
     fresh_ids: Vec<u32>,
     fresh_tiles: Vec<f32>,
     logits: Vec<f32>,
@@ -225,6 +232,7 @@ impl Work {
             staging: Vec::new(),
             class_of: vec![0; grid.len()],
             fresh: vec![true; grid.len()],
+            crops: vec![None; grid.len()],
             fresh_ids: Vec::new(),
             fresh_tiles: Vec::new(),
             logits: Vec::new(),
@@ -324,6 +332,10 @@ fn merge_new(
     }
 }
 
+/// One worker's part of a frame: whole tiles by class, and tiles recomputed in part (tile id,
+/// class).
+type Plan<'g> = (Share<'g>, Vec<(u32, usize)>);
+
 /// A frame's branch runs shared out between tile workers: what each worker needs to run its
 /// share and merge the outputs (under a lock; fixed-point merging makes the order irrelevant).
 struct Job<'a> {
@@ -340,13 +352,26 @@ struct Job<'a> {
     keep: bool,
     /// Take each tile's previous output out of the accumulator first.
     incremental: bool,
+    /// Per tile, the part to recompute when not the whole tile.
+    crops: &'a [Option<Crop>],
 }
 
 impl Job<'_> {
-    /// Runs a worker's share, each class's tiles on its session of that class (`sessions`).
-    fn run_share(&self, sessions: [&mut Session; 3], buf: &mut Vec<f32>, share: &Share) -> Result<usize, Error> {
-        let mut sessions = sessions.map(Some);
+    /// Runs a worker's share, each class's tiles on its session of that class (`sessions`),
+    /// then its partial recomputes (`parts`: tile ids and classes).
+    fn run_share(
+        &self,
+        sessions: [&mut Session; 3],
+        buf: &mut Vec<f32>,
+        (share, parts): &Plan,
+    ) -> Result<usize, Error> {
         let mut runs = 0;
+        let mut patched = Vec::new();
+        for &(i, class) in parts {
+            self.run_crop(&mut *sessions[class], class, buf, &mut patched, i as usize)?;
+            runs += 1;
+        }
+        let mut sessions = sessions.map(Some);
         for &(class, part) in share {
             let session = sessions[class].as_deref_mut().expect("one session per class");
             let started = Instant::now();
@@ -359,6 +384,48 @@ impl Job<'_> {
             timing[class].1 += part.len();
         }
         Ok(runs)
+    }
+
+    /// Runs tile `i`'s branch (`class`) on its crop and merges the tile's cached output with
+    /// the crop's part pasted in (it replaces the previous one, and is kept).
+    fn run_crop(
+        &self,
+        session: &mut Session,
+        class: usize,
+        buf: &mut Vec<f32>,
+        patched: &mut Vec<f32>,
+        i: usize,
+    ) -> Result<(), Error> {
+        let crop = self.crops[i].expect("a tile with a crop");
+        let t = self.grid.tile;
+        let item = 3 * t * t;
+        let (h, w) = (crop.input.height(), crop.input.width());
+        buf.resize(buf.len().max(3 * h * w), 0.0);
+        crop.stage(&self.tiles[i * item..(i + 1) * item], t, &mut buf[..3 * h * w]);
+        let scale = self.grid.scale;
+        let what = &format!("branch{}", class + 1);
+        model::run_with(
+            session,
+            self.outputs[class],
+            &buf[..3 * h * w],
+            (1, h, w),
+            what,
+            |shape, data| {
+                let want = model::branch_output_shape(1, (h, w), scale, self.fx.phases);
+                if shape != want {
+                    return Err(Error::Model(format!(
+                    "{what} returned shape {shape:?} for a {w}x{h} part of a tile; the manifest (scale {scale}) needs {want:?}"
+                )));
+                }
+                let mut guard = self.merge.lock().unwrap_or_else(|e| e.into_inner());
+                let (fx, cache) = &mut *guard;
+                patched.clear();
+                patched.extend_from_slice(cache.hr_of(i));
+                crop.paste(data, t, scale, self.fx.phases, patched);
+                merge_new(self.grid, fx, cache, i, patched, self.fx, self.incremental, Some(true));
+                Ok(())
+            },
+        )
     }
 
     /// Runs `part` (tile ids of `class`) on `session` in batches, staging the tiles in `buf`.
@@ -387,10 +454,10 @@ impl Job<'_> {
                 session,
                 self.outputs[class],
                 &buf[..chunk.len() * item],
-                (chunk.len(), t),
+                (chunk.len(), t, t),
                 what,
                 |shape, data| {
-                    let want = model::branch_output_shape(chunk.len(), t, scale, self.fx.phases);
+                    let want = model::branch_output_shape(chunk.len(), (t, t), scale, self.fx.phases);
                     if shape != want || data.len() != chunk.len() * out_item {
                         return Err(Error::Model(format!(
                             "{what} returned shape {shape:?} for {} tiles of {t}x{t}; the manifest (scale {scale}) needs {want:?}",
@@ -546,7 +613,10 @@ impl Engine {
         }
         if cfg.mode != Mode::Bicubic {
             let threshold = cfg.cache_threshold * (hi - lo) / 255.0;
-            Self::find_fresh(work, cfg, threshold);
+            // Parts of tiles are recomputed only when the model is local enough, and not in the
+            // exact mode (threshold 0: a whole-tile run is what cache=off gives).
+            let crops = networks && self.model.crops && cfg.cache == CacheMode::Full && threshold > 0.0;
+            Self::find_fresh(work, cfg, threshold, crops);
             self.classify(cfg, &mut stats, classifier_macs)?;
             let work = self.work.as_mut().expect("prepared");
             if cfg.mode == Mode::ClassMap {
@@ -571,11 +641,18 @@ impl Engine {
                     branch[0] = false;
                     Self::bicubic_tiles(work, 0, m, full, incremental);
                 }
+                let tt = (work.grid.tile * work.grid.tile) as u64;
                 for (class, cost) in costs.iter().enumerate() {
                     if branch[class] {
-                        stats.macs += cost * work.groups[class].len() as u64;
+                        for &i in &work.groups[class] {
+                            stats.macs += match work.crops[i as usize] {
+                                Some(c) => cost * c.input.area() as u64 / tt,
+                                None => *cost,
+                            };
+                        }
                     }
                 }
+                stats.partial_tiles = work.crops.iter().filter(|c| c.is_some()).count();
                 stats.runs += Self::run_branches(&mut self.model, work, branch, &mut self.costs, cfg, m, incremental)?;
                 if full {
                     stats.full_cache_hits = n - work.groups.iter().map(|g| g.len()).sum::<usize>();
@@ -649,8 +726,10 @@ impl Engine {
         }
     }
 
-    /// Gathers every tile and decides which must be recomputed (all, without the cache).
-    fn find_fresh(work: &mut Work, cfg: &FrameConfig, threshold: f32) {
+    /// Gathers every tile and decides which must be recomputed (all, without the cache), and
+    /// with `crops` which of those only in part: a tile with a cached output whose changed
+    /// blocks are few (see crop.rs).
+    fn find_fresh(work: &mut Work, cfg: &FrameConfig, threshold: f32, crops: bool) {
         let n = work.grid.len();
         let t = work.grid.tile;
         let item = 3 * t * t;
@@ -658,6 +737,7 @@ impl Engine {
         for i in 0..n {
             gather_tile(&work.grid, &work.lr, i, &mut work.all_tiles[i * item..(i + 1) * item]);
         }
+        work.crops.fill(None);
         if cfg.cache == CacheMode::Off {
             work.fresh.fill(true);
             return;
@@ -666,10 +746,17 @@ impl Engine {
             work.fx_complete = false;
         }
         for i in 0..n {
-            work.fresh[i] = work.cache.refresh_due(i, cfg.cache_refresh)
-                || !work
-                    .cache
-                    .unchanged(i, &work.all_tiles[i * item..(i + 1) * item], threshold);
+            if work.cache.refresh_due(i, cfg.cache_refresh) {
+                work.fresh[i] = true;
+                continue;
+            }
+            let changed = work
+                .cache
+                .changed_blocks(i, &work.all_tiles[i * item..(i + 1) * item], threshold);
+            work.fresh[i] = changed.is_some();
+            if crops && work.cache.has_hr(i) {
+                work.crops[i] = changed.and_then(|c| Crop::plan(c, t));
+            }
         }
     }
 
@@ -730,8 +817,17 @@ impl Engine {
             for (k, &i) in work.fresh_ids.iter().enumerate() {
                 let i = i as usize;
                 let logits = routed.then(|| [0, 1, 2].map(|c| work.logits[3 * k + c]));
-                work.cache
-                    .store(i, &work.all_tiles[i * item..(i + 1) * item], work.class_of[i], logits);
+                let tile = &work.all_tiles[i * item..(i + 1) * item];
+                // A part is recomputed only by the branch that made the rest of the tile's
+                // output (and not when QoS sends that class to bicubic).
+                let class = work.class_of[i];
+                if work.crops[i].is_some() && (class != work.cache.classes[i] || (cfg.class1_bicubic && class == 0)) {
+                    work.crops[i] = None;
+                }
+                match work.crops[i] {
+                    Some(crop) => work.cache.store_region(i, tile, &crop.keep, logits),
+                    None => work.cache.store(i, tile, class, logits),
+                }
             }
         }
         for g in &mut work.groups {
@@ -801,21 +897,48 @@ impl Engine {
             fx,
             cache,
             groups,
+            crops,
             ..
         } = work;
         let picked: [&[u32]; 3] = [0, 1, 2].map(|c| if classes[c] { &groups[c][..] } else { &[][..] });
+        // Whole tiles are batched and shared out by cost; the parts of tiles then go one by
+        // one to the worker with the least work so far.
+        let whole: [Vec<u32>; 3] = picked.map(|g| g.iter().copied().filter(|&i| crops[i as usize].is_none()).collect());
         let mut sessions: Vec<[&mut Session; 3]> = Vec::with_capacity(1 + model.workers.len());
         let [a, b, c] = &mut model.branches;
         sessions.push([a, b, c]);
         for [a, b, c] in model.workers.iter_mut() {
             sessions.push([a, b, c]);
         }
-        let shares = share_out(picked, costs.weights(), sessions.len());
-        if shares.is_empty() {
+        let weights = costs.weights();
+        let mut loads: Vec<(Plan, u64)> = share_out(whole.each_ref().map(|g| &g[..]), weights, sessions.len())
+            .into_iter()
+            .map(|share| {
+                let cost = share.iter().map(|(c, t)| weights[*c] * t.len() as u64).sum();
+                ((share, Vec::new()), cost)
+            })
+            .collect();
+        loads.resize_with(sessions.len(), Default::default);
+        let tt = (grid.tile * grid.tile) as u64;
+        for (class, group) in picked.iter().enumerate() {
+            for &i in group.iter() {
+                if let Some(c) = crops[i as usize] {
+                    let (plan, load) = loads.iter_mut().min_by_key(|(_, load)| *load).expect("a worker");
+                    plan.1.push((i, class));
+                    *load += weights[class] * c.input.area() as u64 / tt;
+                }
+            }
+        }
+        let plans: Vec<Plan> = loads
+            .into_iter()
+            .map(|(plan, _)| plan)
+            .filter(|(share, parts)| !share.is_empty() || !parts.is_empty())
+            .collect();
+        if plans.is_empty() {
             return Ok(0);
         }
-        if staging.len() < shares.len() {
-            staging.resize_with(shares.len(), Vec::new);
+        if staging.len() < plans.len() {
+            staging.resize_with(plans.len(), Vec::new);
         }
         let outputs = [0, 1, 2].map(|c| model.manifest.branches[c].output.as_str());
         let job = Job {
@@ -828,8 +951,9 @@ impl Engine {
             timing: Mutex::new([(0.0, 0); 3]),
             keep: cfg.cache == CacheMode::Full,
             incremental,
+            crops,
         };
-        let mut work_of = sessions.into_iter().zip(staging.iter_mut()).zip(&shares);
+        let mut work_of = sessions.into_iter().zip(staging.iter_mut()).zip(&plans);
         let ((first, buf), share) = work_of.next().expect("one share");
         let job_ref = &job;
         let runs = std::thread::scope(|s| {

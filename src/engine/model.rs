@@ -7,6 +7,7 @@ use std::borrow::Cow;
 use ort::session::Session;
 use ort::value::TensorRef;
 
+use super::crop;
 use crate::manifest::{Manifest, ModelSet};
 use crate::onnx::phase_output::phase_output;
 use crate::runtime::{self, ActiveDevice, SessionConfig};
@@ -26,6 +27,9 @@ pub struct Model {
     pub phases: bool,
     /// The tile size when a graph's input takes no other (its spatial axes are fixed).
     pub fixed_tile: Option<usize>,
+    /// Whether a branch may run on part of a tile (cache=full then recomputes only the changed
+    /// part of a tile): every branch's output on a probe crop agreed with its whole-tile run.
+    pub crops: bool,
     pub device: ActiveDevice,
     /// Why CUDA was not used, when `auto` fell back to CPU.
     pub fallback: Option<String>,
@@ -91,21 +95,21 @@ fn check_names(session: &Session, input: &str, output: &str, what: &str, tile: u
     Ok(fixed_tile)
 }
 
-/// Runs `session` on `n` NCHW tiles of side `t` and hands the named f32 output (shape, values)
+/// Runs `session` on `n` NCHW tiles of `h`×`w` and hands the named f32 output (shape, values)
 /// to `f`, borrowing ONNX Runtime's buffer (no copy). Run failures are runtime errors.
 pub(crate) fn run_with<R>(
     session: &mut Session,
     output: &str,
     data: &[f32],
-    (n, t): (usize, usize),
+    (n, h, w): (usize, usize, usize),
     what: &str,
     f: impl FnOnce(&[i64], &[f32]) -> Result<R, Error>,
 ) -> Result<R, Error> {
     let tensor =
-        TensorRef::from_array_view(([n, 3, t, t], data)).map_err(|e| Error::Runtime(format!("{what} input: {e}")))?;
+        TensorRef::from_array_view(([n, 3, h, w], data)).map_err(|e| Error::Runtime(format!("{what} input: {e}")))?;
     let outputs = session
         .run(ort::inputs![tensor])
-        .map_err(|e| Error::Runtime(format!("{what} failed on {n} tiles of {t}x{t}: {e}")))?;
+        .map_err(|e| Error::Runtime(format!("{what} failed on {n} tiles of {w}x{h}: {e}")))?;
     let value = outputs
         .get(output)
         .ok_or_else(|| Error::Model(format!("{what} has no output '{output}'")))?;
@@ -123,7 +127,7 @@ const DRY_RUN_TILES: usize = 2;
 /// cannot run is a model error.
 fn dry_run_shape(session: &mut Session, output: &str, lo: f32, t: usize, what: &str) -> Result<Vec<i64>, Error> {
     let zeros = vec![lo; DRY_RUN_TILES * 3 * t * t];
-    run_with(session, output, &zeros, (DRY_RUN_TILES, t), what, |shape, _| {
+    run_with(session, output, &zeros, (DRY_RUN_TILES, t, t), what, |shape, _| {
         Ok(shape.to_vec())
     })
     .map_err(|e| match e {
@@ -132,14 +136,57 @@ fn dry_run_shape(session: &mut Session, output: &str, lo: f32, t: usize, what: &
     })
 }
 
-/// The output shape of a branch run on `n` tiles of side `t`: the HR tiles, or with `phases`
+/// The output shape of a branch run on `n` tiles of `h`×`w`: the HR tiles, or with `phases`
 /// their phase planes (onnx/phase_output.rs).
-pub(crate) fn branch_output_shape(n: usize, t: usize, scale: usize, phases: bool) -> [i64; 4] {
-    let (n, t, s) = (n as i64, t as i64, scale as i64);
+pub(crate) fn branch_output_shape(n: usize, (h, w): (usize, usize), scale: usize, phases: bool) -> [i64; 4] {
+    let (n, h, w, s) = (n as i64, h as i64, w as i64, scale as i64);
     match phases {
-        true => [n, 3 * s * s, t, t],
-        false => [n, 3, t * s, t * s],
+        true => [n, 3 * s * s, h, w],
+        false => [n, 3, h * s, w * s],
     }
+}
+
+/// Least agreement (PSNR, dB) of a branch's output on a probe crop with its whole-tile run for
+/// the branch to be run on crops. The embedded branches give about 60 dB; a branch that looks
+/// at the whole tile (global pooling, attention) gives far less.
+const CROP_AGREEMENT_DB: f64 = 45.0;
+
+/// Whether every branch gives about the same output on a crop of a probe tile (its second
+/// block along both axes, with [`crop::HALO`] of context) as on the whole tile: only then
+/// does cache=full recompute just the changed part of a tile. A branch that cannot run on the
+/// crop's size says no too.
+fn branches_are_local(branches: &mut [Session; 3], m: &Manifest, phases: bool) -> bool {
+    let (t, s) = (m.tile_size as usize, m.scale as usize);
+    let [lo, hi] = m.value_range;
+    let b = super::cache::BLOCK;
+    let block = crop::Rect {
+        y0: b,
+        y1: 2 * b,
+        x0: b,
+        x1: 2 * b,
+    };
+    let Some(probe) = (t >= 2 * b).then(|| crop::Crop::plan(block, t)).flatten() else {
+        return false;
+    };
+    let tile = crop::probe_tile(t, lo, hi);
+    let (h, w) = (probe.input.height(), probe.input.width());
+    let mut staged = vec![0.0; 3 * h * w];
+    probe.stage(&tile, t, &mut staged);
+    let outputs: Vec<String> = m.branches.iter().map(|b| b.output.clone()).collect();
+    branches.iter_mut().zip(&outputs).all(|(session, output)| {
+        let whole = run_with(session, output, &tile, (1, t, t), "probe", |shape, v| {
+            Ok((shape == branch_output_shape(1, (t, t), s, phases)).then(|| v.to_vec()))
+        });
+        let part = run_with(session, output, &staged, (1, h, w), "probe", |shape, v| {
+            Ok((shape == branch_output_shape(1, (h, w), s, phases)).then(|| v.to_vec()))
+        });
+        match (whole, part) {
+            (Ok(Some(whole)), Ok(Some(part))) => {
+                crop::agreement(&whole, &part, &probe, t, s, phases, hi - lo) >= CROP_AGREEMENT_DB
+            }
+            _ => false,
+        }
+    })
 }
 
 /// Three branch sessions, cheapest first, the graphs they were made from, and whether any
@@ -165,7 +212,7 @@ fn load_branches<'g>(
     }
     let mut branches: [Session; 3] = branches.try_into().unwrap_or_else(|_| unreachable!());
     let (t, scale) = (m.tile_size as usize, m.scale as usize);
-    let want = branch_output_shape(DRY_RUN_TILES, t, scale, phases);
+    let want = branch_output_shape(DRY_RUN_TILES, (t, t), scale, phases);
     let mut fixed_tile = false;
     for (session, info) in branches.iter_mut().zip(&m.branches) {
         fixed_tile |= check_names(session, &info.input, &info.output, &what(&info.file), m.tile_size)?;
@@ -255,7 +302,7 @@ impl Model {
         let phase_planes = phased
             .as_ref()
             .and_then(|p| load_branches(set, &cfg, p.iter().map(|b| &b[..]), true).ok());
-        let ((branches, graphs, branches_fixed), phases) = match phase_planes {
+        let ((mut branches, graphs, branches_fixed), phases) = match phase_planes {
             Some(loaded) => (loaded, true),
             None => (
                 load_branches(set, &cfg, set.branches.iter().map(|b| &b[..]), false)?,
@@ -272,13 +319,16 @@ impl Model {
                 workers.push(sessions.try_into().unwrap_or_else(|_| unreachable!()));
             }
         }
+        let fixed_tile = (classifier_fixed || branches_fixed).then_some(t);
+        let crops = fixed_tile.is_none() && branches_are_local(&mut branches, m, phases);
         Ok(Model {
             manifest: m.clone(),
             classifier,
+            crops,
             branches,
             workers,
             phases,
-            fixed_tile: (classifier_fixed || branches_fixed).then_some(t),
+            fixed_tile,
             device,
             fallback: None,
             config: cfg,
@@ -295,7 +345,7 @@ impl Model {
             &mut self.classifier,
             out,
             tiles,
-            (n, t),
+            (n, t, t),
             "classifier",
             |shape, values| {
                 if shape != [n as i64, 3] {

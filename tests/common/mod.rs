@@ -485,3 +485,28 @@ pub fn model_copy(model: &str, name: &str) -> ScratchDir {
     }
     dir
 }
+
+/// `graph` (a branch) made to look at the whole tile: its input gets the tile's mean added
+/// (GlobalAveragePool), so a run on part of a tile gives other values than the whole tile.
+pub fn looks_at_the_whole_tile(graph: &[u8]) -> Vec<u8> {
+    use gstclasssr::onnx::proto::{ModelProto, NodeProto};
+    use prost::Message;
+    let mut model = ModelProto::decode(graph).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let input = graph.input[0].name.clone().unwrap();
+    for node in &mut graph.node {
+        for i in node.input.iter_mut().filter(|i| **i == input) {
+            *i = "lr.global".into();
+        }
+    }
+    let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
+        op_type: Some(op.into()),
+        name: Some(output.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    };
+    graph.node.insert(0, node("GlobalAveragePool", &[&input], "lr.mean"));
+    graph.node.insert(1, node("Add", &[&input, "lr.mean"], "lr.global"));
+    model.encode_to_vec()
+}
