@@ -5,6 +5,7 @@
 // cache updates only the tiles that changed). The frame graphs (src/onnx/frame_graphs.rs) do
 // the same operations.
 
+use super::crop::Rect;
 use super::pixels::{self, ImageMut, Region};
 use super::tiling::TileGrid;
 
@@ -82,16 +83,17 @@ pub fn to_phases(hr: &[f32], (t, s): (usize, usize), out: &mut [f32]) {
     }
 }
 
-/// Walks tile `i`'s rows in the planar accumulator `fx`: for each colour and row, calls `f`
-/// with the accumulator's row, the same row of each of `srcs` (tile outputs laid out as `m`
-/// says, interleaved first when they are phase planes) and the row's blending weights.
+/// Walks the rows of `part` (HR pixels of the tile) of tile `i` in the planar accumulator
+/// `fx`: for each colour and row, calls `f` with the accumulator's row, the same row of each
+/// of `srcs` (tile outputs laid out as `m` says, interleaved first when they are phase planes)
+/// and the row's blending weights.
 #[inline(always)]
 fn tile_rows<const N: usize>(
     grid: &TileGrid,
     fx: &mut [i32],
     i: usize,
     srcs: [&[f32]; N],
-    m: TileFx,
+    (m, part): (TileFx, &Rect),
     mut f: impl FnMut(&mut [i32], [&[f32]; N], &[f32], f32),
 ) {
     let (c0, r0) = grid.cell(i);
@@ -101,8 +103,9 @@ fn tile_rows<const N: usize>(
     let plane = ow * grid.padded_height * grid.scale;
     let (wx, wy) = (&grid.wx[c0], &grid.wy[r0]);
     let mut interleaved = [(); N].map(|_| vec![0f32; if m.phases { th } else { 0 }]);
+    let cols = part.x0..part.x1;
     for c in 0..3 {
-        for y in 0..th {
+        for y in part.y0..part.y1 {
             let d = c * plane + (y0 + y) * ow + x0;
             if m.phases {
                 for (src, buf) in srcs.iter().zip(interleaved.iter_mut()) {
@@ -110,14 +113,15 @@ fn tile_rows<const N: usize>(
                 }
             }
             let bufs = &interleaved;
+            let cols = cols.clone();
             let rows: [&[f32]; N] = std::array::from_fn(move |k| {
                 if m.phases {
-                    &bufs[k][..]
+                    &bufs[k][cols.clone()]
                 } else {
-                    &srcs[k][(c * th + y) * th..][..th]
+                    &srcs[k][(c * th + y) * th..][cols.clone()]
                 }
             });
-            f(&mut fx[d..d + th], rows, wx, wy[y]);
+            f(&mut fx[d + part.x0..d + part.x1], rows, &wx[part.x0..part.x1], wy[y]);
         }
     }
 }
@@ -127,7 +131,8 @@ fn tile_rows<const N: usize>(
 pub fn merge_tile(grid: &TileGrid, fx: &mut [i32], i: usize, src: &[f32], m: TileFx) {
     let (lo, k) = (m.lo, m.k);
     let bound = fx_bound(k);
-    tile_rows(grid, fx, i, [src], m, |row, [s], wx, wy| {
+    let whole = Rect::whole(grid.tile * grid.scale);
+    tile_rows(grid, fx, i, [src], (m, &whole), |row, [s], wx, wy| {
         row.iter_mut()
             .zip(s)
             .zip(wx)
@@ -135,13 +140,14 @@ pub fn merge_tile(grid: &TileGrid, fx: &mut [i32], i: usize, src: &[f32], m: Til
     });
 }
 
-/// Replaces tile `i`'s output `old` by `new` in `fx` in one pass: the same sums as taking
-/// `old` out and putting `new` in with [`merge_tile`] (integer contributions, exact), with
-/// half the accumulator traffic (a full-cache frame replaces every tile it recomputes).
-pub fn replace_tile(grid: &TileGrid, fx: &mut [i32], i: usize, old: &[f32], new: &[f32], m: TileFx) {
+/// Replaces tile `i`'s output `old` by `new` in `fx` in one pass, over `part` of the tile (HR
+/// pixels; where they differ): the same sums as taking `old` out and putting `new` in with
+/// [`merge_tile`] (integer contributions, exact), with half the accumulator traffic (a
+/// full-cache frame replaces every tile it recomputes).
+pub fn replace_tile(grid: &TileGrid, fx: &mut [i32], i: usize, [old, new]: [&[f32]; 2], m: TileFx, part: &Rect) {
     let (lo, k) = (m.lo, m.k);
     let bound = fx_bound(k);
-    tile_rows(grid, fx, i, [old, new], m, |row, [o, n], wx, wy| {
+    tile_rows(grid, fx, i, [old, new], (m, part), |row, [o, n], wx, wy| {
         row.iter_mut().zip(o).zip(n).zip(wx).for_each(|(((a, &vo), &vn), &w)| {
             let w = wy * w;
             *a = a
@@ -151,15 +157,15 @@ pub fn replace_tile(grid: &TileGrid, fx: &mut [i32], i: usize, old: &[f32], new:
     });
 }
 
-/// The HR region (padded-frame coordinates) tile `i` writes.
-pub fn tile_region(grid: &TileGrid, i: usize) -> Region {
+/// The HR region (padded-frame coordinates) of `part` (HR pixels of the tile) of tile `i`.
+pub fn tile_region(grid: &TileGrid, i: usize, part: &Rect) -> Region {
     let (x, y) = grid.origin(i);
-    let (s, th) = (grid.scale, grid.tile * grid.scale);
+    let s = grid.scale;
     Region {
-        x0: x * s,
-        y0: y * s,
-        x1: x * s + th,
-        y1: y * s + th,
+        x0: x * s + part.x0,
+        y0: y * s + part.y0,
+        x1: x * s + part.x1,
+        y1: y * s + part.y1,
     }
 }
 

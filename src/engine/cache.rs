@@ -203,4 +203,9 @@ impl TileCache {
     pub fn hr_of(&self, i: usize) -> &[f32] {
         &self.hr[i * self.out_item..(i + 1) * self.out_item]
     }
+
+    /// The HR output kept for tile `i`, to patch in place (full mode).
+    pub fn hr_mut(&mut self, i: usize) -> &mut [f32] {
+        &mut self.hr[i * self.out_item..(i + 1) * self.out_item]
+    }
 }

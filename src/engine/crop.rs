@@ -42,6 +42,16 @@ impl Rect {
         }
     }
 
+    /// In the pixels of an image `s` times larger.
+    pub fn scaled(&self, s: usize) -> Rect {
+        Rect {
+            y0: self.y0 * s,
+            y1: self.y1 * s,
+            x0: self.x0 * s,
+            x1: self.x1 * s,
+        }
+    }
+
     pub fn height(&self) -> usize {
         self.y1 - self.y0
     }

@@ -28,7 +28,7 @@ use crate::runtime::ActiveDevice;
 use crate::Error;
 use accumulate::{merge_tile, replace_tile, tile_region, TileFx, FX_ONE};
 use cache::TileCache;
-use crop::Crop;
+use crop::{Crop, Rect};
 use resample::Upsampler;
 pub use share::batch_calls;
 use share::{share_out, Share, TileCosts};
@@ -323,7 +323,8 @@ fn merge_new(
     keep: Option<bool>,
 ) {
     if incremental {
-        replace_tile(grid, fx, i, cache.hr_of(i), out, m);
+        let whole = Rect::whole(grid.tile * grid.scale);
+        replace_tile(grid, fx, i, [cache.hr_of(i), out], m, &whole);
     } else {
         merge_tile(grid, fx, i, out, m);
     }
@@ -422,7 +423,14 @@ impl Job<'_> {
                 patched.clear();
                 patched.extend_from_slice(cache.hr_of(i));
                 crop.paste(data, t, scale, self.fx.phases, patched);
-                merge_new(self.grid, fx, cache, i, patched, self.fx, self.incremental, Some(true));
+                if self.incremental {
+                    // only the pasted part changed: replace it there, and patch the kept output
+                    let part = crop.keep.scaled(scale);
+                    replace_tile(self.grid, fx, i, [cache.hr_of(i), patched], self.fx, &part);
+                    crop.paste(data, t, scale, self.fx.phases, cache.hr_mut(i));
+                } else {
+                    merge_new(self.grid, fx, cache, i, patched, self.fx, false, Some(true));
+                }
                 Ok(())
             },
         )
@@ -708,9 +716,13 @@ impl Engine {
                 stride: output.stride,
                 layout: output.layout,
             };
+            let whole = Rect::whole(work.grid.tile * work.grid.scale);
             for g in &work.groups {
                 for &i in g {
-                    accumulate::pack(&work.fx, hw, hh, tile_region(&work.grid, i as usize), None, &mut last);
+                    // a tile recomputed in part changed only there
+                    let part = work.crops[i as usize].map_or(whole, |c| c.keep.scaled(work.grid.scale));
+                    let region = tile_region(&work.grid, i as usize, &part);
+                    accumulate::pack(&work.fx, hw, hh, region, None, &mut last);
                 }
             }
             output.data[..need].copy_from_slice(&work.last_out[..need]);

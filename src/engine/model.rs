@@ -28,7 +28,8 @@ pub struct Model {
     /// The tile size when a graph's input takes no other (its spatial axes are fixed).
     pub fixed_tile: Option<usize>,
     /// Whether a branch may run on part of a tile (cache=full then recomputes only the changed
-    /// part of a tile): every branch's output on a probe crop agreed with its whole-tile run.
+    /// part of a tile): on the CPU, when every branch's output on a probe crop agreed with its
+    /// whole-tile run.
     pub crops: bool,
     pub device: ActiveDevice,
     /// Why CUDA was not used, when `auto` fell back to CPU.
@@ -320,7 +321,9 @@ impl Model {
             }
         }
         let fixed_tile = (classifier_fixed || branches_fixed).then_some(t);
-        let crops = fixed_tile.is_none() && branches_are_local(&mut branches, m, phases);
+        // Parts of tiles pay on the CPU, where a tile's cost is its pixels; a GPU is better fed
+        // whole tiles in big batches than many small calls.
+        let crops = device == ActiveDevice::Cpu && fixed_tile.is_none() && branches_are_local(&mut branches, m, phases);
         Ok(Model {
             manifest: m.clone(),
             classifier,
