@@ -86,7 +86,8 @@ pub fn to_phases(hr: &[f32], (t, s): (usize, usize), out: &mut [f32]) {
 /// Walks the rows of `part` (HR pixels of the tile) of tile `i` in the planar accumulator
 /// `fx`: for each colour and row, calls `f` with the accumulator's row, the same row of each
 /// of `srcs` (tile outputs laid out as `m` says, interleaved first when they are phase planes)
-/// and the row's blending weights.
+/// and the row's blending weights. Only the part's rows of `srcs` are read (with phase planes,
+/// whole rows; else only the part's columns).
 #[inline(always)]
 fn tile_rows<const N: usize>(
     grid: &TileGrid,
@@ -148,12 +149,15 @@ pub fn replace_tile(grid: &TileGrid, fx: &mut [i32], i: usize, [old, new]: [&[f3
     let (lo, k) = (m.lo, m.k);
     let bound = fx_bound(k);
     tile_rows(grid, fx, i, [old, new], (m, part), |row, [o, n], wx, wy| {
-        row.iter_mut().zip(o).zip(n).zip(wx).for_each(|(((a, &vo), &vn), &w)| {
-            let w = wy * w;
-            *a = a
-                .wrapping_sub(contribution(w, vo, lo, k, bound))
-                .wrapping_add(contribution(w, vn, lo, k, bound));
-        });
+        // indexed over slices of one length: the zip of four iterators stayed scalar
+        let len = row.len();
+        let (o, n, wx) = (&o[..len], &n[..len], &wx[..len]);
+        for j in 0..len {
+            let w = wy * wx[j];
+            row[j] = row[j]
+                .wrapping_sub(contribution(w, o[j], lo, k, bound))
+                .wrapping_add(contribution(w, n[j], lo, k, bound));
+        }
     });
 }
 

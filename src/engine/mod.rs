@@ -420,15 +420,19 @@ impl Job<'_> {
                 }
                 let mut guard = self.merge.lock().unwrap_or_else(|e| e.into_inner());
                 let (fx, cache) = &mut *guard;
-                patched.clear();
-                patched.extend_from_slice(cache.hr_of(i));
-                crop.paste(data, t, scale, self.fx.phases, patched);
                 if self.incremental {
-                    // only the pasted part changed: replace it there, and patch the kept output
+                    // Only the pasted part changed: it is replaced there (which reads `patched`
+                    // only in the part's rows, so the rest of the buffer may hold anything),
+                    // and the kept output is patched in place.
+                    patched.resize(cache.hr_of(i).len(), 0.0);
+                    crop.paste(data, t, scale, self.fx.phases, patched);
                     let part = crop.keep.scaled(scale);
                     replace_tile(self.grid, fx, i, [cache.hr_of(i), patched], self.fx, &part);
                     crop.paste(data, t, scale, self.fx.phases, cache.hr_mut(i));
                 } else {
+                    patched.clear();
+                    patched.extend_from_slice(cache.hr_of(i));
+                    crop.paste(data, t, scale, self.fx.phases, patched);
                     merge_new(self.grid, fx, cache, i, patched, self.fx, false, Some(true));
                 }
                 Ok(())
