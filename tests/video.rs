@@ -143,14 +143,17 @@ fn a_small_change_inside_a_static_tile_is_recomputed() {
         }
     }
     // The whole frame, not only the patch: the reused tiles are bit-identical in `a` and `b`
-    // and the fixed-point merge is order-free, so their pixels equal cache=off's; the parts
-    // recomputed around the patch (4 pixels of margin and 4 more of context, where a whole
-    // tile has up to 12) may round the other way.
-    assert!(
-        max_diff(&got, &want, false) <= 1,
-        "{} levels off",
-        max_diff(&got, &want, false)
-    );
+    // and the fixed-point merge is order-free, so every HR pixel away from the patch equals
+    // cache=off's. Near it (within the 4 LR pixels of margin, the 4 of context and FSRCNN's
+    // reach of 7) the part recomputed with less context than a whole tile may round the other
+    // way.
+    let near = |x: usize, y: usize| (52 - 15..60 + 15).contains(&(x / 4)) && (36 - 15..44 + 15).contains(&(y / 4));
+    for (i, (g, o)) in got.px.iter().zip(&want.px).enumerate() {
+        let (x, y) = (i % (4 * w), i / (4 * w));
+        let off = (0..3).map(|c| g[c].abs_diff(o[c])).max().unwrap();
+        let allowed = if near(x, y) { 1 } else { 0 };
+        assert!(off <= allowed, "HR pixel ({x}, {y}) is {off} levels from cache=off's");
+    }
     let st = stats(&bus);
     let hits = u(&st[1], "full-cache-hits");
     assert!(

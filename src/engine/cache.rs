@@ -105,19 +105,15 @@ impl TileCache {
         r > 0 && self.age > 0 && self.age % r == (i as u64 * r) / n
     }
 
-    /// Whether tile `i` (the NCHW item `tile`) is unchanged: in every 8×8 block (all three
-    /// channels) the mean absolute difference to the tile its cached results came from is below
-    /// `threshold` (in the model's value units), or the block is bit-identical. Comparing blocks
-    /// rather than the whole tile keeps a small change (a hand, a face entering a corner) from
-    /// being averaged away by an otherwise static tile.
-    pub fn unchanged(&self, i: usize, tile: &[f32], threshold: f32) -> bool {
-        self.changed_blocks(i, tile, threshold).is_none()
-    }
-
-    /// The blocks of tile `i` that changed (see [`TileCache::unchanged`]): `None` when none
-    /// did, else the rectangle (in tile pixels, block-aligned) that holds every changed block;
-    /// the whole tile when nothing is cached for it.
-    pub fn changed_blocks(&self, i: usize, tile: &[f32], threshold: f32) -> Option<Rect> {
+    /// The blocks of tile `i` (the NCHW item `tile`) that changed: `None` when in every 8×8
+    /// block (all three channels) the mean absolute difference to the tile its cached results
+    /// came from is below `threshold` (in the model's value units) or the block is
+    /// bit-identical; else with `all` the rectangle (in tile pixels, block-aligned) that holds
+    /// every changed block, without it the first changed block found; the whole tile when
+    /// nothing is cached for it. Comparing blocks rather than the whole tile keeps a small
+    /// change (a hand, a face entering a corner) from being averaged away by an otherwise
+    /// static tile.
+    pub fn changed_blocks(&self, i: usize, tile: &[f32], threshold: f32, all: bool) -> Option<Rect> {
         let t = self.tile;
         if !self.valid[i] {
             return Some(Rect::whole(t));
@@ -149,6 +145,9 @@ impl TileCache {
                         x1: cols.end,
                     };
                     changed = Some(changed.map_or(block, |c| c.union(&block)));
+                    if !all {
+                        return changed;
+                    }
                 }
             }
         }

@@ -2,6 +2,8 @@
 // changed, its branch runs on those blocks plus a margin of context instead of on the whole
 // tile, and the result is pasted into the tile's cached output.
 
+use super::cache::BLOCK;
+
 /// A rectangle of a tile in LR pixels: rows `y0..y1`, columns `x0..x1`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rect {
@@ -79,12 +81,15 @@ pub const MARGIN: usize = 4;
 /// recomputes the whole tile, batched with the others.
 pub const MAX_SHARE: f32 = 0.75;
 
-/// One partial recompute: the part of the tile the branch runs on, and the part of its output
-/// that replaces the cached one (the changed blocks).
+/// One partial recompute: the part of the tile the branch runs on, the part of its output
+/// that replaces the cached one (the changed blocks and [`MARGIN`] around them), and the
+/// changed blocks (which alone take the new pixels as their reference: a block half in the
+/// margin keeps comparing against the pixels the rest of its output came from).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Crop {
     pub input: Rect,
     pub keep: Rect,
+    pub changed: Rect,
 }
 
 impl Crop {
@@ -92,7 +97,29 @@ impl Crop {
     pub fn plan(changed: Rect, t: usize) -> Option<Crop> {
         let keep = changed.grown(MARGIN, t);
         let input = keep.grown(HALO, t);
-        (input.area() as f32 <= MAX_SHARE * (t * t) as f32).then_some(Crop { input, keep })
+        (input.area() as f32 <= MAX_SHARE * (t * t) as f32).then_some(Crop { input, keep, changed })
+    }
+
+    /// Every input size (height, width) a crop of a tile of side `t` can have: each is run once
+    /// at load, so a branch that takes the tile but not one of these is never given crops.
+    pub fn input_sizes(t: usize) -> Vec<(usize, usize)> {
+        let edges: Vec<usize> = (0..t).step_by(BLOCK).chain([t]).collect();
+        let mut sizes = Vec::new();
+        for (a, &y0) in edges.iter().enumerate() {
+            for &y1 in &edges[a + 1..] {
+                for (b, &x0) in edges.iter().enumerate() {
+                    for &x1 in &edges[b + 1..] {
+                        if let Some(c) = Crop::plan(Rect { y0, y1, x0, x1 }, t) {
+                            let size = (c.input.height(), c.input.width());
+                            if !sizes.contains(&size) {
+                                sizes.push(size);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        sizes
     }
 
     /// Copies the crop's input out of `tile` (one NCHW item of side `t`) into `dst` (3 planes
@@ -189,6 +216,23 @@ mod tests {
         // with their margins, two blocks are at most 3/4 of the tile, four are more
         assert!(Crop::plan(rect(8, 24, 8, 16), 32).is_some());
         assert!(Crop::plan(rect(8, 24, 8, 24), 32).is_none());
+        assert_eq!(c.changed, block, "only the changed blocks take new reference pixels");
+        // the crop sizes of a 32-pixel tile, all probed at load
+        let mut sizes = Crop::input_sizes(32);
+        sizes.sort();
+        assert_eq!(
+            sizes,
+            [
+                (16, 16),
+                (16, 24),
+                (16, 32),
+                (24, 16),
+                (24, 24),
+                (24, 32),
+                (32, 16),
+                (32, 24)
+            ]
+        );
     }
 
     #[test]
@@ -203,6 +247,12 @@ mod tests {
                 x1: 8,
             },
             keep: Rect {
+                y0: 3,
+                y1: 5,
+                x0: 4,
+                x1: 8,
+            },
+            changed: Rect {
                 y0: 3,
                 y1: 5,
                 x0: 4,
@@ -226,16 +276,48 @@ mod tests {
             assert_eq!(hr[3 * t + 4], -1.0);
             assert_eq!(hr[3 * t + 3], tile[3 * t + 3]);
         }
-        // scale 2, HR layout: the kept rows and columns double
+        // scale 2: each crop output value lands where the whole tile's run would put it
         let s = 2;
-        let whole = vec![0.0; 3 * (t * s) * (t * s)];
-        let out = vec![1.0; 3 * (4 * s) * (7 * s)];
+        let (h, w) = (4, 7);
+        let out: Vec<f32> = (0..3 * h * w * s * s).map(|v| 1000.0 + v as f32).collect();
+        // HR planes [3, s·h, s·w]: HR pixel (colour 1, row 7, column 9) of the tile is row
+        // 7 − 2·2 and column 9 − 2·1 of the crop's output
+        let whole: Vec<f32> = (0..3 * (t * s) * (t * s)).map(|v| v as f32).collect();
         let mut hr = whole.clone();
         crop.paste(&out, t, s, false, &mut hr);
-        assert_eq!(hr.iter().filter(|&&v| v == 1.0).count(), 3 * crop.keep.area() * s * s);
-        assert_eq!(hr[(3 * s) * (t * s) + 4 * s], 1.0);
-        assert_eq!(hr[(3 * s) * (t * s) + 4 * s - 1], 0.0);
-        assert!(agreement(&whole, &out, &crop, t, s, false, 1.0) < 1.0);
-        assert!(agreement(&whole, &whole[..out.len()], &crop, t, s, false, 1.0).is_infinite());
+        let ts = t * s;
+        assert_eq!(hr[(ts + 7) * ts + 9], out[((h * s) + 3) * (w * s) + 7]);
+        assert_eq!(
+            hr[(ts + 7) * ts + 7],
+            whole[(ts + 7) * ts + 7],
+            "column 7 is left of the kept part"
+        );
+        assert_eq!(
+            hr.iter().zip(&whole).filter(|(a, b)| a != b).count(),
+            3 * crop.keep.area() * s * s
+        );
+        // phase planes [3·s², h, w]: plane 5, LR row 4, column 6 of the tile is row 4 − 2 and
+        // column 6 − 1 of the crop's plane 5
+        let mut phased = whole.clone();
+        crop.paste(&out, t, s, true, &mut phased);
+        assert_eq!(phased[(5 * t + 4) * t + 6], out[(5 * h + 2) * w + 5]);
+        assert_eq!(
+            phased[(5 * t + 2) * t + 6],
+            whole[(5 * t + 2) * t + 6],
+            "row 2 is above it"
+        );
+        // agreement: infinite for the whole tile's own values, finite for others
+        let mut own = vec![0.0; out.len()];
+        for c in 0..3 {
+            for y in 0..h * s {
+                for x in 0..w * s {
+                    own[(c * h * s + y) * w * s + x] = whole[(c * ts + 2 * s + y) * ts + s + x];
+                }
+            }
+        }
+        assert!(agreement(&whole, &own, &crop, t, s, false, 1.0).is_infinite());
+        own[((h * s) + 3) * (w * s) + 7] += 0.5;
+        let db = agreement(&whole, &own, &crop, t, s, false, 1.0);
+        assert!(db.is_finite() && db > 20.0, "{db}");
     }
 }

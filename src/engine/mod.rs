@@ -627,7 +627,12 @@ impl Engine {
             let threshold = cfg.cache_threshold * (hi - lo) / 255.0;
             // Parts of tiles are recomputed only when the model is local enough, and not in the
             // exact mode (threshold 0: a whole-tile run is what cache=off gives).
-            let crops = networks && self.model.crops && cfg.cache == CacheMode::Full && threshold > 0.0;
+            // (at the tile size the load-time probe ran every crop size of)
+            let crops = networks
+                && self.model.crops
+                && cfg.tile == self.model.manifest.tile_size as usize
+                && cfg.cache == CacheMode::Full
+                && threshold > 0.0;
             Self::find_fresh(work, cfg, threshold, crops);
             self.classify(cfg, &mut stats, classifier_macs)?;
             let work = self.work.as_mut().expect("prepared");
@@ -768,7 +773,7 @@ impl Engine {
             }
             let changed = work
                 .cache
-                .changed_blocks(i, &work.all_tiles[i * item..(i + 1) * item], threshold);
+                .changed_blocks(i, &work.all_tiles[i * item..(i + 1) * item], threshold, crops);
             work.fresh[i] = changed.is_some();
             if crops && work.cache.has_hr(i) {
                 work.crops[i] = changed.and_then(|c| Crop::plan(c, t));
@@ -841,7 +846,7 @@ impl Engine {
                     work.crops[i] = None;
                 }
                 match work.crops[i] {
-                    Some(crop) => work.cache.store_region(i, tile, &crop.keep, logits),
+                    Some(crop) => work.cache.store_region(i, tile, &crop.changed, logits),
                     None => work.cache.store(i, tile, class, logits),
                 }
             }

@@ -152,41 +152,61 @@ pub(crate) fn branch_output_shape(n: usize, (h, w): (usize, usize), scale: usize
 /// at the whole tile (global pooling, attention) gives far less.
 const CROP_AGREEMENT_DB: f64 = 45.0;
 
-/// Whether every branch gives about the same output on a crop of a probe tile (its second
-/// block along both axes, with [`crop::HALO`] of context) as on the whole tile: only then
-/// does cache=full recompute just the changed part of a tile. A branch that cannot run on the
-/// crop's size says no too.
+/// Whether every branch gives about the same output on a crop of a probe tile (its middle,
+/// with [`crop::HALO`] of context on every side) as on the whole tile, and runs on every input
+/// size a crop of the manifest's tile size can have: only then does cache=full recompute
+/// just the changed part of a tile.
 fn branches_are_local(branches: &mut [Session; 3], m: &Manifest, phases: bool) -> bool {
     let (t, s) = (m.tile_size as usize, m.scale as usize);
     let [lo, hi] = m.value_range;
-    let b = super::cache::BLOCK;
-    let block = crop::Rect {
-        y0: b,
-        y1: 2 * b,
-        x0: b,
-        x1: 2 * b,
+    let c = t / 2;
+    let middle = crop::Rect {
+        y0: c.saturating_sub(4),
+        y1: c + 4,
+        x0: c.saturating_sub(4),
+        x1: c + 4,
     };
-    let Some(probe) = (t >= 2 * b).then(|| crop::Crop::plan(block, t)).flatten() else {
+    let Some(probe) = crop::Crop::plan(middle, t).filter(|p| p.input.y0 > 0) else {
         return false;
     };
     let tile = crop::probe_tile(t, lo, hi);
-    let (h, w) = (probe.input.height(), probe.input.width());
-    let mut staged = vec![0.0; 3 * h * w];
-    probe.stage(&tile, t, &mut staged);
+    let staged = |input: crop::Rect| {
+        let crop = crop::Crop {
+            input,
+            keep: input,
+            changed: input,
+        };
+        let mut v = vec![0.0; 3 * input.area()];
+        crop.stage(&tile, t, &mut v);
+        v
+    };
+    let sizes = crop::Crop::input_sizes(t);
     let outputs: Vec<String> = m.branches.iter().map(|b| b.output.clone()).collect();
     branches.iter_mut().zip(&outputs).all(|(session, output)| {
-        let whole = run_with(session, output, &tile, (1, t, t), "probe", |shape, v| {
-            Ok((shape == branch_output_shape(1, (t, t), s, phases)).then(|| v.to_vec()))
-        });
-        let part = run_with(session, output, &staged, (1, h, w), "probe", |shape, v| {
-            Ok((shape == branch_output_shape(1, (h, w), s, phases)).then(|| v.to_vec()))
-        });
-        match (whole, part) {
-            (Ok(Some(whole)), Ok(Some(part))) => {
+        let mut run = |data: &[f32], (h, w): (usize, usize)| {
+            run_with(session, output, data, (1, h, w), "probe", |shape, v| {
+                Ok((shape == branch_output_shape(1, (h, w), s, phases)).then(|| v.to_vec()))
+            })
+            .ok()
+            .flatten()
+        };
+        let size = (probe.input.height(), probe.input.width());
+        let agrees = match (run(&tile, (t, t)), run(&staged(probe.input), size)) {
+            (Some(whole), Some(part)) => {
                 crop::agreement(&whole, &part, &probe, t, s, phases, hi - lo) >= CROP_AGREEMENT_DB
             }
             _ => false,
-        }
+        };
+        agrees
+            && sizes.iter().all(|&(h, w)| {
+                let input = crop::Rect {
+                    y0: 0,
+                    y1: h,
+                    x0: 0,
+                    x1: w,
+                };
+                run(&staged(input), (h, w)).is_some()
+            })
     })
 }
 
