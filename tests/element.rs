@@ -747,3 +747,37 @@ fn pointer_positions_go_upstream_in_input_pixels() {
     }
     assert_eq!(got, Some((25.0, 15.0)));
 }
+
+#[test]
+fn the_default_tile_size_is_the_models() {
+    // tile-size 0 (the default) takes the manifest's tile_size: a copy of the known-answer set
+    // whose manifest says 48 cuts a 96x96 frame into 3 x 3 tiles of 48 (overlap 4), where an
+    // explicit tile-size=32 gives 4 x 4; tile-size 1..7 is refused with how to fix it.
+    let dir = model_copy(KA, "element-tile-48");
+    let manifest = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains("\"tile_size\": 32"));
+    std::fs::write(&manifest, text.replace("\"tile_size\": 32", "\"tile_size\": 48")).unwrap();
+    let tiles = |extra: &[(&str, &str)]| {
+        let mut props = vec![("model", dir.as_str()), ("device", "cpu"), ("stats", "true")];
+        props.extend_from_slice(extra);
+        let mut h = harness(&props);
+        let bus = bus_of(&h);
+        run_one(&mut h, &picture(96, 96, 3), VideoFormat::Rgb);
+        field(&stats(&bus)[0], "tiles")
+    };
+    assert_eq!(tiles(&[]), 9);
+    assert_eq!(tiles(&[("tile-size", "0")]), 9);
+    assert_eq!(tiles(&[("tile-size", "32")]), 16);
+    let mut h = harness(&ka(&[("tile-size", "4")]));
+    let bus = bus_of(&h);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 32, 32));
+    assert!(h.push(to_buffer(&picture(32, 32, 1), VideoFormat::Rgb)).is_err());
+    let (_, errors) = warnings_and_errors(&bus);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("tile-size 4 is too small") && e.contains("0 for the model's")),
+        "{errors:?}"
+    );
+}

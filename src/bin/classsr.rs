@@ -16,7 +16,9 @@ const USAGE: &str =
     "usage: classsr eval --hr DIR [--model DIR] [--modes classsr,original,bicubic,branch1,branch2,branch3,classmap] \
 [--json] [--save DIR] [--device auto|cpu|cuda] [--tile N] [--overlap N] [--max-batch N] [--threads N] [--bias B]
        classsr upscale IN OUT [--model DIR] [--mode classsr|original|bicubic|branch1|branch2|branch3|classmap] \
-[--device auto|cpu|cuda] [--tile N] [--overlap N] [--max-batch N] [--threads N] [--bias B]";
+[--device auto|cpu|cuda] [--tile N] [--overlap N] [--max-batch N] [--threads N] [--bias B]
+       --tile N: LR tile side (default: the model's, 32 for the embedded one); --overlap N: LR pixels shared by \
+neighbouring tiles (default 4, at most half a tile)";
 
 /// The modes, for error messages.
 const MODES: &str = "classsr, original, bicubic, branch1, branch2, branch3 or classmap";
@@ -113,7 +115,7 @@ fn parse(cmd: &str, args: &[String]) -> Result<Args, String> {
                 a.frame.tile = num("--tile", value("--tile")?)?;
                 if !TILES.contains(&a.frame.tile) {
                     return Err(format!(
-                        "--tile {}: the tile side must be in {}..={} (the models are trained on 32)",
+                        "--tile {}: the tile side must be in {}..={} (without --tile: the model's, 32 for the embedded one)",
                         a.frame.tile,
                         TILES.start(),
                         TILES.end()
@@ -147,14 +149,15 @@ fn parse(cmd: &str, args: &[String]) -> Result<Args, String> {
             s => pos.push(s.to_string()),
         }
     }
-    check_tiling(a.frame.tile, a.frame.overlap).map_err(|_| {
-        format!(
+    // (without --tile the tile side is the model's: the engine checks the overlap against it)
+    if a.frame.tile != 0 && check_tiling(a.frame.tile, a.frame.overlap).is_err() {
+        return Err(format!(
             "--overlap {}: at most half of the tile side (--tile {}), so at most {}",
             a.frame.overlap,
             a.frame.tile,
             a.frame.tile / 2
-        )
-    })?;
+        ));
+    }
     let quoted = |v: &[String]| v.iter().map(|f| format!("'{f}'")).collect::<Vec<_>>().join(", ");
     match (cmd, pos.as_slice()) {
         ("upscale", [i, o]) => {

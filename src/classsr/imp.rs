@@ -30,7 +30,11 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
     )
 });
 
-const DEFAULT_TILE: u32 = 32;
+/// 0: the model's tile size (its manifest's).
+const DEFAULT_TILE: u32 = 0;
+/// The smallest tile side the element takes (a tile smaller than the network's reach is
+/// mostly border).
+const MIN_TILE: usize = 8;
 const DEFAULT_OVERLAP: u32 = 4;
 const DEFAULT_MAX_BATCH: u32 = 0;
 const DEFAULT_CACHE_THRESHOLD: f32 = 1.0;
@@ -330,8 +334,8 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecUInt::builder("tile-size")
                     .nick("Tile size")
-                    .blurb("Side of the square LR tiles in pixels (the models are trained on 32)")
-                    .minimum(8)
+                    .blurb("Side of the square LR tiles in pixels, 8 to 256; 0 = the model's (its manifest's tile_size: 32 for the embedded model and every model classsr-train makes)")
+                    .minimum(0)
                     .maximum(256)
                     .default_value(DEFAULT_TILE)
                     .mutable_playing()
@@ -745,10 +749,17 @@ impl ClassSr {
     /// The (tile-size, overlap) to make this frame with: the settings when they can tile a
     /// frame, else (changed while playing) the last good pair, with a warning once.
     fn tiling(&self, state: &mut State, cfg: &FrameConfig) -> Result<(usize, usize), Error> {
-        let want = (cfg.tile, cfg.overlap);
+        let tile = cfg.for_model(&state.engine.model().manifest).tile;
+        let want = (tile, cfg.overlap);
         // (a model whose graphs take one tile size only takes that one)
-        let usable = check_tiling(cfg.tile, cfg.overlap)
-            .and_then(|()| state.engine.model().check_tile(cfg.tile).map_err(|e| e.to_string()));
+        let usable = if tile < MIN_TILE {
+            Err(format!(
+                "tile-size {tile} is too small: use {MIN_TILE} to 256, or 0 for the model's"
+            ))
+        } else {
+            check_tiling(tile, cfg.overlap)
+        }
+        .and_then(|()| state.engine.model().check_tile(tile).map_err(|e| e.to_string()));
         match (usable, state.tiling) {
             (Ok(()), _) => {
                 state.refused_tiling = None;

@@ -115,6 +115,7 @@ impl Engine {
         input: &Image,
         output: &mut ImageMut,
     ) -> Result<FrameStats, Error> {
+        let cfg = &cfg.for_model(&self.model.manifest);
         let started = std::time::Instant::now();
         self.check_frames(input, output)?;
         let s = self.scale();

@@ -112,7 +112,7 @@ pub fn batch_limit(cfg: &FrameConfig, device: ActiveDevice) -> usize {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FrameConfig {
     pub mode: Mode,
-    /// LR tile side.
+    /// LR tile side; 0 = the model's (its manifest's `tile_size`).
     pub tile: usize,
     /// LR pixels shared by neighbouring tiles (at least; the last tile is edge-aligned).
     pub overlap: usize,
@@ -136,11 +136,25 @@ pub struct FrameConfig {
     pub cache_refresh: u32,
 }
 
+impl FrameConfig {
+    /// These settings with the tile side resolved for a model of manifest `m` (0 = its own).
+    pub fn for_model(&self, m: &crate::manifest::Manifest) -> FrameConfig {
+        FrameConfig {
+            tile: if self.tile == 0 {
+                m.tile_size as usize
+            } else {
+                self.tile
+            },
+            ..*self
+        }
+    }
+}
+
 impl Default for FrameConfig {
     fn default() -> Self {
         FrameConfig {
             mode: Mode::ClassSR,
-            tile: 32,
+            tile: 0,
             overlap: 4,
             max_batch: 0,
             bias: 0.0,
@@ -574,6 +588,7 @@ impl Engine {
     /// After an error the next frame starts from scratch (no cache, re-tiled): a frame that
     /// failed part-way may have left the accumulator, the cache and the kept output apart.
     pub fn process(&mut self, cfg: &FrameConfig, input: &Image, output: &mut ImageMut) -> Result<FrameStats, Error> {
+        let cfg = &cfg.for_model(&self.model.manifest);
         let result = self.process_frame(cfg, input, output);
         if result.is_err() {
             self.reset();
