@@ -420,6 +420,46 @@ pub fn warnings(bus: &gst::Bus) -> Vec<String> {
     warnings_and_errors(bus).0
 }
 
+/// One ONNX node, named for its output.
+fn onnx_node(
+    op: &str,
+    inputs: &[&str],
+    output: &str,
+    attribute: Vec<gstclasssr::onnx::proto::AttributeProto>,
+) -> gstclasssr::onnx::proto::NodeProto {
+    gstclasssr::onnx::proto::NodeProto {
+        op_type: Some(op.into()),
+        name: Some(output.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        attribute,
+        ..Default::default()
+    }
+}
+
+/// `graph` with the nodes `front(input, graph)` put before its own: they read the graph's
+/// input and end in `fed`, which the graph's own nodes read instead of the input.
+fn in_front(
+    graph: &[u8],
+    fed: &str,
+    front: impl FnOnce(&str, &mut gstclasssr::onnx::proto::GraphProto) -> Vec<gstclasssr::onnx::proto::NodeProto>,
+) -> Vec<u8> {
+    use prost::Message;
+    let mut model = gstclasssr::onnx::proto::ModelProto::decode(graph).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let input = graph.input[0].name.clone().unwrap();
+    for node in &mut graph.node {
+        for i in node.input.iter_mut().filter(|i| **i == input) {
+            *i = fed.into();
+        }
+    }
+    let nodes = front(&input, graph);
+    for (k, n) in nodes.into_iter().enumerate() {
+        graph.node.insert(k, n);
+    }
+    model.encode_to_vec()
+}
+
 /// `graph` (a branch: one NCHW input) made to fail at run time on more than two tiles, as a
 /// graph with a batch baked into its operators does: its input goes through Add with a
 /// constant of batch 2 (which broadcasts only from a batch of 1 or 2) and is sliced back to
@@ -427,53 +467,34 @@ pub fn warnings(bus: &gst::Bus) -> Vec<String> {
 /// tiles) and fails half-way through a frame.
 pub fn fails_above_two_tiles(graph: &[u8]) -> Vec<u8> {
     use gstclasssr::onnx::proto::attribute_proto::AttributeType;
-    use gstclasssr::onnx::proto::{tensor_proto::DataType, AttributeProto, ModelProto, NodeProto, TensorProto};
-    use prost::Message;
-    let mut model = ModelProto::decode(graph).unwrap();
-    let graph = model.graph.as_mut().unwrap();
-    let input = graph.input[0].name.clone().unwrap();
-    for node in &mut graph.node {
-        for i in node.input.iter_mut().filter(|i| **i == input) {
-            *i = "lr.sliced".into();
-        }
-    }
-    graph.initializer.push(TensorProto {
-        name: Some("zeros.batch2".into()),
-        dims: vec![2, 1, 1, 1],
-        data_type: Some(DataType::Float as i32),
-        float_data: vec![0.0; 2],
-        ..Default::default()
-    });
-    graph.initializer.push(TensorProto {
-        name: Some("zero".into()),
-        dims: vec![1],
-        data_type: Some(DataType::Int64 as i32),
-        int64_data: vec![0],
-        ..Default::default()
-    });
-    let node = |op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>| NodeProto {
-        op_type: Some(op.into()),
-        name: Some(output.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        attribute,
-        ..Default::default()
-    };
-    let int = |name: &str, v: i64| AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Int as i32),
-        i: Some(v),
-        ..Default::default()
-    };
-    let nodes = [
-        node("Add", &[&input, "zeros.batch2"], "lr.batch2", vec![]),
-        node("Shape", &[&input], "lr.batch", vec![int("start", 0), int("end", 1)]),
-        node("Slice", &["lr.batch2", "zero", "lr.batch", "zero"], "lr.sliced", vec![]),
-    ];
-    for (k, n) in nodes.into_iter().enumerate() {
-        graph.node.insert(k, n);
-    }
-    model.encode_to_vec()
+    use gstclasssr::onnx::proto::{tensor_proto::DataType, AttributeProto, TensorProto};
+    in_front(graph, "lr.sliced", |input, graph| {
+        graph.initializer.push(TensorProto {
+            name: Some("zeros.batch2".into()),
+            dims: vec![2, 1, 1, 1],
+            data_type: Some(DataType::Float as i32),
+            float_data: vec![0.0; 2],
+            ..Default::default()
+        });
+        graph.initializer.push(TensorProto {
+            name: Some("zero".into()),
+            dims: vec![1],
+            data_type: Some(DataType::Int64 as i32),
+            int64_data: vec![0],
+            ..Default::default()
+        });
+        let int = |name: &str, v: i64| AttributeProto {
+            name: Some(name.into()),
+            r#type: Some(AttributeType::Int as i32),
+            i: Some(v),
+            ..Default::default()
+        };
+        vec![
+            onnx_node("Add", &[input, "zeros.batch2"], "lr.batch2", vec![]),
+            onnx_node("Shape", &[input], "lr.batch", vec![int("start", 0), int("end", 1)]),
+            onnx_node("Slice", &["lr.batch2", "zero", "lr.batch", "zero"], "lr.sliced", vec![]),
+        ]
+    })
 }
 
 /// A scratch copy (`name`) of the model directory `model`, to change without touching it.
@@ -489,24 +510,10 @@ pub fn model_copy(model: &str, name: &str) -> ScratchDir {
 /// `graph` (a branch) made to look at the whole tile: its input gets the tile's mean added
 /// (GlobalAveragePool), so a run on part of a tile gives other values than the whole tile.
 pub fn looks_at_the_whole_tile(graph: &[u8]) -> Vec<u8> {
-    use gstclasssr::onnx::proto::{ModelProto, NodeProto};
-    use prost::Message;
-    let mut model = ModelProto::decode(graph).unwrap();
-    let graph = model.graph.as_mut().unwrap();
-    let input = graph.input[0].name.clone().unwrap();
-    for node in &mut graph.node {
-        for i in node.input.iter_mut().filter(|i| **i == input) {
-            *i = "lr.global".into();
-        }
-    }
-    let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
-        op_type: Some(op.into()),
-        name: Some(output.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        ..Default::default()
-    };
-    graph.node.insert(0, node("GlobalAveragePool", &[&input], "lr.mean"));
-    graph.node.insert(1, node("Add", &[&input, "lr.mean"], "lr.global"));
-    model.encode_to_vec()
+    in_front(graph, "lr.global", |input, _| {
+        vec![
+            onnx_node("GlobalAveragePool", &[input], "lr.mean", vec![]),
+            onnx_node("Add", &[input, "lr.mean"], "lr.global", vec![]),
+        ]
+    })
 }
