@@ -471,6 +471,9 @@ fn a_small_change_reruns_only_its_part_of_the_tile() {
     let set = ModelSet::embedded();
     let model = Model::load(&set, &CPU).unwrap();
     assert!(model.crops, "the embedded branches are local enough for crops");
+    // (the README quotes 64.5 dB)
+    let db = model.crop_agreement.unwrap();
+    assert!(db > 55.0 && db.is_finite(), "{db}");
     let mut off = Engine::new(model);
     let mut whole = Engine::new(Model::load(&set, &CPU).unwrap());
     let mut part = Engine::new(Model::load(&set, &CPU).unwrap());
@@ -518,6 +521,7 @@ fn a_branch_that_looks_at_the_whole_tile_is_never_run_on_parts() {
     set.branches[1] = looks_at_the_whole_tile(&set.branches[1]);
     let model = Model::load(&set, &CPU).unwrap();
     assert!(!model.crops);
+    assert!(model.crop_agreement.unwrap() < 45.0, "{:?}", model.crop_agreement);
     let mut engine = Engine::new(model);
     let cfg = FrameConfig {
         cache: CacheMode::Full,

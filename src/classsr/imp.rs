@@ -244,6 +244,15 @@ impl ClassSr {
             model.origin,
             model.device
         );
+        gst::info!(
+            CAT,
+            imp = self,
+            "cache=full recomputes parts of tiles: {} (load-time probe: {})",
+            model.crops,
+            model
+                .crop_agreement
+                .map_or("not run or a crop size failed".to_string(), |db| format!("{db:.1} dB"))
+        );
         self.scale.store(model.manifest.scale, Ordering::SeqCst);
         *self.active_device.lock().unwrap() = model.device.to_string();
         *self.state.lock().unwrap() = Some(State {

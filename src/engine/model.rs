@@ -29,8 +29,12 @@ pub struct Model {
     pub fixed_tile: Option<usize>,
     /// Whether a branch may run on part of a tile (cache=full then recomputes only the changed
     /// part of a tile): on the CPU, when every branch's output on a probe crop agreed with its
-    /// whole-tile run.
+    /// whole-tile run (`crop_agreement` at least 45 dB).
     pub crops: bool,
+    /// The lowest PSNR (dB) of a branch's output on the load-time probe crop against its
+    /// whole-tile run; `None` when not measured (not on the CPU, a fixed tile size) or when a
+    /// branch could not run on a crop size.
+    pub crop_agreement: Option<f64>,
     pub device: ActiveDevice,
     /// Why CUDA was not used, when `auto` fell back to CPU.
     pub fallback: Option<String>,
@@ -148,15 +152,15 @@ pub(crate) fn branch_output_shape(n: usize, (h, w): (usize, usize), scale: usize
 }
 
 /// Least agreement (PSNR, dB) of a branch's output on a probe crop with its whole-tile run for
-/// the branch to be run on crops. The embedded branches give about 60 dB; a branch that looks
+/// the branch to be run on crops. The embedded branches give about 64 dB; a branch that looks
 /// at the whole tile (global pooling, attention) gives far less.
 const CROP_AGREEMENT_DB: f64 = 45.0;
 
-/// Whether every branch gives about the same output on a crop of a probe tile (its middle,
-/// with [`crop::HALO`] of context on every side) as on the whole tile, and runs on every input
-/// size a crop of the manifest's tile size can have: only then does cache=full recompute
-/// just the changed part of a tile.
-fn branches_are_local(branches: &mut [Session; 3], m: &Manifest, phases: bool) -> bool {
+/// How close every branch's output on a crop of a probe tile (its middle, with [`crop::HALO`]
+/// of context on every side) is to its whole-tile run: the lowest PSNR (dB), if every branch
+/// also runs on every input size a crop of the manifest's tile size can have. Only when it is
+/// at least [`CROP_AGREEMENT_DB`] does cache=full recompute just the changed part of a tile.
+fn crop_agreement(branches: &mut [Session; 3], m: &Manifest, phases: bool) -> Option<f64> {
     let (t, s) = (m.tile_size as usize, m.scale as usize);
     let [lo, hi] = m.value_range;
     let c = t / 2;
@@ -166,9 +170,7 @@ fn branches_are_local(branches: &mut [Session; 3], m: &Manifest, phases: bool) -
         x0: c.saturating_sub(4),
         x1: c + 4,
     };
-    let Some(probe) = crop::Crop::plan(middle, t).filter(|p| p.input.y0 > 0) else {
-        return false;
-    };
+    let probe = crop::Crop::plan(middle, t).filter(|p| p.input.y0 > 0)?;
     let tile = crop::probe_tile(t, lo, hi);
     let staged = |input: crop::Rect| {
         let crop = crop::Crop {
@@ -182,7 +184,8 @@ fn branches_are_local(branches: &mut [Session; 3], m: &Manifest, phases: bool) -
     };
     let sizes = crop::Crop::input_sizes(t);
     let outputs: Vec<String> = m.branches.iter().map(|b| b.output.clone()).collect();
-    branches.iter_mut().zip(&outputs).all(|(session, output)| {
+    let mut lowest = f64::INFINITY;
+    for (session, output) in branches.iter_mut().zip(&outputs) {
         let mut run = |data: &[f32], (h, w): (usize, usize)| {
             run_with(session, output, data, (1, h, w), "probe", |shape, v| {
                 Ok((shape == branch_output_shape(1, (h, w), s, phases)).then(|| v.to_vec()))
@@ -191,23 +194,19 @@ fn branches_are_local(branches: &mut [Session; 3], m: &Manifest, phases: bool) -
             .flatten()
         };
         let size = (probe.input.height(), probe.input.width());
-        let agrees = match (run(&tile, (t, t)), run(&staged(probe.input), size)) {
-            (Some(whole), Some(part)) => {
-                crop::agreement(&whole, &part, &probe, t, s, phases, hi - lo) >= CROP_AGREEMENT_DB
-            }
-            _ => false,
-        };
-        agrees
-            && sizes.iter().all(|&(h, w)| {
-                let input = crop::Rect {
-                    y0: 0,
-                    y1: h,
-                    x0: 0,
-                    x1: w,
-                };
-                run(&staged(input), (h, w)).is_some()
-            })
-    })
+        let (whole, part) = (run(&tile, (t, t))?, run(&staged(probe.input), size)?);
+        lowest = lowest.min(crop::agreement(&whole, &part, &probe, t, s, phases, hi - lo));
+        for &(h, w) in &sizes {
+            let input = crop::Rect {
+                y0: 0,
+                y1: h,
+                x0: 0,
+                x1: w,
+            };
+            run(&staged(input), (h, w))?;
+        }
+    }
+    Some(lowest)
 }
 
 /// Three branch sessions, cheapest first, the graphs they were made from, and whether any
@@ -343,11 +342,15 @@ impl Model {
         let fixed_tile = (classifier_fixed || branches_fixed).then_some(t);
         // Parts of tiles pay on the CPU, where a tile's cost is its pixels; a GPU is better fed
         // whole tiles in big batches than many small calls.
-        let crops = device == ActiveDevice::Cpu && fixed_tile.is_none() && branches_are_local(&mut branches, m, phases);
+        let crop_agreement = (device == ActiveDevice::Cpu && fixed_tile.is_none())
+            .then(|| crop_agreement(&mut branches, m, phases))
+            .flatten();
+        let crops = crop_agreement.is_some_and(|db| db >= CROP_AGREEMENT_DB);
         Ok(Model {
             manifest: m.clone(),
             classifier,
             crops,
+            crop_agreement,
             branches,
             workers,
             phases,
