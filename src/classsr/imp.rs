@@ -351,7 +351,7 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecUInt::builder("overlap")
                     .nick("Overlap")
-                    .blurb("LR pixels shared by neighbouring tiles, blended with a linear feather; at most half of tile-size")
+                    .blurb("LR pixels shared by neighbouring tiles, blended with a linear feather; at most half of the tile side in use (the model's when tile-size is 0)")
                     .maximum(255)
                     .default_value(DEFAULT_OVERLAP)
                     .mutable_playing()
@@ -366,7 +366,7 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("cache", ClassSrCache::default())
                     .nick("Cache")
-                    .blurb("Per-tile cache across frames: off, class (unchanged tiles keep their class and skip the classifier) or full (they also keep their HR output and skip their branch; with a threshold above 0, a tile changed in a few 8x8 blocks reruns its branch only around them)")
+                    .blurb("Per-tile cache across frames: off, class (unchanged tiles keep their class and skip the classifier) or full (they also keep their HR output and skip their branch; with a threshold above 0, a tile changed in a few 8x8 blocks reruns its branch only around them, on the CPU at the model's tile size)")
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecFloat::builder("cache-threshold")
@@ -385,7 +385,7 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecBoolean::builder("stats")
                     .nick("Statistics")
-                    .blurb("Post a classsr-stats element message per frame: tiles per class, cache hits, MACs used and of the original model, processing time")
+                    .blurb("Post a classsr-stats element message per frame: tiles per class, cache hits, tiles recomputed in part, MACs used and of the original model, processing time")
                     .default_value(false)
                     .mutable_playing()
                     .build(),
@@ -761,7 +761,11 @@ impl ClassSr {
         let tile = cfg.for_model(&state.engine.model().manifest).tile;
         let want = (tile, cfg.overlap);
         // (a model whose graphs take one tile size only takes that one)
-        let usable = if tile < MIN_TILE {
+        let usable = if cfg.tile == 0 && !(MIN_TILE..=256).contains(&tile) {
+            Err(format!(
+                "the model's tile_size {tile} is outside {MIN_TILE}..256: set tile-size"
+            ))
+        } else if tile < MIN_TILE {
             Err(format!(
                 "tile-size {tile} is too small: use {MIN_TILE} to 256, or 0 for the model's"
             ))

@@ -390,8 +390,8 @@ impl Model {
     pub fn check_tile(&self, tile: usize) -> Result<(), Error> {
         match self.fixed_tile {
             Some(t) if t != tile => Err(Error::Settings(format!(
-                "the model ({}) takes only {t}x{t} tiles (its input shape is fixed): set tile-size={t} \
-                 (the CLI's --tile {t}), or re-export it with dynamic height and width",
+                "the model ({}) takes only {t}x{t} tiles (its input shape is fixed): set tile-size={t} or 0, \
+                 the default (the CLI's --tile {t}, or no --tile), or re-export it with dynamic height and width",
                 self.origin
             ))),
             _ => Ok(()),
