@@ -98,15 +98,20 @@ fn edit_graph(dir: &Path, file: &str, f: impl FnOnce(&mut gstclasssr::onnx::prot
     std::fs::write(&path, m.encode_to_vec()).unwrap();
 }
 
-/// Sets axis `axis` of the graph's first input to `value`.
-fn fix_input_axis(m: &mut gstclasssr::onnx::proto::ModelProto, axis: usize, value: i64) {
-    use gstclasssr::onnx::proto::tensor_shape_proto::dimension::Value;
+/// The tensor type (element type and shape) of the graph's first input.
+fn input_type(m: &mut gstclasssr::onnx::proto::ModelProto) -> &mut gstclasssr::onnx::proto::type_proto::Tensor {
     use gstclasssr::onnx::proto::type_proto;
     let input = &mut m.graph.as_mut().unwrap().input[0];
     let Some(type_proto::Value::TensorType(t)) = input.r#type.as_mut().unwrap().value.as_mut() else {
         panic!("a tensor input")
     };
-    t.shape.as_mut().unwrap().dim[axis].value = Some(Value::DimValue(value));
+    t
+}
+
+/// Sets axis `axis` of the graph's first input to `value`.
+fn fix_input_axis(m: &mut gstclasssr::onnx::proto::ModelProto, axis: usize, value: i64) {
+    use gstclasssr::onnx::proto::tensor_shape_proto::dimension::Value;
+    input_type(m).shape.as_mut().unwrap().dim[axis].value = Some(Value::DimValue(value));
 }
 
 #[test]
@@ -150,14 +155,7 @@ fn graphs_the_engine_cannot_feed_are_reported_at_load() {
     // An input declared without a shape has nothing to check: the dry run decides, and this
     // one runs.
     let dir = copy_ka("no-input-shape");
-    edit_graph(&dir, "classifier.onnx", |m| {
-        use gstclasssr::onnx::proto::type_proto;
-        let input = &mut m.graph.as_mut().unwrap().input[0];
-        let Some(type_proto::Value::TensorType(t)) = input.r#type.as_mut().unwrap().value.as_mut() else {
-            panic!("a tensor input")
-        };
-        t.shape = None;
-    });
+    edit_graph(&dir, "classifier.onnx", |m| input_type(m).shape = None);
     run_with_model(&dir).unwrap();
     // Weights in a separate file (ONNX external data) are named as such.
     let dir = copy_ka("external-data");

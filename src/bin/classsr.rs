@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use gstclasssr::engine::tiling::check_tiling;
+use gstclasssr::engine::tiling::{check_tiling, TILE_SIDES};
 use gstclasssr::engine::{Engine, FrameConfig, Image, ImageMut, Mode, Model, PixelLayout};
 use gstclasssr::files::write_bytes_atomically;
 use gstclasssr::manifest::ModelSet;
@@ -22,8 +22,7 @@ neighbouring tiles (default 4, at most half a tile)";
 
 /// The modes, for error messages.
 const MODES: &str = "classsr, original, bicubic, branch1, branch2, branch3 or classmap";
-/// Tile side and thread count limits (the element's).
-const TILES: std::ops::RangeInclusive<usize> = 8..=256;
+/// Thread count limit (the element's; tile sides: TILE_SIDES).
 const MAX_THREADS: usize = 64;
 /// Quality of JPEG output (0-100).
 const JPEG_QUALITY: u8 = 95;
@@ -113,12 +112,12 @@ fn parse(cmd: &str, args: &[String]) -> Result<Args, String> {
             }
             "--tile" => {
                 a.frame.tile = num("--tile", value("--tile")?)?;
-                if !TILES.contains(&a.frame.tile) {
+                if !TILE_SIDES.contains(&a.frame.tile) {
                     return Err(format!(
                         "--tile {}: the tile side must be in {}..={} (without --tile: the model's, 32 for the embedded one)",
                         a.frame.tile,
-                        TILES.start(),
-                        TILES.end()
+                        TILE_SIDES.start(),
+                        TILE_SIDES.end()
                     ));
                 }
             }

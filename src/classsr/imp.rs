@@ -14,7 +14,7 @@ use gst_video::prelude::*;
 use gst_video::subclass::prelude::*;
 
 use super::{caps, ClassSrCache, ClassSrDevice, ClassSrMode};
-use crate::engine::tiling::check_tiling;
+use crate::engine::tiling::{check_tiling, TILE_SIDES};
 use crate::engine::{
     frame_graphs, CacheMode, Engine, FrameConfig, FrameStats, Image, ImageMut, Mode, Model, PixelLayout, MAX_SIDE,
 };
@@ -32,9 +32,6 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 
 /// 0: the model's tile size (its manifest's).
 const DEFAULT_TILE: u32 = 0;
-/// The smallest tile side the element takes (a tile smaller than the network's reach is
-/// mostly border).
-const MIN_TILE: usize = 8;
 const DEFAULT_OVERLAP: u32 = 4;
 const DEFAULT_MAX_BATCH: u32 = 0;
 const DEFAULT_CACHE_THRESHOLD: f32 = 1.0;
@@ -345,7 +342,7 @@ impl ObjectImpl for ClassSr {
                     .nick("Tile size")
                     .blurb("Side of the square LR tiles in pixels, 8 to 256; 0 = the model's (its manifest's tile_size: 32 for the embedded model and every model classsr-train makes)")
                     .minimum(0)
-                    .maximum(256)
+                    .maximum(*TILE_SIDES.end() as u32)
                     .default_value(DEFAULT_TILE)
                     .mutable_playing()
                     .build(),
@@ -761,13 +758,14 @@ impl ClassSr {
         let tile = cfg.for_model(&state.engine.model().manifest).tile;
         let want = (tile, cfg.overlap);
         // (a model whose graphs take one tile size only takes that one)
-        let usable = if cfg.tile == 0 && !(MIN_TILE..=256).contains(&tile) {
+        let (lo, hi) = (TILE_SIDES.start(), TILE_SIDES.end());
+        let usable = if cfg.tile == 0 && !TILE_SIDES.contains(&tile) {
             Err(format!(
-                "the model's tile_size {tile} is outside {MIN_TILE}..256: set tile-size"
+                "the model's tile_size {tile} is outside {lo}..{hi}: set tile-size"
             ))
-        } else if tile < MIN_TILE {
+        } else if tile < *lo {
             Err(format!(
-                "tile-size {tile} is too small: use {MIN_TILE} to 256, or 0 for the model's"
+                "tile-size {tile} is too small: use {lo} to {hi}, or 0 for the model's"
             ))
         } else {
             check_tiling(tile, cfg.overlap)

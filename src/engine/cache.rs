@@ -25,9 +25,9 @@ impl CacheMode {
     }
 }
 
-pub use super::crop::Rect;
+use super::crop::Rect;
 
-/// Side of the blocks compared by [`TileCache::unchanged`]: small enough that a person
+/// Side of the blocks compared by [`TileCache::changed_blocks`]: small enough that a person
 /// entering a corner of a tile changes at least one block by much more than noise does.
 pub const BLOCK: usize = 8;
 

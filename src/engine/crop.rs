@@ -65,6 +65,18 @@ impl Rect {
     pub fn area(&self) -> usize {
         self.height() * self.width()
     }
+
+    /// Copies this part of `tile` (one NCHW item of side `t`) into `dst` (3 planes of the
+    /// part's size).
+    pub fn stage(&self, tile: &[f32], t: usize, dst: &mut [f32]) {
+        let (h, w) = (self.height(), self.width());
+        for c in 0..3 {
+            for y in 0..h {
+                let s = (c * t + self.y0 + y) * t + self.x0;
+                dst[(c * h + y) * w..(c * h + y + 1) * w].copy_from_slice(&tile[s..s + w]);
+            }
+        }
+    }
 }
 
 /// LR pixels of context run around the replaced part (fewer at the tile's own edges, where the
@@ -122,17 +134,9 @@ impl Crop {
         sizes
     }
 
-    /// Copies the crop's input out of `tile` (one NCHW item of side `t`) into `dst` (3 planes
-    /// of the input's size).
-    pub fn stage(&self, tile: &[f32], t: usize, dst: &mut [f32]) {
-        let r = &self.input;
-        let (h, w) = (r.height(), r.width());
-        for c in 0..3 {
-            for y in 0..h {
-                let s = (c * t + r.y0 + y) * t + r.x0;
-                dst[(c * h + y) * w..(c * h + y + 1) * w].copy_from_slice(&tile[s..s + w]);
-            }
-        }
+    /// `per_tile` (a branch's cost on a whole tile of side `t`) scaled to the crop's input.
+    pub fn cost(&self, per_tile: u64, t: usize) -> u64 {
+        per_tile * self.input.area() as u64 / (t * t) as u64
     }
 
     /// Pastes the kept part of the crop's branch output `out` into `hr`, the tile's output in
@@ -260,7 +264,7 @@ mod tests {
             },
         };
         let mut staged = vec![0.0; 3 * 4 * 7];
-        crop.stage(&tile, t, &mut staged);
+        crop.input.stage(&tile, t, &mut staged);
         assert_eq!(staged[0], tile[2 * t + 1]);
         assert_eq!(staged[2 * 28 + 3 * 7 + 6], tile[2 * t * t + 5 * t + 7]);
         // an identity "network" (scale 1): pasting the staged input back changes nothing, and

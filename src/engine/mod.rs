@@ -372,8 +372,9 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// Runs a worker's share, each class's tiles on its session of that class (`sessions`),
-    /// then its partial recomputes (`parts`: tile ids and classes).
+    /// Runs a worker's partial recomputes (`parts`: tile ids and classes), then its share of
+    /// whole tiles, each class's tiles on its session of that class (`sessions`; only these are
+    /// timed for [`TileCosts`]).
     fn run_share(
         &self,
         sessions: [&mut Session; 3],
@@ -416,7 +417,8 @@ impl Job<'_> {
         let item = 3 * t * t;
         let (h, w) = (crop.input.height(), crop.input.width());
         buf.resize(buf.len().max(3 * h * w), 0.0);
-        crop.stage(&self.tiles[i * item..(i + 1) * item], t, &mut buf[..3 * h * w]);
+        crop.input
+            .stage(&self.tiles[i * item..(i + 1) * item], t, &mut buf[..3 * h * w]);
         let scale = self.grid.scale;
         let what = &format!("branch{}", class + 1);
         model::run_with(
@@ -673,14 +675,11 @@ impl Engine {
                     branch[0] = false;
                     Self::bicubic_tiles(work, 0, m, full, incremental);
                 }
-                let tt = (work.grid.tile * work.grid.tile) as u64;
-                for (class, cost) in costs.iter().enumerate() {
+                let t = work.grid.tile;
+                for (class, &cost) in costs.iter().enumerate() {
                     if branch[class] {
                         for &i in &work.groups[class] {
-                            stats.macs += match work.crops[i as usize] {
-                                Some(c) => cost * c.input.area() as u64 / tt,
-                                None => *cost,
-                            };
+                            stats.macs += work.crops[i as usize].map_or(cost, |c| c.cost(cost, t));
                         }
                     }
                 }
@@ -955,13 +954,12 @@ impl Engine {
             })
             .collect();
         loads.resize_with(sessions.len(), Default::default);
-        let tt = (grid.tile * grid.tile) as u64;
         for (class, group) in picked.iter().enumerate() {
             for &i in group.iter() {
                 if let Some(c) = crops[i as usize] {
                     let (plan, load) = loads.iter_mut().min_by_key(|(_, load)| *load).expect("a worker");
                     plan.1.push((i, class));
-                    *load += weights[class] * c.input.area() as u64 / tt;
+                    *load += c.cost(weights[class], grid.tile);
                 }
             }
         }

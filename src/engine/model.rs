@@ -173,21 +173,15 @@ fn crop_agreement(branches: &mut [Session; 3], m: &Manifest, phases: bool) -> Op
     let probe = crop::Crop::plan(middle, t).filter(|p| p.input.y0 > 0)?;
     let tile = crop::probe_tile(t, lo, hi);
     let staged = |input: crop::Rect| {
-        let crop = crop::Crop {
-            input,
-            keep: input,
-            changed: input,
-        };
         let mut v = vec![0.0; 3 * input.area()];
-        crop.stage(&tile, t, &mut v);
+        input.stage(&tile, t, &mut v);
         v
     };
     let sizes = crop::Crop::input_sizes(t);
-    let outputs: Vec<String> = m.branches.iter().map(|b| b.output.clone()).collect();
     let mut lowest = f64::INFINITY;
-    for (session, output) in branches.iter_mut().zip(&outputs) {
+    for (session, info) in branches.iter_mut().zip(&m.branches) {
         let mut run = |data: &[f32], (h, w): (usize, usize)| {
-            run_with(session, output, data, (1, h, w), "probe", |shape, v| {
+            run_with(session, &info.output, data, (1, h, w), "probe", |shape, v| {
                 Ok((shape == branch_output_shape(1, (h, w), s, phases)).then(|| v.to_vec()))
             })
             .ok()

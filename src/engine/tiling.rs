@@ -67,6 +67,10 @@ pub fn axis_weights(pos: &[usize], tile: usize, scale: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// The tile sides the element and the CLI take (a tile much smaller than the networks' reach
+/// is mostly border; a larger one only costs memory).
+pub const TILE_SIDES: std::ops::RangeInclusive<usize> = 8..=256;
+
 /// Whether tiles of side `tile` overlapping by `overlap` can tile frames: the overlap at most
 /// half a tile. More would cover each pixel by up to (tile / (tile − overlap))² tiles (a
 /// thousand at 32 and 31: gigabytes of tile buffers for one HD frame) for no better blend.
