@@ -299,7 +299,8 @@ fn nudged(img: &Rgba, seed: u64, every: u64) -> Rgba {
 #[test]
 fn a_cache_threshold_reuses_tiles_that_changed_slightly() {
     // A static picture, then the same with ±1 level on about a tenth of the pixels (in every
-    // tile): below a threshold of 2 everywhere, but not bit-identical.
+    // tile): below a threshold of 2 everywhere, but not bit-identical. (Without the
+    // correction: with it, see the next test.)
     let a = picture(128, 96, 9);
     let b = nudged(&a, 77, 10);
     assert_ne!(a, b);
@@ -308,6 +309,7 @@ fn a_cache_threshold_reuses_tiles_that_changed_slightly() {
             ("cache", "full"),
             ("cache-threshold", threshold),
             ("cache-refresh", "0"),
+            ("cache-correction", "false"),
         ];
         let (mut h, bus) = element(&props);
         h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 128, 96));
@@ -322,6 +324,84 @@ fn a_cache_threshold_reuses_tiles_that_changed_slightly() {
         } else {
             assert_eq!(hits, 0, "threshold 0: only bit-identical tiles are reused");
             assert!(second == cache_off(&b, &[]), "threshold 0 recomputes exactly");
+        }
+    }
+}
+
+/// The largest difference of any colour of any pixel between `a` and `b`, and the alpha
+/// values that differ.
+fn largest_difference(a: &Rgba, b: &Rgba) -> (u8, usize) {
+    let colour =
+        a.px.iter()
+            .zip(&b.px)
+            .flat_map(|(p, q)| (0..3).map(move |c| p[c].abs_diff(q[c])))
+            .max()
+            .unwrap();
+    (colour, a.px.iter().zip(&b.px).filter(|(p, q)| p[3] != q[3]).count())
+}
+
+#[test]
+fn the_correction_makes_reused_tiles_follow_small_changes() {
+    // A picture brightening by one level a frame (a slow change of light) with ±1 level of
+    // noise on a tenth of its pixels: under a threshold of 4 every tile is reused for 3 frames.
+    // The known-answer branches are bicubic upscalers, which are linear: a reused output plus
+    // the bicubic upscale of its pixels' change is what running the branch again gives, so
+    // with the correction the frames are cache=off's (within a level: the packed output and
+    // the correction are rounded apart), and without it they stay the first frame's. Formats
+    // with alpha (alpha upscaled, not corrected) and with padding take the same path.
+    let (w, h) = (128, 96);
+    let a = picture(w, h, 9);
+    let frames: Vec<Rgba> = (1..4u8)
+        .map(|k| {
+            let mut f = nudged(&a, 77 + k as u64, 10);
+            for p in &mut f.px {
+                for v in &mut p[..3] {
+                    *v = v.saturating_add(k);
+                }
+            }
+            f
+        })
+        .collect();
+    for format in [VideoFormat::Rgb, VideoFormat::Rgba, VideoFormat::Xbgr] {
+        let run = |props: &[(&str, &str)], img: &[&Rgba]| -> (Vec<Rgba>, Vec<gst::Structure>) {
+            let (mut el, bus) = element(props);
+            el.set_src_caps_str(&caps_str(format, w, h));
+            let out = img
+                .iter()
+                .map(|f| {
+                    el.push(to_buffer(f, format)).unwrap();
+                    from_buffer(&el.pull().unwrap(), format, 4 * w, 4 * h)
+                })
+                .collect();
+            (out, stats(&bus))
+        };
+        let all: Vec<&Rgba> = std::iter::once(&a).chain(&frames).collect();
+        let full = [("cache", "full"), ("cache-threshold", "4"), ("cache-refresh", "0")];
+        let (corrected, st) = run(&full, &all);
+        let (stale, _) = run(&[&full[..], &[("cache-correction", "false")]].concat(), &all);
+        for (k, f) in frames.iter().enumerate() {
+            let k = k + 1;
+            assert_eq!(
+                u(&st[k], "full-cache-hits"),
+                u(&st[k], "tiles"),
+                "{format:?} frame {k} is reused whole"
+            );
+            assert_eq!(u(&st[k], "runs"), 0);
+            let (want, _) = run(&[("cache", "off")], &[f]);
+            let (off_by, alphas) = largest_difference(&corrected[k], &want[0]);
+            assert!(
+                off_by <= 1 && alphas == 0,
+                "{format:?} frame {k}: {off_by} levels, {alphas} alphas from cache=off"
+            );
+            assert!(
+                stale[k] == stale[0],
+                "{format:?} frame {k}: without the correction the first frame stays"
+            );
+            let (stale_by, _) = largest_difference(&stale[k], &want[0]);
+            assert!(
+                stale_by >= k as u8,
+                "{format:?} frame {k}: the stale frame is {stale_by} levels off"
+            );
         }
     }
 }

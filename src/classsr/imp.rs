@@ -60,6 +60,7 @@ struct Settings {
     cache: ClassSrCache,
     cache_threshold: f32,
     cache_refresh: u32,
+    cache_correction: bool,
     stats: bool,
     frame_graphs: bool,
 }
@@ -79,6 +80,7 @@ impl Default for Settings {
             cache: ClassSrCache::default(),
             cache_threshold: DEFAULT_CACHE_THRESHOLD,
             cache_refresh: DEFAULT_CACHE_REFRESH,
+            cache_correction: true,
             stats: false,
             frame_graphs: false,
         }
@@ -110,6 +112,7 @@ impl Settings {
             },
             cache_threshold: self.cache_threshold,
             cache_refresh: self.cache_refresh,
+            cache_correction: self.cache_correction,
         }
     }
 
@@ -380,6 +383,12 @@ impl ObjectImpl for ClassSr {
                     .default_value(DEFAULT_CACHE_REFRESH)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecBoolean::builder("cache-correction")
+                    .nick("Cache correction")
+                    .blurb("With cache=full and a threshold above 0, add to each reused output the bicubic upscale of its pixels' change since it was computed, so reused tiles follow noise, flicker and slow changes of light (the whole frame is repacked each frame)")
+                    .default_value(true)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecBoolean::builder("stats")
                     .nick("Statistics")
                     .blurb("Post a classsr-stats element message per frame: tiles per class, cache hits, tiles recomputed in part, MACs used and of the original model, processing time")
@@ -428,6 +437,7 @@ impl ObjectImpl for ClassSr {
             "cache" => s.cache = value.get().expect("type checked"),
             "cache-threshold" => s.cache_threshold = value.get().expect("type checked"),
             "cache-refresh" => s.cache_refresh = value.get().expect("type checked"),
+            "cache-correction" => s.cache_correction = value.get().expect("type checked"),
             "stats" => s.stats = value.get().expect("type checked"),
             "frame-graphs" => s.frame_graphs = value.get().expect("type checked"),
             _ => unimplemented!("property {name}"),
@@ -455,6 +465,7 @@ impl ObjectImpl for ClassSr {
             "cache" => s.cache.to_value(),
             "cache-threshold" => s.cache_threshold.to_value(),
             "cache-refresh" => s.cache_refresh.to_value(),
+            "cache-correction" => s.cache_correction.to_value(),
             "stats" => s.stats.to_value(),
             "frame-graphs" => s.frame_graphs.to_value(),
             name => unimplemented!("property {name}"),

@@ -174,40 +174,12 @@ pub fn tile_region(grid: &TileGrid, i: usize, part: &Rect) -> Region {
 }
 
 /// Packs the whole frame as [`pack`] does, its rows cut into `bands` bands packed in parallel
-/// (one band, on this thread, for frames under ~0.1 megapixel, where a thread costs more than
-/// it saves).
+/// (see [`pixels::in_bands`]).
 pub fn pack_all(fx: &[i32], pw: usize, ph: usize, alpha: Option<&[f32]>, out: &mut ImageMut, bands: usize) {
-    let (w, h, stride, layout) = (out.width, out.height, out.stride, out.layout);
-    let bands = if w * h < 100_000 { 1 } else { bands.clamp(1, h) };
-    std::thread::scope(|s| {
-        let mut rest: &mut [u8] = out.data;
-        let mut y0 = 0;
-        for k in 0..bands {
-            let y1 = (k + 1) * h / bands;
-            let take = if k + 1 == bands { rest.len() } else { (y1 - y0) * stride };
-            let (band, tail) = std::mem::take(&mut rest).split_at_mut(take);
-            rest = tail;
-            // the planes and alpha seen from row y0 (plane offsets stay those of the frame)
-            let planes = &fx[y0 * pw..];
-            let alpha = alpha.map(|a| &a[y0 * pw..]);
-            let rows = y1 - y0;
-            let mut job = move || {
-                let mut img = ImageMut {
-                    data: band,
-                    width: w,
-                    height: rows,
-                    stride,
-                    layout,
-                };
-                pack(planes, pw, ph, Region::all(w, rows), alpha, &mut img);
-            };
-            if k + 1 == bands {
-                job();
-            } else {
-                s.spawn(job);
-            }
-            y0 = y1;
-        }
+    pixels::in_bands(out, bands, |y0, img| {
+        // the planes and alpha seen from row y0 (plane offsets stay those of the frame)
+        let region = Region::all(img.width, img.height);
+        pack(&fx[y0 * pw..], pw, ph, region, alpha.map(|a| &a[y0 * pw..]), img);
     });
 }
 

@@ -180,6 +180,11 @@ impl TileCache {
         }
     }
 
+    /// The LR tile (NCHW item) tile `i`'s cached results came from.
+    pub fn reference_of(&self, i: usize) -> &[f32] {
+        &self.reference[i * self.item..(i + 1) * self.item]
+    }
+
     /// The logits stored with tile `i`.
     pub fn logits(&self, i: usize) -> &[f32; 3] {
         &self.logits[i]

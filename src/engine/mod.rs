@@ -5,6 +5,7 @@
 
 pub mod accumulate;
 pub mod cache;
+pub mod correction;
 pub mod crop;
 pub mod frame_graphs;
 pub mod model;
@@ -28,6 +29,7 @@ use crate::runtime::ActiveDevice;
 use crate::Error;
 use accumulate::{merge_tile, replace_tile, tile_region, TileFx, FX_ONE};
 use cache::TileCache;
+use correction::Correction;
 use crop::{Crop, Rect};
 use resample::Upsampler;
 pub use share::batch_calls;
@@ -134,6 +136,9 @@ pub struct FrameConfig {
     /// Every tile is recomputed once every this many frames, about 1/N of them each frame
     /// (0 = never).
     pub cache_refresh: u32,
+    /// With cache=full and a threshold above 0, reused outputs get the bicubic upscale of
+    /// their pixels' change since they were computed (see correction.rs).
+    pub cache_correction: bool,
 }
 
 impl FrameConfig {
@@ -163,6 +168,7 @@ impl Default for FrameConfig {
             cache: CacheMode::Off,
             cache_threshold: 1.0,
             cache_refresh: 30,
+            cache_correction: true,
         }
     }
 }
@@ -228,6 +234,7 @@ struct Work {
     groups: [Vec<u32>; 3],
     cubic: Upsampler,
     cache: TileCache,
+    correction: Correction,
 }
 
 impl Work {
@@ -255,6 +262,7 @@ impl Work {
             groups: Default::default(),
             cubic: Upsampler::new(Kernel::Bicubic, scale),
             cache: TileCache::new(grid.len(), grid.tile, 3 * (grid.tile * scale).pow(2)),
+            correction: Correction::new(&grid),
             grid,
         }
     }
@@ -640,6 +648,7 @@ impl Engine {
                     .upscale(plane, pw, ph, &mut work.acc[c * hw * hh..(c + 1) * hw * hh]);
             }
         }
+        let mut corrected = false;
         if cfg.mode != Mode::Bicubic {
             let threshold = cfg.cache_threshold * (hi - lo) / 255.0;
             // Parts of tiles are recomputed only when the model is local enough, and not in the
@@ -696,6 +705,21 @@ impl Engine {
                     }
                 }
                 work.fx_complete = full;
+                // Reused outputs follow their pixels' small changes (see correction.rs).
+                if full && threshold > 0.0 && cfg.cache_correction {
+                    let mut whole_now = vec![false; n];
+                    for &i in work.groups.iter().flatten() {
+                        whole_now[i as usize] = work.crops[i as usize].is_none();
+                    }
+                    corrected = work.correction.difference(
+                        &work.grid,
+                        &work.all_tiles,
+                        &work.cache,
+                        |i| whole_now[i],
+                        255.0 / (hi - lo),
+                        output.layout,
+                    );
+                }
             }
             for (c, t) in stats.tiles.iter_mut().enumerate() {
                 *t = work.class_of.iter().filter(|&&k| k as usize == c).count();
@@ -707,7 +731,7 @@ impl Engine {
             work.cubic.upscale(&work.alpha_lr, pw, ph, &mut work.alpha_hr);
         }
         if networks {
-            Self::pack_fx(work, cfg, output, with_alpha, bands);
+            Self::pack_fx(work, cfg, output, with_alpha, bands, corrected);
         } else {
             let alpha = with_alpha.then_some(&work.alpha_hr[..]);
             pixels::pack_planar(&work.acc, pw * s, ph * s, lo, hi, alpha, output);
@@ -720,8 +744,17 @@ impl Engine {
 
     /// Packs the fixed-point frame into `output`, the full frame in `bands` row bands in
     /// parallel. After a full-cache frame whose previous output was kept, only the recomputed
-    /// tiles (this frame's `groups`) are repacked over a copy of it.
-    fn pack_fx(work: &mut Work, cfg: &FrameConfig, output: &mut ImageMut, with_alpha: bool, bands: usize) {
+    /// tiles (this frame's `groups`) are repacked over a copy of it. With `corrected`, the
+    /// frame's correction (correction.rs) is added to the packed output (the kept one stays
+    /// without it).
+    fn pack_fx(
+        work: &mut Work,
+        cfg: &FrameConfig,
+        output: &mut ImageMut,
+        with_alpha: bool,
+        bands: usize,
+        corrected: bool,
+    ) {
         let (hw, hh) = (
             work.grid.padded_width * work.grid.scale,
             work.grid.padded_height * work.grid.scale,
@@ -748,7 +781,11 @@ impl Engine {
                     accumulate::pack(&work.fx, hw, hh, region, None, &mut last);
                 }
             }
-            output.data[..need].copy_from_slice(&work.last_out[..need]);
+            if corrected {
+                work.correction.apply(Some(&work.last_out[..need]), output, bands);
+            } else {
+                output.data[..need].copy_from_slice(&work.last_out[..need]);
+            }
             return;
         }
         accumulate::pack_all(&work.fx, hw, hh, alpha, output, bands);
@@ -758,6 +795,9 @@ impl Engine {
             work.last_out_key = key;
         } else {
             work.last_out_key = None;
+        }
+        if corrected {
+            work.correction.apply(None, output, bands);
         }
     }
 
@@ -860,7 +900,14 @@ impl Engine {
                     work.crops[i] = None;
                 }
                 match work.crops[i] {
-                    Some(crop) => work.cache.store_region(i, tile, &crop.changed, logits),
+                    // With the correction, the whole replaced part takes the new pixels as its
+                    // reference (its output came from them: nothing is added there); without,
+                    // only the changed blocks do, so that a block half in the margin keeps
+                    // comparing against the pixels the rest of its output came from.
+                    Some(crop) => {
+                        let region = if cfg.cache_correction { crop.keep } else { crop.changed };
+                        work.cache.store_region(i, tile, &region, logits)
+                    }
                     None => work.cache.store(i, tile, class, logits),
                 }
             }

@@ -223,6 +223,41 @@ fn interleave<const B: usize>(row: &mut [u8], bytes: &[u8], offs: [usize; 3]) {
     }
 }
 
+/// Runs `pack(y0, band)` on `bands` bands of `out`'s rows in parallel, `band` being the rows
+/// from `y0` on (one band, on this thread, for frames under ~0.1 megapixel, where a thread
+/// costs more than it saves).
+pub fn in_bands(out: &mut ImageMut, bands: usize, pack: impl Fn(usize, &mut ImageMut) + Sync) {
+    let (w, h, stride, layout) = (out.width, out.height, out.stride, out.layout);
+    let bands = if w * h < 100_000 { 1 } else { bands.clamp(1, h) };
+    let pack = &pack;
+    std::thread::scope(|s| {
+        let mut rest: &mut [u8] = out.data;
+        let mut y0 = 0;
+        for k in 0..bands {
+            let y1 = (k + 1) * h / bands;
+            let take = if k + 1 == bands { rest.len() } else { (y1 - y0) * stride };
+            let (band, tail) = std::mem::take(&mut rest).split_at_mut(take);
+            rest = tail;
+            let mut job = move || {
+                let mut img = ImageMut {
+                    data: band,
+                    width: w,
+                    height: y1 - y0,
+                    stride,
+                    layout,
+                };
+                pack(y0, &mut img);
+            };
+            if k + 1 == bands {
+                job();
+            } else {
+                s.spawn(job);
+            }
+            y0 = y1;
+        }
+    });
+}
+
 /// Packs `region` (clipped to the output) of planar planes of width `pw` into `out`, each
 /// sample through `conv`; alpha and padding bytes as [`pack_planar`].
 pub fn pack_region<T: Copy>(
@@ -235,6 +270,24 @@ pub fn pack_region<T: Copy>(
     conv: impl Fn(T) -> u8,
 ) {
     let plane = pw * ph;
+    pack_rows(pw, region, alpha, out, |c, y, x0, dst| {
+        let src = &planes[c * plane + y * pw + x0..][..dst.len()];
+        for (d, &v) in dst.iter_mut().zip(src) {
+            *d = conv(v);
+        }
+    });
+}
+
+/// Packs `region` (clipped to the output) into `out`, the bytes of each colour `c` of row `y`
+/// from column `x0` on made by `fill(c, y, x0, bytes)`; alpha (a plane of width `pw`) and
+/// padding bytes as [`pack_planar`].
+pub fn pack_rows(
+    pw: usize,
+    region: Region,
+    alpha: Option<&[f32]>,
+    out: &mut ImageMut,
+    mut fill: impl FnMut(usize, usize, usize, &mut [u8]),
+) {
     let bpp = out.layout.bytes_per_pixel();
     let offs = out.layout.rgb_offsets();
     let (x0, x1) = (region.x0.min(out.width), region.x1.min(out.width));
@@ -250,10 +303,7 @@ pub fn pack_region<T: Copy>(
         let row = &mut out.data[y * out.stride + x0 * bpp..y * out.stride + x1 * bpp];
         let o = y * pw + x0;
         for (c, dst) in bytes.chunks_exact_mut(n).enumerate() {
-            let src = &planes[c * plane + o..c * plane + o + n];
-            for (d, &v) in dst.iter_mut().zip(src) {
-                *d = conv(v);
-            }
+            fill(c, y, x0, dst);
         }
         match bpp {
             3 => interleave::<3>(row, &bytes, offs),

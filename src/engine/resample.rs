@@ -1,6 +1,6 @@
 // Separable ×scale upsampling of a planar f32 image on the CPU (half-pixel centres, clamped
-// edges) with the same kernels as the known-answer ONNX branches: the `bicubic` mode and the
-// alpha channel use it.
+// edges) with the same kernels as the known-answer ONNX branches: the `bicubic` mode, the
+// alpha channel and the correction of reused tiles (correction.rs) use it.
 
 use crate::onnx::Kernel;
 
@@ -28,44 +28,106 @@ impl Upsampler {
 
     /// Upsamples the `w`×`h` plane `src` into `dst` (`w*scale`×`h*scale`).
     pub fn upscale(&mut self, src: &[f32], w: usize, h: usize, dst: &mut [f32]) {
-        let s = self.scale;
-        let (ow, oh) = (w * s, h * s);
+        let (ow, oh) = (w * self.scale, h * self.scale);
         assert!(src.len() >= w * h && dst.len() >= ow * oh);
-        self.scratch.resize(ow * h, 0.0);
-        let rad = self.radius;
-        let clamp = |i: isize, n: usize| i.clamp(0, n as isize - 1) as usize;
-        // Horizontal pass: h rows of ow.
-        for y in 0..h {
-            let row = &src[y * w..y * w + w];
-            let out = &mut self.scratch[y * ow..y * ow + ow];
-            for i in 0..w {
-                for (r, taps) in self.taps.iter().enumerate() {
-                    let mut acc = 0.0;
-                    for (j, &t) in taps.iter().enumerate() {
-                        acc += t * row[clamp(i as isize + j as isize - rad, w)];
-                    }
-                    out[i * s + r] = acc;
-                }
-            }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.resize(ow * h, 0.0);
+        self.rows(src, w, h, &mut scratch);
+        for (y, out) in dst[..ow * oh].chunks_exact_mut(ow).enumerate() {
+            self.column(&scratch, ow, h, y, 0, out);
         }
-        // Vertical pass: combine whole rows.
-        for i in 0..h {
-            for (r, taps) in self.taps.iter().enumerate() {
-                let out = &mut dst[(i * s + r) * ow..(i * s + r + 1) * ow];
-                out.fill(0.0);
-                for (j, &t) in taps.iter().enumerate() {
-                    if t == 0.0 {
-                        continue;
-                    }
-                    let sy = clamp(i as isize + j as isize - rad, h);
-                    let src_row = &self.scratch[sy * ow..sy * ow + ow];
-                    for (o, v) in out.iter_mut().zip(src_row) {
-                        *o += t * v;
-                    }
+        self.scratch = scratch;
+    }
+
+    /// The horizontal pass: each of the `h` rows of the `w`-wide plane `src` upsampled into
+    /// `dst` (`h` rows of `w*scale`).
+    pub fn rows(&self, src: &[f32], w: usize, h: usize, dst: &mut [f32]) {
+        let s = self.scale;
+        let ow = w * s;
+        assert!(src.len() >= w * h && dst.len() >= ow * h);
+        let mut padded = Vec::new();
+        let mut phases = vec![Vec::new(); s];
+        for y in 0..h {
+            self.row_phases(&src[y * w..(y + 1) * w], &mut padded, &mut phases);
+            let out = &mut dst[y * ow..(y + 1) * ow];
+            for (r, phase) in phases.iter().enumerate() {
+                for (i, &v) in phase.iter().enumerate() {
+                    out[i * s + r] = v;
                 }
             }
         }
     }
+
+    /// The horizontal pass of one row `src`, by phase: `phases[r][i]` is output sample
+    /// `i·scale + r` (`phases` has `scale` rows; `padded` is scratch).
+    pub fn row_phases(&self, src: &[f32], padded: &mut Vec<f32>, phases: &mut [Vec<f32>]) {
+        let (w, rad) = (src.len(), self.radius as usize);
+        assert!(w > 0 && phases.len() == self.scale);
+        // the row with its edge samples repeated `rad` times on both sides (clamped edges),
+        // so that each phase is a sum of shifted rows (a loop that vectorises)
+        padded.clear();
+        padded.extend(std::iter::repeat_n(src[0], rad));
+        padded.extend_from_slice(src);
+        padded.extend(std::iter::repeat_n(src[w - 1], rad));
+        for (phase, taps) in phases.iter_mut().zip(&self.taps) {
+            phase.clear();
+            phase.resize(w, 0.0);
+            for (j, &t) in taps.iter().enumerate() {
+                add_scaled(phase, t, &padded[j..j + w]);
+            }
+        }
+    }
+
+    /// The rows of the horizontal pass's output (of `h` rows) that make output row `y` in the
+    /// vertical pass, and their weights: `n` of them, the rest unused.
+    pub fn column_taps(&self, y: usize, h: usize) -> ([usize; 8], [f32; 8], usize) {
+        let (i, r) = ((y / self.scale) as isize, y % self.scale);
+        let (mut rows, mut weights, mut n) = ([0; 8], [0.0; 8], 0);
+        for (j, &t) in self.taps[r].iter().enumerate() {
+            if t != 0.0 && n < 8 {
+                rows[n] = (i + j as isize - self.radius).clamp(0, h as isize - 1) as usize;
+                weights[n] = t;
+                n += 1;
+            }
+        }
+        (rows, weights, n)
+    }
+
+    /// The vertical pass for one output row: row `y` (of `h*scale`) from `rows` (`h` rows of
+    /// `ow`, the horizontal pass's output), its columns `x0..x0 + out.len()` into `out`.
+    pub fn column(&self, rows: &[f32], ow: usize, h: usize, y: usize, x0: usize, out: &mut [f32]) {
+        let (at, weights, n) = self.column_taps(y, h);
+        out.fill(0.0);
+        for (&sy, &t) in at.iter().zip(&weights).take(n) {
+            let src = &rows[sy * ow + x0..sy * ow + x0 + out.len()];
+            for (o, &v) in out.iter_mut().zip(src) {
+                *o += t * v;
+            }
+        }
+    }
+}
+
+/// `acc += t · src` (as long as `acc`), with AVX2 where the CPU has it (the same arithmetic,
+/// in wider registers).
+pub fn add_scaled(acc: &mut [f32], t: f32, src: &[f32]) {
+    #[inline(always)]
+    fn any(acc: &mut [f32], t: f32, src: &[f32]) {
+        let src = &src[..acc.len()];
+        for (a, &v) in acc.iter_mut().zip(src) {
+            *a += t * v;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn avx2(acc: &mut [f32], t: f32, src: &[f32]) {
+        any(acc, t, src)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { avx2(acc, t, src) };
+    }
+    any(acc, t, src)
 }
 
 /// MATLAB-style `imresize` with the bicubic kernel (a = -0.5): antialiased when shrinking (the
