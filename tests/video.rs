@@ -144,7 +144,7 @@ fn a_small_change_inside_a_static_tile_is_recomputed() {
     }
     // The whole frame, not only the patch: the reused tiles are bit-identical in `a` and `b`
     // and the fixed-point merge is order-free, so every HR pixel away from the patch equals
-    // cache=off's. Near it (within the 4 LR pixels of margin, the 4 of context and FSRCNN's
+    // cache=off's. Near it (within the 2 LR pixels of margin, the 2 of context and FSRCNN's
     // reach of 7) the part recomputed with less context than a whole tile may round the other
     // way.
     let near = |x: usize, y: usize| (52 - 15..60 + 15).contains(&(x / 4)) && (36 - 15..44 + 15).contains(&(y / 4));
