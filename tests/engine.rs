@@ -471,7 +471,7 @@ fn a_small_change_reruns_only_its_part_of_the_tile() {
     let set = ModelSet::embedded();
     let model = Model::load(&set, &CPU).unwrap();
     assert!(model.crops, "the embedded branches are local enough for crops");
-    // (the README quotes 53.1 dB)
+    // (the README quotes 53.5 dB)
     let db = model.crop_agreement.unwrap();
     assert!(db > 50.0 && db.is_finite(), "{db}");
     let mut off = Engine::new(model);

@@ -344,10 +344,10 @@ fn largest_difference(a: &Rgba, b: &Rgba) -> (u8, usize) {
 fn the_correction_makes_reused_tiles_follow_small_changes() {
     // A picture brightening by one level a frame (a slow change of light) with ±1 level of
     // noise on a tenth of its pixels: under a threshold of 4 every tile is reused for 3 frames.
-    // The known-answer branches are bicubic upscalers, which are linear: a reused output plus
-    // the bicubic upscale of its pixels' change is what running the branch again gives, so
-    // with the correction the frames are cache=off's (within a level: the packed output and
-    // the correction are rounded apart), and without it they stay the first frame's. Formats
+    // The known-answer branch3 is a bicubic upscaler, which is linear: a reused output plus
+    // the bicubic upscale of its pixels' change is what running it again gives, so with the
+    // correction the frames are cache=off's (within a level: the packed output and the
+    // correction are rounded apart), and without it they stay the first frame's. Formats
     // with alpha (alpha upscaled, not corrected) and with padding take the same path.
     let (w, h) = (128, 96);
     let a = picture(w, h, 9);
@@ -376,7 +376,12 @@ fn the_correction_makes_reused_tiles_follow_small_changes() {
             (out, stats(&bus))
         };
         let all: Vec<&Rgba> = std::iter::once(&a).chain(&frames).collect();
-        let full = [("cache", "full"), ("cache-threshold", "4"), ("cache-refresh", "0")];
+        let full = [
+            ("mode", "branch3"),
+            ("cache", "full"),
+            ("cache-threshold", "4"),
+            ("cache-refresh", "0"),
+        ];
         let (corrected, st) = run(&full, &all);
         let (stale, _) = run(&[&full[..], &[("cache-correction", "false")]].concat(), &all);
         for (k, f) in frames.iter().enumerate() {
@@ -387,7 +392,7 @@ fn the_correction_makes_reused_tiles_follow_small_changes() {
                 "{format:?} frame {k} is reused whole"
             );
             assert_eq!(u(&st[k], "runs"), 0);
-            let (want, _) = run(&[("cache", "off")], &[f]);
+            let (want, _) = run(&[("mode", "branch3"), ("cache", "off")], &[f]);
             let (off_by, alphas) = largest_difference(&corrected[k], &want[0]);
             assert!(
                 off_by <= 1 && alphas == 0,
@@ -404,6 +409,30 @@ fn the_correction_makes_reused_tiles_follow_small_changes() {
             );
         }
     }
+}
+
+#[test]
+fn a_tile_made_again_without_a_cached_output_takes_its_pixels_as_reference() {
+    // cache=class keeps no outputs: switched to cache=full on a frame whose tiles changed only
+    // slightly, every tile is unchanged but has no output to reuse, so it is made again from
+    // this frame's pixels (and merged once: it was merged a second time, as a reused tile,
+    // 128 levels off), which become its reference. The same frame once more is then reused
+    // with nothing to correct: exactly cache=off's frame (with the pixels of the frame before
+    // as reference, the correction would add their difference again).
+    let a = picture(128, 96, 9);
+    let b = nudged(&a, 78, 10);
+    let props = [("mode", "branch3"), ("cache-threshold", "2"), ("cache-refresh", "0")];
+    let (mut h, bus) = element(&[&props[..], &[("cache", "class")]].concat());
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 128, 96));
+    push(&mut h, &a);
+    h.element().unwrap().set_property_from_str("cache", "full");
+    let second = push(&mut h, &b);
+    let third = push(&mut h, &b);
+    let want = cache_off(&b, &props[..1]);
+    assert!(second == want && third == want);
+    let st = stats(&bus);
+    assert_eq!(u(&st[1], "full-cache-hits"), 0, "no outputs were cached");
+    assert_eq!(u(&st[2], "full-cache-hits"), u(&st[2], "tiles"), "every tile is reused");
 }
 
 #[test]

@@ -51,8 +51,10 @@ pub struct TileCache {
     hr_valid: Vec<bool>,
     /// Frames since the cache was last reset (this frame's index after `begin_frame`).
     age: u64,
-    /// Mode and bias (the user's, QoS steps aside) the cached results were made with.
-    key: Option<(u8, u32)>,
+    /// Mode, bias (the user's, QoS steps aside) and correction setting the cached results
+    /// were made with (the correction changes which pixels a partial recompute records as
+    /// its reference).
+    key: Option<(u8, u32, bool)>,
 }
 
 impl TileCache {
@@ -84,7 +86,7 @@ impl TileCache {
 
     /// Starts a frame: drops everything when the routing settings changed (and then returns
     /// true).
-    pub fn begin_frame(&mut self, key: (u8, u32)) -> bool {
+    pub fn begin_frame(&mut self, key: (u8, u32, bool)) -> bool {
         let reset = self.key != Some(key);
         if reset {
             self.reset();

@@ -88,8 +88,9 @@ impl Rect {
 pub const HALO: usize = 2;
 
 /// LR pixels around the changed blocks whose output is replaced too: the output there saw the
-/// changed pixels (FSRCNN's taps reach 7 pixels, the near ones weigh the most; further out,
-/// the correction of reused outputs, correction.rs, adds the change's bicubic upscale).
+/// changed pixels (FSRCNN's taps reach 7 pixels, the near ones weigh the most; further out
+/// the output keeps its cached value, plus, with the correction of reused outputs, the
+/// bicubic upscale of those pixels' own change).
 pub const MARGIN: usize = 2;
 
 /// A crop is run only when its input is at most this share of the tile; a larger change

@@ -693,29 +693,29 @@ impl Engine {
                     }
                 }
                 stats.partial_tiles = work.crops.iter().filter(|c| c.is_some()).count();
+                // the tiles made this frame (by a branch or bicubically): in full mode the
+                // others keep their cached output (a tile made now may have one after the run)
+                let mut made = vec![false; n];
+                for &i in work.groups.iter().flatten() {
+                    made[i as usize] = true;
+                }
                 stats.runs += Self::run_branches(&mut self.model, work, branch, &mut self.costs, cfg, m, incremental)?;
                 if full {
-                    stats.full_cache_hits = n - work.groups.iter().map(|g| g.len()).sum::<usize>();
+                    stats.full_cache_hits = made.iter().filter(|&&made| !made).count();
                     if !incremental {
-                        for i in 0..n {
-                            if work.reuses_hr(i) {
-                                merge_tile(&work.grid, &mut work.fx, i, work.cache.hr_of(i), m);
-                            }
+                        for i in (0..n).filter(|&i| !made[i]) {
+                            merge_tile(&work.grid, &mut work.fx, i, work.cache.hr_of(i), m);
                         }
                     }
                 }
                 work.fx_complete = full;
                 // Reused outputs follow their pixels' small changes (see correction.rs).
                 if full && threshold > 0.0 && cfg.cache_correction {
-                    let mut whole_now = vec![false; n];
-                    for &i in work.groups.iter().flatten() {
-                        whole_now[i as usize] = work.crops[i as usize].is_none();
-                    }
                     corrected = work.correction.difference(
                         &work.grid,
                         &work.all_tiles,
                         &work.cache,
-                        |i| whole_now[i],
+                        |i| made[i] && work.crops[i].is_none(),
                         255.0 / (hi - lo),
                         output.layout,
                     );
@@ -817,7 +817,10 @@ impl Engine {
             work.fresh.fill(true);
             return;
         }
-        if work.cache.begin_frame((cfg.mode.key(), cfg.bias.to_bits())) {
+        if work
+            .cache
+            .begin_frame((cfg.mode.key(), cfg.bias.to_bits(), cfg.cache_correction))
+        {
             work.fx_complete = false;
         }
         for i in 0..n {
@@ -922,6 +925,13 @@ impl Engine {
             if !(full && work.reuses_hr(i)) {
                 if full {
                     work.cache.classes[i] = work.class_of[i];
+                    // an unchanged tile without a reusable output (a QoS bicubic stand-in,
+                    // or cached by cache=class) is made again from this frame's pixels
+                    if !work.fresh[i] {
+                        let whole = Rect::whole(t);
+                        work.cache
+                            .store_region(i, &work.all_tiles[i * item..(i + 1) * item], &whole, None);
+                    }
                 }
                 work.groups[work.class_of[i] as usize].push(i as u32);
             }
