@@ -348,21 +348,27 @@ fn the_correction_makes_reused_tiles_follow_small_changes() {
     // the bicubic upscale of its pixels' change is what running it again gives, so with the
     // correction the frames are cache=off's (within a level: the packed output and the
     // correction are rounded apart), and without it they stay the first frame's. Formats
-    // with alpha (alpha upscaled, not corrected) and with padding take the same path.
-    let (w, h) = (128, 96);
-    let a = picture(w, h, 9);
-    let frames: Vec<Rgba> = (1..4u8)
-        .map(|k| {
-            let mut f = nudged(&a, 77 + k as u64, 10);
-            for p in &mut f.px {
-                for v in &mut p[..3] {
-                    *v = v.saturating_add(k);
+    // with alpha (alpha upscaled, not corrected) and with padding take the same path, and so
+    // does a frame smaller than a tile (its input rows padded in memory).
+    let cases = [
+        ((128, 96), VideoFormat::Rgb),
+        ((128, 96), VideoFormat::Rgba),
+        ((128, 96), VideoFormat::Xbgr),
+        ((21, 13), VideoFormat::Rgb),
+    ];
+    for ((w, h), format) in cases {
+        let a = picture(w, h, 9);
+        let frames: Vec<Rgba> = (1..4u8)
+            .map(|k| {
+                let mut f = nudged(&a, 77 + k as u64, 10);
+                for p in &mut f.px {
+                    for v in &mut p[..3] {
+                        *v = v.saturating_add(k);
+                    }
                 }
-            }
-            f
-        })
-        .collect();
-    for format in [VideoFormat::Rgb, VideoFormat::Rgba, VideoFormat::Xbgr] {
+                f
+            })
+            .collect();
         let run = |props: &[(&str, &str)], img: &[&Rgba]| -> (Vec<Rgba>, Vec<gst::Structure>) {
             let (mut el, bus) = element(props);
             el.set_src_caps_str(&caps_str(format, w, h));
@@ -389,18 +395,18 @@ fn the_correction_makes_reused_tiles_follow_small_changes() {
             assert_eq!(
                 u(&st[k], "full-cache-hits"),
                 u(&st[k], "tiles"),
-                "{format:?} frame {k} is reused whole"
+                "{format:?} {w}x{h} frame {k} is reused whole"
             );
             assert_eq!(u(&st[k], "runs"), 0);
             let (want, _) = run(&[("mode", "branch3"), ("cache", "off")], &[f]);
             let (off_by, alphas) = largest_difference(&corrected[k], &want[0]);
             assert!(
                 off_by <= 1 && alphas == 0,
-                "{format:?} frame {k}: {off_by} levels, {alphas} alphas from cache=off"
+                "{format:?} {w}x{h} frame {k}: {off_by} levels, {alphas} alphas from cache=off"
             );
             assert!(
                 stale[k] == stale[0],
-                "{format:?} frame {k}: without the correction the first frame stays"
+                "{format:?} {w}x{h} frame {k}: without the correction the first frame stays"
             );
             let (stale_by, _) = largest_difference(&stale[k], &want[0]);
             assert!(
