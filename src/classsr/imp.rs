@@ -34,7 +34,7 @@ static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
 const DEFAULT_TILE: u32 = 0;
 const DEFAULT_OVERLAP: u32 = 4;
 const DEFAULT_MAX_BATCH: u32 = 0;
-const DEFAULT_CACHE_THRESHOLD: f32 = 1.0;
+const DEFAULT_CACHE_THRESHOLD: f32 = 2.0;
 const DEFAULT_CACHE_REFRESH: u32 = 30;
 /// QoS degradation levels: 1 to 3 each lower the bias by the model's `qos_bias_step` (manifest;
 /// 0.5 when absent); at the last, class 1 also goes bicubic, and only then may the base class

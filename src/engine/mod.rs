@@ -166,7 +166,7 @@ impl Default for FrameConfig {
             qos_bias: 0.0,
             class1_bicubic: false,
             cache: CacheMode::Off,
-            cache_threshold: 1.0,
+            cache_threshold: 2.0,
             cache_refresh: 30,
             cache_correction: true,
         }
