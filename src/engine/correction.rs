@@ -6,7 +6,7 @@
 
 use super::cache::TileCache;
 use super::pixels::{self, ImageMut, PixelLayout};
-use super::resample::Upsampler;
+use super::resample::{RowScratch, Upsampler};
 use super::tiling::TileGrid;
 
 /// The LR difference of one frame and what adds it to the packed output.
@@ -100,17 +100,11 @@ impl Correction {
             let row_len = ow * bpp;
             self.rows.clear();
             self.rows.resize(self.ph * row_len, 0.0);
-            let (s, mut padded, mut phases) = (self.scale, Vec::new(), vec![Vec::new(); self.scale]);
+            let mut scratch = RowScratch::default();
             for (y, dst) in self.rows.chunks_exact_mut(row_len).enumerate() {
                 for (c, &o) in offs.iter().enumerate() {
                     let src = &self.lr[c * plane + y * self.pw..][..self.pw];
-                    self.up.row_phases(src, &mut padded, &mut phases);
-                    // output pixel i·s + r of the row holds phase r of LR column i
-                    for (r, phase) in phases.iter().enumerate() {
-                        for (d, &v) in dst[r * bpp + o..].iter_mut().step_by(s * bpp).zip(phase) {
-                            *d = v;
-                        }
-                    }
+                    self.up.row_into(src, &mut scratch, &mut dst[o..], bpp);
                 }
             }
             self.layout = Some(layout);

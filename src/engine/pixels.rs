@@ -270,24 +270,6 @@ pub fn pack_region<T: Copy>(
     conv: impl Fn(T) -> u8,
 ) {
     let plane = pw * ph;
-    pack_rows(pw, region, alpha, out, |c, y, x0, dst| {
-        let src = &planes[c * plane + y * pw + x0..][..dst.len()];
-        for (d, &v) in dst.iter_mut().zip(src) {
-            *d = conv(v);
-        }
-    });
-}
-
-/// Packs `region` (clipped to the output) into `out`, the bytes of each colour `c` of row `y`
-/// from column `x0` on made by `fill(c, y, x0, bytes)`; alpha (a plane of width `pw`) and
-/// padding bytes as [`pack_planar`].
-pub fn pack_rows(
-    pw: usize,
-    region: Region,
-    alpha: Option<&[f32]>,
-    out: &mut ImageMut,
-    mut fill: impl FnMut(usize, usize, usize, &mut [u8]),
-) {
     let bpp = out.layout.bytes_per_pixel();
     let offs = out.layout.rgb_offsets();
     let (x0, x1) = (region.x0.min(out.width), region.x1.min(out.width));
@@ -303,7 +285,10 @@ pub fn pack_rows(
         let row = &mut out.data[y * out.stride + x0 * bpp..y * out.stride + x1 * bpp];
         let o = y * pw + x0;
         for (c, dst) in bytes.chunks_exact_mut(n).enumerate() {
-            fill(c, y, x0, dst);
+            let src = &planes[c * plane + o..c * plane + o + n];
+            for (d, &v) in dst.iter_mut().zip(src) {
+                *d = conv(v);
+            }
         }
         match bpp {
             3 => interleave::<3>(row, &bytes, offs),

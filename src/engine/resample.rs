@@ -14,6 +14,13 @@ pub struct Upsampler {
     scratch: Vec<f32>,
 }
 
+/// Scratch of [`Upsampler::row_into`], kept between rows.
+#[derive(Debug, Default)]
+pub struct RowScratch {
+    padded: Vec<f32>,
+    phases: Vec<Vec<f32>>,
+}
+
 impl Upsampler {
     pub fn new(kernel: Kernel, scale: usize) -> Self {
         Upsampler {
@@ -34,46 +41,49 @@ impl Upsampler {
         scratch.resize(ow * h, 0.0);
         self.rows(src, w, h, &mut scratch);
         for (y, out) in dst[..ow * oh].chunks_exact_mut(ow).enumerate() {
-            self.column(&scratch, ow, h, y, 0, out);
+            self.column(&scratch, ow, h, y, out);
         }
         self.scratch = scratch;
     }
 
     /// The horizontal pass: each of the `h` rows of the `w`-wide plane `src` upsampled into
     /// `dst` (`h` rows of `w*scale`).
-    pub fn rows(&self, src: &[f32], w: usize, h: usize, dst: &mut [f32]) {
-        let s = self.scale;
-        let ow = w * s;
+    fn rows(&self, src: &[f32], w: usize, h: usize, dst: &mut [f32]) {
+        let ow = w * self.scale;
         assert!(src.len() >= w * h && dst.len() >= ow * h);
-        let mut padded = Vec::new();
-        let mut phases = vec![Vec::new(); s];
+        let mut scratch = RowScratch::default();
         for y in 0..h {
-            self.row_phases(&src[y * w..(y + 1) * w], &mut padded, &mut phases);
-            let out = &mut dst[y * ow..(y + 1) * ow];
-            for (r, phase) in phases.iter().enumerate() {
-                for (i, &v) in phase.iter().enumerate() {
-                    out[i * s + r] = v;
-                }
-            }
+            self.row_into(
+                &src[y * w..(y + 1) * w],
+                &mut scratch,
+                &mut dst[y * ow..(y + 1) * ow],
+                1,
+            );
         }
     }
 
-    /// The horizontal pass of one row `src`, by phase: `phases[r][i]` is output sample
-    /// `i·scale + r` (`phases` has `scale` rows; `padded` is scratch).
-    pub fn row_phases(&self, src: &[f32], padded: &mut Vec<f32>, phases: &mut [Vec<f32>]) {
-        let (w, rad) = (src.len(), self.radius as usize);
-        assert!(w > 0 && phases.len() == self.scale);
+    /// The horizontal pass of one row `src` into every `step`-th sample of `dst` (output
+    /// sample k at `dst[k·step]`: `step` > 1 writes one colour of interleaved pixels).
+    pub fn row_into(&self, src: &[f32], scratch: &mut RowScratch, dst: &mut [f32], step: usize) {
+        let (w, rad, s) = (src.len(), self.radius as usize, self.scale);
+        assert!(w > 0);
+        let RowScratch { padded, phases } = scratch;
         // the row with its edge samples repeated `rad` times on both sides (clamped edges),
         // so that each phase is a sum of shifted rows (a loop that vectorises)
         padded.clear();
         padded.extend(std::iter::repeat_n(src[0], rad));
         padded.extend_from_slice(src);
         padded.extend(std::iter::repeat_n(src[w - 1], rad));
-        for (phase, taps) in phases.iter_mut().zip(&self.taps) {
+        phases.resize_with(s, Vec::new);
+        for (r, (phase, taps)) in phases.iter_mut().zip(&self.taps).enumerate() {
             phase.clear();
             phase.resize(w, 0.0);
             for (j, &t) in taps.iter().enumerate() {
                 add_scaled(phase, t, &padded[j..j + w]);
+            }
+            // output sample i·s + r is phase r of input sample i
+            for (d, &v) in dst[r * step..].iter_mut().step_by(s * step).zip(&*phase) {
+                *d = v;
             }
         }
     }
@@ -94,13 +104,12 @@ impl Upsampler {
     }
 
     /// The vertical pass for one output row: row `y` (of `h*scale`) from `rows` (`h` rows of
-    /// `ow`, the horizontal pass's output), its columns `x0..x0 + out.len()` into `out`.
-    pub fn column(&self, rows: &[f32], ow: usize, h: usize, y: usize, x0: usize, out: &mut [f32]) {
+    /// `ow`, the horizontal pass's output) into `out` (`ow` samples).
+    fn column(&self, rows: &[f32], ow: usize, h: usize, y: usize, out: &mut [f32]) {
         let (at, weights, n) = self.column_taps(y, h);
         out.fill(0.0);
         for (&sy, &t) in at.iter().zip(&weights).take(n) {
-            let src = &rows[sy * ow + x0..sy * ow + x0 + out.len()];
-            for (o, &v) in out.iter_mut().zip(src) {
+            for (o, &v) in out.iter_mut().zip(&rows[sy * ow..(sy + 1) * ow]) {
                 *o += t * v;
             }
         }
@@ -109,7 +118,7 @@ impl Upsampler {
 
 /// `acc += t · src` (as long as `acc`), with AVX2 where the CPU has it (the same arithmetic,
 /// in wider registers).
-pub fn add_scaled(acc: &mut [f32], t: f32, src: &[f32]) {
+fn add_scaled(acc: &mut [f32], t: f32, src: &[f32]) {
     #[inline(always)]
     fn any(acc: &mut [f32], t: f32, src: &[f32]) {
         let src = &src[..acc.len()];
