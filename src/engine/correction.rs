@@ -5,8 +5,9 @@
 // up; recomputed pixels have no difference and get nothing.
 
 use super::cache::TileCache;
+use super::fixed16;
 use super::pixels::{self, ImageMut, PixelLayout};
-use super::resample::{RowScratch, Upsampler};
+use super::resample::Upsampler;
 use super::tiling::TileGrid;
 
 /// The LR difference of one frame and what adds it to the packed output.
@@ -14,19 +15,22 @@ pub struct Correction {
     /// Padded LR size.
     pw: usize,
     ph: usize,
-    scale: usize,
     /// Per tile column / row: the weight of each LR pixel in the merge (the HR merge weights
     /// averaged over the pixel's `scale` samples; they add up to 1 where tiles overlap).
     wx: Vec<Vec<f32>>,
     wy: Vec<Vec<f32>>,
-    /// The frame minus the pixels each output came from (3 planes, 8-bit units), weighted as
+    /// The frame minus the pixels each output came from (3 planes, 8-bit levels), weighted as
     /// the tiles' outputs are merged.
     lr: Vec<f32>,
-    /// `lr` upsampled along its rows, interleaved as the output's bytes are (`ph` rows of
-    /// `pw·scale` pixels of `layout`; 0 for alpha and padding bytes).
-    rows: Vec<f32>,
+    /// The same in fixed point (fixed16.rs), a pixel's colours in the lanes of their offsets
+    /// in the output's pixels (0 for alpha and padding).
+    lr16: Vec<[i16; 4]>,
+    /// The output layout `lr` was taken for.
     layout: Option<PixelLayout>,
+    /// The bicubic kernel: its rows for the vertical pass, and its phases' taps in Q15 for the
+    /// horizontal one.
     up: Upsampler,
+    taps: Vec<Vec<i16>>,
 }
 
 impl Correction {
@@ -37,25 +41,29 @@ impl Correction {
                 .map(|hr| hr.chunks_exact(s).map(|c| c.iter().sum::<f32>() / s as f32).collect())
                 .collect()
         };
+        let up = Upsampler::new(crate::onnx::Kernel::Bicubic, s);
         Correction {
             pw: grid.padded_width,
             ph: grid.padded_height,
-            scale: s,
             wx: lr_weights(&grid.wx),
             wy: lr_weights(&grid.wy),
             lr: Vec::new(),
-            rows: Vec::new(),
+            lr16: Vec::new(),
             layout: None,
-            up: Upsampler::new(crate::onnx::Kernel::Bicubic, s),
+            taps: up
+                .phase_taps()
+                .iter()
+                .map(|t| t.iter().map(|&w| fixed16::q15(w)).collect())
+                .collect(),
+            up,
         }
     }
 
     /// Takes the difference between each tile of `tiles` (NCHW items, this frame's) and the
     /// pixels its cached output came from (`cache`'s references), leaving out the tiles for
     /// which `whole_now` is true (recomputed whole this frame: their output is this frame's),
-    /// and upsamples it along its rows for an output of `layout`. `units` converts model
-    /// values to 8-bit units. Returns false when there is no difference anywhere (nothing to
-    /// add).
+    /// for an output of `layout`. `units` converts model values to 8-bit levels. Returns false
+    /// when there is no difference anywhere (nothing to add).
     pub fn difference(
         &mut self,
         grid: &TileGrid,
@@ -95,17 +103,16 @@ impl Correction {
             }
         }
         if any {
-            let (bpp, offs) = (layout.bytes_per_pixel(), layout.rgb_offsets());
-            let ow = self.pw * self.scale;
-            let row_len = ow * bpp;
-            self.rows.clear();
-            self.rows.resize(self.ph * row_len, 0.0);
-            let mut scratch = RowScratch::default();
-            for (y, dst) in self.rows.chunks_exact_mut(row_len).enumerate() {
-                for (c, &o) in offs.iter().enumerate() {
-                    let src = &self.lr[c * plane + y * self.pw..][..self.pw];
-                    self.up.row_into(src, &mut scratch, &mut dst[o..], bpp);
-                }
+            let (c0, rest) = self.lr.split_at(plane);
+            let (c1, c2) = rest.split_at(plane);
+            let planes = [c0, c1, c2];
+            self.lr16.resize(plane, [0; 4]);
+            match layout.rgb_offsets() {
+                [0, 1, 2] => to_pixels::<0, 1, 2>(planes, &mut self.lr16),
+                [2, 1, 0] => to_pixels::<2, 1, 0>(planes, &mut self.lr16),
+                [1, 2, 3] => to_pixels::<1, 2, 3>(planes, &mut self.lr16),
+                [3, 2, 1] => to_pixels::<3, 2, 1>(planes, &mut self.lr16),
+                offs => unreachable!("colour offsets {offs:?}"),
             }
             self.layout = Some(layout);
         }
@@ -114,33 +121,50 @@ impl Correction {
 
     /// Writes `base` (the packed output without the correction, laid out as `out`; `None`:
     /// `out` itself) plus the upsampled difference into `out`, its rows cut into `bands`
-    /// bands done in parallel.
+    /// bands done in parallel. Each band upsamples the difference along the LR rows it needs
+    /// as it goes, into a few rows laid out as the output's samples are (so they stay in the
+    /// cache), and adds them up down the columns as it writes each output row.
     pub fn apply(&self, base: Option<&[u8]>, out: &mut ImageMut, bands: usize) {
         debug_assert_eq!(self.layout, Some(out.layout), "difference() was taken for this layout");
         let (stride, bpp) = (out.stride, out.layout.bytes_per_pixel());
-        let row_len = self.pw * self.scale * bpp;
+        // (with 3 bytes a pixel the horizontal pass needs 4 samples of slack)
+        let row_len = self.pw * self.taps.len() * bpp + 4;
+        let rad = self.taps[0].len() / 2;
         pixels::in_bands(out, bands, |y0, img| {
             let n = img.width * bpp;
+            // LR row r upsampled along its row lives in slot r % SLOTS (a kernel's rows for
+            // one output row are consecutive, at most SLOTS of them)
+            let mut ring = vec![0i16; SLOTS * row_len];
+            let mut held = [usize::MAX; SLOTS];
+            let mut padded = Vec::with_capacity(self.pw + 2 * rad);
             for y in 0..img.height {
-                let at = y * stride;
                 let (rows, weights, taps) = self.up.column_taps(y0 + y, self.ph);
-                let row = |j: usize| &self.rows[rows[j] * row_len..][..n];
-                let dst = &mut img.data[at..at + n];
-                if let Some(base) = base {
-                    dst.copy_from_slice(&base[(y0 + y) * stride..][..n]);
+                for &r in &rows[..taps] {
+                    if held[r % SLOTS] != r {
+                        held[r % SLOTS] = r;
+                        let src = &self.lr16[r * self.pw..][..self.pw];
+                        padded.clear();
+                        padded.extend(std::iter::repeat_n(src[0], rad));
+                        padded.extend_from_slice(src);
+                        padded.extend(std::iter::repeat_n(src[self.pw - 1], rad));
+                        fixed16::row(&self.taps, &padded, bpp, &mut ring[r % SLOTS * row_len..][..row_len]);
+                    }
                 }
+                let row = |j: usize| &ring[rows[j] % SLOTS * row_len..][..n];
+                let dst = &mut img.data[y * stride..][..n];
+                let base = base.map(|b| &b[(y0 + y) * stride..][..n]);
                 if taps == 4 {
-                    add_bicubic(
-                        [row(0), row(1), row(2), row(3)],
-                        [weights[0], weights[1], weights[2], weights[3]],
-                        dst,
-                    );
+                    let w = [0, 1, 2, 3].map(|j| fixed16::q15(weights[j]));
+                    fixed16::add_rows([row(0), row(1), row(2), row(3)], w, base, dst);
                 } else {
-                    // other kernels and scales
-                    let rows: Vec<&[f32]> = (0..taps).map(row).collect();
+                    // other kernels and scales: in f32, from the same rows
+                    if let Some(base) = base {
+                        dst.copy_from_slice(base);
+                    }
+                    let rows: Vec<&[i16]> = (0..taps).map(row).collect();
                     for (x, d) in dst.iter_mut().enumerate() {
-                        let a: f32 = rows.iter().zip(&weights).map(|(r, w)| w * r[x]).sum();
-                        *d = pixels::to_u8(*d as f32 + a);
+                        let a: f32 = rows.iter().zip(&weights).map(|(r, w)| w * r[x] as f32).sum();
+                        *d = pixels::to_u8(*d as f32 + a / fixed16::UNITS);
                     }
                 }
             }
@@ -148,32 +172,19 @@ impl Correction {
     }
 }
 
-/// `dst` plus the four `rows` weighted by `w` (the usual vertical pass: bicubic, 4 rows), in
-/// one pass; with AVX2 where the CPU has it (the same arithmetic, in wider registers).
-fn add_bicubic(rows: [&[f32]; 4], w: [f32; 4], dst: &mut [u8]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { add_bicubic_avx2(rows, w, dst) };
-    }
-    add_bicubic_any(rows, w, dst)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn add_bicubic_avx2(rows: [&[f32]; 4], w: [f32; 4], dst: &mut [u8]) {
-    add_bicubic_any(rows, w, dst)
-}
-
-#[inline(always)]
-fn add_bicubic_any([r0, r1, r2, r3]: [&[f32]; 4], [w0, w1, w2, w3]: [f32; 4], dst: &mut [u8]) {
-    let n = dst.len();
-    let (r0, r1, r2, r3) = (&r0[..n], &r1[..n], &r2[..n], &r3[..n]);
-    for (x, d) in dst.iter_mut().enumerate() {
-        let a = w0 * r0[x] + w1 * r1[x] + w2 * r2[x] + w3 * r3[x];
-        *d = pixels::to_u8(*d as f32 + a);
+/// The 3 planes in fixed point, as pixels with their colours in lanes `R`, `G` and `B` (the
+/// others 0); the lanes are constants so that the loop vectorises.
+fn to_pixels<const R: usize, const G: usize, const B: usize>(planes: [&[f32]; 3], out: &mut [[i16; 4]]) {
+    for (((px, &r), &g), &b) in out.iter_mut().zip(planes[0]).zip(planes[1]).zip(planes[2]) {
+        *px = [0; 4];
+        px[R] = fixed16::units(r);
+        px[G] = fixed16::units(g);
+        px[B] = fixed16::units(b);
     }
 }
+
+/// Rows of the horizontal pass a band keeps (at least a kernel's taps, 8 at most).
+const SLOTS: usize = 8;
 
 #[cfg(test)]
 mod tests {
@@ -233,24 +244,6 @@ mod tests {
         let mut c = Correction::new(&grid);
         let same: Vec<f32> = (0..grid.len()).flat_map(|_| then.iter().copied()).collect();
         assert!(!c.difference(&grid, &same, &cache, |_| false, 1.0, PixelLayout::Rgb));
-    }
-
-    #[test]
-    fn the_wide_paths_compute_what_the_plain_ones_do() {
-        let mut seed = 7u32;
-        let mut next = || {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            (seed >> 8) as f32 / (1u32 << 24) as f32 * 8.0 - 4.0
-        };
-        let rows: Vec<Vec<f32>> = (0..4).map(|_| (0..1001).map(|_| next()).collect()).collect();
-        let w = [-0.07, 0.53, 0.6, -0.06];
-        let base: Vec<u8> = (0..1001).map(|i| (i * 37 % 256) as u8).collect();
-        let (mut a, mut b) = (base.clone(), base);
-        let r = [&rows[0][..], &rows[1][..], &rows[2][..], &rows[3][..]];
-        add_bicubic(r, w, &mut a);
-        add_bicubic_any(r, w, &mut b);
-        assert_eq!(a, b);
-        assert!(a.contains(&0) && a.contains(&255), "clamped at both ends");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod accumulate;
 pub mod cache;
 pub mod correction;
 pub mod crop;
+pub mod fixed16;
 pub mod frame_graphs;
 pub mod model;
 pub mod pixels;

@@ -16,7 +16,7 @@ pub struct Upsampler {
 
 /// Scratch of [`Upsampler::row_into`], kept between rows.
 #[derive(Debug, Default)]
-pub struct RowScratch {
+struct RowScratch {
     padded: Vec<f32>,
     phases: Vec<Vec<f32>>,
 }
@@ -53,18 +53,12 @@ impl Upsampler {
         assert!(src.len() >= w * h && dst.len() >= ow * h);
         let mut scratch = RowScratch::default();
         for y in 0..h {
-            self.row_into(
-                &src[y * w..(y + 1) * w],
-                &mut scratch,
-                &mut dst[y * ow..(y + 1) * ow],
-                1,
-            );
+            self.row_into(&src[y * w..(y + 1) * w], &mut scratch, &mut dst[y * ow..(y + 1) * ow]);
         }
     }
 
-    /// The horizontal pass of one row `src` into every `step`-th sample of `dst` (output
-    /// sample k at `dst[k·step]`: `step` > 1 writes one colour of interleaved pixels).
-    pub fn row_into(&self, src: &[f32], scratch: &mut RowScratch, dst: &mut [f32], step: usize) {
+    /// The horizontal pass of one row `src` into `dst` (`scale` times as long).
+    fn row_into(&self, src: &[f32], scratch: &mut RowScratch, dst: &mut [f32]) {
         let (w, rad, s) = (src.len(), self.radius as usize, self.scale);
         assert!(w > 0);
         let RowScratch { padded, phases } = scratch;
@@ -82,10 +76,16 @@ impl Upsampler {
                 add_scaled(phase, t, &padded[j..j + w]);
             }
             // output sample i·s + r is phase r of input sample i
-            for (d, &v) in dst[r * step..].iter_mut().step_by(s * step).zip(&*phase) {
+            for (d, &v) in dst[r..].iter_mut().step_by(s).zip(&*phase) {
                 *d = v;
             }
         }
+    }
+
+    /// The taps of each output phase r (`scale` of them): the weights of input samples
+    /// i − R..=i + R for output sample i·scale + r.
+    pub fn phase_taps(&self) -> &[Vec<f32>] {
+        &self.taps
     }
 
     /// The rows of the horizontal pass's output (of `h` rows) that make output row `y` in the
