@@ -1045,25 +1045,33 @@ impl Engine {
             incremental,
             crops,
         };
-        let mut work_of = sessions.into_iter().zip(staging.iter_mut()).zip(&plans);
-        let ((first, buf), share) = work_of.next().expect("one share");
+        let mut work_of: Vec<_> = sessions.into_iter().zip(staging.iter_mut()).zip(&plans).collect();
         let job_ref = &job;
-        let runs = std::thread::scope(|s| {
-            let others: Vec<_> = work_of
-                .map(|((sessions, buf), share)| s.spawn(move || job_ref.run_share(sessions, buf, share)))
-                .collect();
-            let mut runs = job_ref.run_share(first, buf, share);
-            for h in others {
-                let r = h
-                    .join()
-                    .unwrap_or_else(|_| Err(Error::Runtime("a tile worker thread panicked".into())));
-                runs = match (runs, r) {
-                    (Ok(a), Ok(b)) => Ok(a + b),
-                    (Err(e), _) | (_, Err(e)) => Err(e),
-                };
+        let runs = if work_of.len() == 1 {
+            // one worker (CUDA, or a frame with little to run): on this thread
+            let ((sessions, buf), share) = work_of.pop().expect("one worker");
+            job_ref.run_share(sessions, buf, share)?
+        } else {
+            // one job per worker on the process's pool of threads (kept between frames:
+            // spawning threads for every frame costs more than a small frame's runs take)
+            let results = Mutex::new(Vec::with_capacity(work_of.len()));
+            let results_ref = &results;
+            rayon::scope(|s| {
+                for ((sessions, buf), share) in work_of {
+                    s.spawn(move |_| {
+                        let run = std::panic::AssertUnwindSafe(|| job_ref.run_share(sessions, buf, share));
+                        let r = std::panic::catch_unwind(run)
+                            .unwrap_or_else(|_| Err(Error::Runtime("a tile worker panicked".into())));
+                        results_ref.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+                    });
+                }
+            });
+            let mut runs = 0;
+            for r in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
+                runs += r?;
             }
             runs
-        })?;
+        };
         let timing = job.timing.into_inner().unwrap_or_else(|e| e.into_inner());
         for (class, (secs, tiles)) in timing.into_iter().enumerate() {
             costs.record(class, secs, tiles);

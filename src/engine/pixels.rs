@@ -229,8 +229,12 @@ fn interleave<const B: usize>(row: &mut [u8], bytes: &[u8], offs: [usize; 3]) {
 pub fn in_bands(out: &mut ImageMut, bands: usize, pack: impl Fn(usize, &mut ImageMut) + Sync) {
     let (w, h, stride, layout) = (out.width, out.height, out.stride, out.layout);
     let bands = if w * h < 100_000 { 1 } else { bands.clamp(1, h) };
+    if bands == 1 {
+        return pack(0, out);
+    }
     let pack = &pack;
-    std::thread::scope(|s| {
+    // on the process's pool of threads (kept between frames)
+    rayon::scope(|s| {
         let mut rest: &mut [u8] = out.data;
         let mut y0 = 0;
         for k in 0..bands {
@@ -251,7 +255,7 @@ pub fn in_bands(out: &mut ImageMut, bands: usize, pack: impl Fn(usize, &mut Imag
             if k + 1 == bands {
                 job();
             } else {
-                s.spawn(job);
+                s.spawn(move |_| job());
             }
             y0 = y1;
         }
