@@ -22,16 +22,17 @@ pub struct Correction {
     /// The frame minus the pixels each output came from (3 planes, 8-bit levels), weighted as
     /// the tiles' outputs are merged.
     lr: Vec<f32>,
-    /// The same in fixed point (fixed16.rs), a pixel's colours in the lanes of their offsets
-    /// in the output's pixels (0 for alpha and padding).
-    lr16: Vec<[i16; 4]>,
     /// The output layout `lr` was taken for.
     layout: Option<PixelLayout>,
-    /// The bicubic kernel: its rows for the vertical pass, and its phases' taps in Q15 for the
-    /// horizontal one.
-    up: Upsampler,
+    /// The bicubic kernel's taps of each phase in Q15 (the horizontal pass).
     taps: Vec<Vec<i16>>,
+    /// Per output row, the vertical pass's taps.
+    columns: Vec<Column>,
 }
+
+/// The LR rows that make an output row, their weights, how many there are, and the weights in
+/// Q15 when there are 4.
+type Column = ([usize; 8], [f32; 8], usize, [i16; 4]);
 
 impl Correction {
     pub fn new(grid: &TileGrid) -> Correction {
@@ -48,14 +49,18 @@ impl Correction {
             wx: lr_weights(&grid.wx),
             wy: lr_weights(&grid.wy),
             lr: Vec::new(),
-            lr16: Vec::new(),
             layout: None,
             taps: up
                 .phase_taps()
                 .iter()
                 .map(|t| t.iter().map(|&w| fixed16::q15(w)).collect())
                 .collect(),
-            up,
+            columns: (0..grid.padded_height * s)
+                .map(|y| {
+                    let (rows, w, n) = up.column_taps(y, grid.padded_height);
+                    (rows, w, n, [0, 1, 2, 3].map(|j| fixed16::q15(w[j])))
+                })
+                .collect(),
         }
     }
 
@@ -91,29 +96,15 @@ impl Correction {
                     let a = (c * t + y) * t;
                     let dst = &mut self.lr[c * plane + (y0 + y) * self.pw + x0..][..t];
                     let w = wy * units;
-                    for (((d, &n), &r), &wx) in dst
-                        .iter_mut()
-                        .zip(&now[a..a + t])
-                        .zip(&then[a..a + t])
-                        .zip(&self.wx[col])
-                    {
-                        *d += w * wx * (n - r);
+                    // indexed over slices of one length: a zip of four iterators stays scalar
+                    let (n, r, wx) = (&now[a..a + t], &then[a..a + t], &self.wx[col][..t]);
+                    for x in 0..t {
+                        dst[x] += w * wx[x] * (n[x] - r[x]);
                     }
                 }
             }
         }
         if any {
-            let (c0, rest) = self.lr.split_at(plane);
-            let (c1, c2) = rest.split_at(plane);
-            let planes = [c0, c1, c2];
-            self.lr16.resize(plane, [0; 4]);
-            match layout.rgb_offsets() {
-                [0, 1, 2] => to_pixels::<0, 1, 2>(planes, &mut self.lr16),
-                [2, 1, 0] => to_pixels::<2, 1, 0>(planes, &mut self.lr16),
-                [1, 2, 3] => to_pixels::<1, 2, 3>(planes, &mut self.lr16),
-                [3, 2, 1] => to_pixels::<3, 2, 1>(planes, &mut self.lr16),
-                offs => unreachable!("colour offsets {offs:?}"),
-            }
             self.layout = Some(layout);
         }
         any
@@ -126,7 +117,7 @@ impl Correction {
     /// cache), and adds them up down the columns as it writes each output row.
     pub fn apply(&self, base: Option<&[u8]>, out: &mut ImageMut, bands: usize) {
         debug_assert_eq!(self.layout, Some(out.layout), "difference() was taken for this layout");
-        let (stride, bpp) = (out.stride, out.layout.bytes_per_pixel());
+        let (stride, bpp, out_layout) = (out.stride, out.layout.bytes_per_pixel(), out.layout);
         // (with 3 bytes a pixel the horizontal pass needs 4 samples of slack)
         let row_len = self.pw * self.taps.len() * bpp + 4;
         let rad = self.taps[0].len() / 2;
@@ -138,15 +129,27 @@ impl Correction {
             let mut held = [usize::MAX; SLOTS];
             let mut padded = Vec::with_capacity(self.pw + 2 * rad);
             for y in 0..img.height {
-                let (rows, weights, taps) = self.up.column_taps(y0 + y, self.ph);
+                let (rows, weights, taps, q15) = &self.columns[y0 + y];
+                let taps = *taps;
                 for &r in &rows[..taps] {
                     if held[r % SLOTS] != r {
                         held[r % SLOTS] = r;
-                        let src = &self.lr16[r * self.pw..][..self.pw];
-                        padded.clear();
-                        padded.extend(std::iter::repeat_n(src[0], rad));
-                        padded.extend_from_slice(src);
-                        padded.extend(std::iter::repeat_n(src[self.pw - 1], rad));
+                        // the row in fixed point, a pixel's colours in the lanes of their
+                        // offsets in the output's pixels (0 for alpha and padding), its edge
+                        // pixels repeated
+                        let planes = [0, 1, 2].map(|c| &self.lr[(c * self.ph + r) * self.pw..][..self.pw]);
+                        padded.resize(self.pw + 2 * rad, [0; 4]);
+                        let inner = &mut padded[rad..rad + self.pw];
+                        match out_layout.rgb_offsets() {
+                            [0, 1, 2] => to_pixels::<0, 1, 2>(planes, inner),
+                            [2, 1, 0] => to_pixels::<2, 1, 0>(planes, inner),
+                            [1, 2, 3] => to_pixels::<1, 2, 3>(planes, inner),
+                            [3, 2, 1] => to_pixels::<3, 2, 1>(planes, inner),
+                            offs => unreachable!("colour offsets {offs:?}"),
+                        }
+                        let (first, last) = (padded[rad], padded[rad + self.pw - 1]);
+                        padded[..rad].fill(first);
+                        padded[rad + self.pw..].fill(last);
                         fixed16::row(&self.taps, &padded, bpp, &mut ring[r % SLOTS * row_len..][..row_len]);
                     }
                 }
@@ -154,8 +157,7 @@ impl Correction {
                 let dst = &mut img.data[y * stride..][..n];
                 let base = base.map(|b| &b[(y0 + y) * stride..][..n]);
                 if taps == 4 {
-                    let w = [0, 1, 2, 3].map(|j| fixed16::q15(weights[j]));
-                    fixed16::add_rows([row(0), row(1), row(2), row(3)], w, base, dst);
+                    fixed16::add_rows([row(0), row(1), row(2), row(3)], *q15, base, dst);
                 } else {
                     // other kernels and scales: in f32, from the same rows
                     if let Some(base) = base {
@@ -163,7 +165,7 @@ impl Correction {
                     }
                     let rows: Vec<&[i16]> = (0..taps).map(row).collect();
                     for (x, d) in dst.iter_mut().enumerate() {
-                        let a: f32 = rows.iter().zip(&weights).map(|(r, w)| w * r[x] as f32).sum();
+                        let a: f32 = rows.iter().zip(weights).map(|(r, w)| w * r[x] as f32).sum();
                         *d = pixels::to_u8(*d as f32 + a / fixed16::UNITS);
                     }
                 }
@@ -172,8 +174,8 @@ impl Correction {
     }
 }
 
-/// The 3 planes in fixed point, as pixels with their colours in lanes `R`, `G` and `B` (the
-/// others 0); the lanes are constants so that the loop vectorises.
+/// A row of the 3 planes in fixed point, as pixels with their colours in lanes `R`, `G` and
+/// `B` (the others 0); the lanes are constants so that the loop vectorises.
 fn to_pixels<const R: usize, const G: usize, const B: usize>(planes: [&[f32]; 3], out: &mut [[i16; 4]]) {
     for (((px, &r), &g), &b) in out.iter_mut().zip(planes[0]).zip(planes[1]).zip(planes[2]) {
         *px = [0; 4];
