@@ -266,6 +266,40 @@ fn main() -> Result<(), String> {
             );
         }
     }
+    // cache=class against cache=off: what class skips (the classifier on unchanged tiles) is
+    // a few % of a frame, within the noise of a few rounds, so many short pairs of runs
+    let pairs = 4 * reps;
+    let (w, h) = CLIP_SIZES[0];
+    let mut ratios = Vec::new();
+    for _ in 0..pairs {
+        let mut fps = [0.0; 2];
+        for (k, cache) in ["off", "class"].iter().enumerate() {
+            let desc = format!(
+                "{} ! classsr {model_prop} device=cpu cache={cache} ! appsink name=s sync=false",
+                clip_src(w, h)
+            );
+            let out = run(&desc, false)?;
+            fps[k] = out.frames.len() as f64 / out.seconds;
+        }
+        ratios.push(fps[1] / fps[0]);
+    }
+    ratios.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let faster = ratios.iter().filter(|&&r| r > 1.0).count();
+    println!("\n### cache=class against cache=off\n");
+    println!(
+        "`cache=class` reuses the class of a tile that did not change and leaves it out of the classifier's batch: the classifier costs a few % of a frame, within the noise of the rounds above. So {pairs} pairs of runs at {w}x{h} (cache=off, then cache=class), and each pair's fps ratio (class over off):\n"
+    );
+    println!("| pairs | class faster in | ratio: median | lowest / quartiles / highest |");
+    println!("|---|---|---|---|");
+    let q = |f: f64| ratios[((ratios.len() - 1) as f64 * f).round() as usize];
+    println!(
+        "| {pairs} | {faster} | {:.3} | {:.3} / {:.3}, {:.3} / {:.3} |",
+        median(ratios.clone()),
+        q(0.0),
+        q(0.25),
+        q(0.75),
+        q(1.0)
+    );
     if cache_only {
         let _ = std::fs::remove_dir_all(&tmp);
         return Ok(());
