@@ -534,10 +534,13 @@ fn a_branch_that_looks_at_the_whole_tile_is_never_run_on_parts() {
         assert_eq!(st.partial_tiles, 0);
     }
     let ka = ModelSet::load(KA).unwrap();
-    assert!(
-        Model::load(&ka, &CPU).unwrap().crops,
-        "the known-answer branches are local"
-    );
+    let ka = Model::load(&ka, &CPU).unwrap();
+    assert!(ka.crops, "the known-answer branches are local");
+    // The correction's gain: 1 for the bicubic branch3 (exactly what the correction adds), and
+    // more for the trained FSRCNN branches, which sharpen (the README quotes about 1.12).
+    assert!((ka.correction_gains[2] - 1.0).abs() < 1e-3, "{:?}", ka.correction_gains);
+    let trained = Model::load(&ModelSet::embedded(), &CPU).unwrap().correction_gains;
+    assert!(trained.iter().all(|g| (1.02..1.5).contains(g)), "{trained:?}");
 }
 
 #[test]

@@ -67,14 +67,18 @@ impl Correction {
     /// Takes the difference between each tile of `tiles` (NCHW items, this frame's) and the
     /// pixels its cached output came from (`cache`'s references), leaving out the tiles for
     /// which `whole_now` is true (recomputed whole this frame: their output is this frame's),
-    /// for an output of `layout`. `units` converts model values to 8-bit levels. Returns false
-    /// when there is no difference anywhere (nothing to add).
+    /// for an output of `layout`. Each tile's difference is scaled by the gain of the branch
+    /// that made its output (`gains`, by class: see [`response_gain`]); `units` converts model
+    /// values to 8-bit levels. Returns false when there is no difference anywhere (nothing to
+    /// add).
+    #[allow(clippy::too_many_arguments)]
     pub fn difference(
         &mut self,
         grid: &TileGrid,
         tiles: &[f32],
         cache: &TileCache,
         whole_now: impl Fn(usize) -> bool,
+        gains: [f32; 3],
         units: f32,
         layout: PixelLayout,
     ) -> bool {
@@ -95,7 +99,7 @@ impl Correction {
                 for (y, &wy) in self.wy[row].iter().enumerate() {
                     let a = (c * t + y) * t;
                     let dst = &mut self.lr[c * plane + (y0 + y) * self.pw + x0..][..t];
-                    let w = wy * units;
+                    let w = wy * units * gains[cache.classes[i] as usize % 3];
                     // indexed over slices of one length: a zip of four iterators stays scalar
                     let (n, r, wx) = (&now[a..a + t], &then[a..a + t], &self.wx[col][..t]);
                     for x in 0..t {
@@ -185,6 +189,70 @@ fn to_pixels<const R: usize, const G: usize, const B: usize>(planes: [&[f32]; 3]
     }
 }
 
+/// A small change of a tile (NCHW, side `t`) for [`response_gain`]: noise of up to ±2 levels
+/// of a value span `span`, the same every time.
+pub fn probe_change(t: usize, span: f32) -> Vec<f32> {
+    let mut seed = 0x9e37_79b9_u32;
+    (0..3 * t * t)
+        .map(|_| {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            ((seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 4.0 / 255.0 * span
+        })
+        .collect()
+}
+
+/// How much a branch's output moves, against the bicubic upscale of its input's move: the
+/// least-squares gain g for which g·bicubic(`change`) is closest to `after` − `before` (the
+/// branch's outputs for a tile and for the tile plus `change`, laid out as the branch gives
+/// them: HR planes, or phase planes with `phases`), away from the tile's edges (4 LR pixels).
+/// The correction scales the difference of the tiles a branch made by it: an SR network
+/// sharpens, and so moves more than bicubic with its input's fine changes. 1 when it cannot
+/// be measured; kept within 0.5..=2.
+pub fn response_gain(before: &[f32], after: &[f32], change: &[f32], t: usize, s: usize, phases: bool) -> f32 {
+    let th = t * s;
+    let mut up = Upsampler::new(crate::onnx::Kernel::Bicubic, s);
+    let mut bicubic = vec![0f32; 3 * th * th];
+    for c in 0..3 {
+        up.upscale(
+            &change[c * t * t..(c + 1) * t * t],
+            t,
+            t,
+            &mut bicubic[c * th * th..(c + 1) * th * th],
+        );
+    }
+    if phases {
+        let hr = std::mem::take(&mut bicubic);
+        bicubic = vec![0f32; 3 * th * th];
+        super::accumulate::to_phases(&hr, (t, s), &mut bicubic);
+    }
+    if before.len() != bicubic.len() || after.len() != bicubic.len() {
+        return 1.0;
+    }
+    // the LR pixel (row, column) of each output sample, in either layout
+    let lr_of = |k: usize| {
+        if phases {
+            ((k / t) % t, k % t)
+        } else {
+            ((k / th) % th / s, k % th / s)
+        }
+    };
+    let inside = |j: usize| (4..t.saturating_sub(4)).contains(&j);
+    let (mut num, mut den) = (0f64, 0f64);
+    for (k, ((&b, &a), &u)) in before.iter().zip(after).zip(&bicubic).enumerate() {
+        let (y, x) = lr_of(k);
+        if inside(y) && inside(x) {
+            num += ((a - b) * u) as f64;
+            den += (u * u) as f64;
+        }
+    }
+    let g = (num / den) as f32;
+    if g.is_finite() && den > 0.0 {
+        g.clamp(0.5, 2.0)
+    } else {
+        1.0
+    }
+}
+
 /// Rows of the horizontal pass a band keeps (at least a kernel's taps, 8 at most).
 const SLOTS: usize = 8;
 
@@ -212,7 +280,7 @@ mod tests {
         ] {
             let mut c = Correction::new(&grid);
             let whole_now = |i: usize| skip_first && i == 0;
-            assert!(c.difference(&grid, &tiles, &cache, whole_now, 1.0, layout));
+            assert!(c.difference(&grid, &tiles, &cache, whole_now, [1.0; 3], 1.0, layout));
             let bpp = layout.bytes_per_pixel();
             let mut data = vec![100u8; w * h * bpp];
             let mut out = ImageMut {
@@ -245,7 +313,45 @@ mod tests {
         // nothing changed: nothing to add
         let mut c = Correction::new(&grid);
         let same: Vec<f32> = (0..grid.len()).flat_map(|_| then.iter().copied()).collect();
-        assert!(!c.difference(&grid, &same, &cache, |_| false, 1.0, PixelLayout::Rgb));
+        assert!(!c.difference(&grid, &same, &cache, |_| false, [1.0; 3], 1.0, PixelLayout::Rgb));
+    }
+
+    #[test]
+    fn the_response_gain_of_a_scaled_bicubic_branch_is_its_scale() {
+        // a "branch" that upscales bicubically and multiplies by 1.3, in both output layouts
+        let (t, s) = (16, 4);
+        let th = t * s;
+        let tile = crate::engine::crop::probe_tile(t, 0.0, 1.0);
+        let change = probe_change(t, 1.0);
+        assert!(change.iter().all(|d| d.abs() <= 2.0 / 255.0) && change.iter().any(|d| d.abs() > 1.0 / 255.0));
+        let branch = |x: &[f32], phases: bool| {
+            let mut up = Upsampler::new(crate::onnx::Kernel::Bicubic, s);
+            let mut hr = vec![0f32; 3 * th * th];
+            for c in 0..3 {
+                up.upscale(
+                    &x[c * t * t..(c + 1) * t * t],
+                    t,
+                    t,
+                    &mut hr[c * th * th..(c + 1) * th * th],
+                );
+            }
+            let mut out: Vec<f32> = hr.iter().map(|v| 1.3 * v + 0.1).collect();
+            if phases {
+                let mut p = vec![0f32; out.len()];
+                crate::engine::accumulate::to_phases(&out, (t, s), &mut p);
+                out = p;
+            }
+            out
+        };
+        let moved: Vec<f32> = tile.iter().zip(&change).map(|(a, d)| a + d).collect();
+        for phases in [false, true] {
+            let g = response_gain(&branch(&tile, phases), &branch(&moved, phases), &change, t, s, phases);
+            assert!((g - 1.3).abs() < 1e-3, "phases {phases}: {g}");
+        }
+        // an output that does not move with the input: the lowest gain; a wrong size: 1
+        let still = branch(&tile, false);
+        assert_eq!(response_gain(&still, &still, &change, t, s, false), 0.5);
+        assert_eq!(response_gain(&still[1..], &still[1..], &change, t, s, false), 1.0);
     }
 
     #[test]

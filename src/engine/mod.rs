@@ -717,6 +717,7 @@ impl Engine {
                         &work.all_tiles,
                         &work.cache,
                         |i| made[i] && work.crops[i].is_none(),
+                        self.model.correction_gains,
                         255.0 / (hi - lo),
                         output.layout,
                     );

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use super::crop;
+use super::{correction, crop};
 use crate::manifest::{Manifest, ModelSet};
 use crate::onnx::phase_output::phase_output;
 use crate::runtime::{self, ActiveDevice, SessionConfig};
@@ -35,6 +35,10 @@ pub struct Model {
     /// whole-tile run; `None` when not measured (not on the CPU, a fixed tile size) or when a
     /// branch could not run on a crop size.
     pub crop_agreement: Option<f64>,
+    /// Per branch, how much more than a bicubic upscale its output moves with a small change
+    /// of its input (measured at load on a probe tile, see correction::response_gain): the
+    /// correction of reused outputs scales their pixels' change by it.
+    pub correction_gains: [f32; 3],
     pub device: ActiveDevice,
     /// Why CUDA was not used, when `auto` fell back to CPU.
     pub fallback: Option<String>,
@@ -203,6 +207,31 @@ fn crop_agreement(branches: &mut [Session; 3], m: &Manifest, phases: bool) -> Op
     Some(lowest)
 }
 
+/// Per branch, the gain of its output's change over the bicubic upscale of a small change of
+/// its input, on the probe tile (see correction::response_gain); 1 for a branch that cannot be
+/// run on it.
+fn correction_gains(branches: &mut [Session; 3], m: &Manifest, phases: bool) -> [f32; 3] {
+    let (t, s) = (m.tile_size as usize, m.scale as usize);
+    let [lo, hi] = m.value_range;
+    let tile = crop::probe_tile(t, lo, hi);
+    let change = correction::probe_change(t, hi - lo);
+    let moved: Vec<f32> = tile.iter().zip(&change).map(|(v, d)| v + d).collect();
+    let mut gains = [1.0; 3];
+    for (gain, (session, info)) in gains.iter_mut().zip(branches.iter_mut().zip(&m.branches)) {
+        let mut run = |data: &[f32]| {
+            run_with(session, &info.output, data, (1, t, t), "probe", |shape, v| {
+                Ok((shape == branch_output_shape(1, (t, t), s, phases)).then(|| v.to_vec()))
+            })
+            .ok()
+            .flatten()
+        };
+        if let (Some(before), Some(after)) = (run(&tile), run(&moved)) {
+            *gain = correction::response_gain(&before, &after, &change, t, s, phases);
+        }
+    }
+    gains
+}
+
 /// Three branch sessions, cheapest first, the graphs they were made from, and whether any
 /// takes only tiles of the manifest's size.
 type LoadedBranches<'g> = ([Session; 3], Vec<Cow<'g, [u8]>>, bool);
@@ -340,11 +369,13 @@ impl Model {
             .then(|| crop_agreement(&mut branches, m, phases))
             .flatten();
         let crops = crop_agreement.is_some_and(|db| db >= CROP_AGREEMENT_DB);
+        let correction_gains = correction_gains(&mut branches, m, phases);
         Ok(Model {
             manifest: m.clone(),
             classifier,
             crops,
             crop_agreement,
+            correction_gains,
             branches,
             workers,
             phases,
