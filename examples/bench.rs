@@ -194,7 +194,7 @@ fn main() -> Result<(), String> {
     };
 
     println!("## Per-tile cache on a static-camera clip\n");
-    println!("`{clip}` decoded and scaled once to raw RGB (192x144: output 768x576, the issue's size; 384x288: output 1536x1152), first {frames} frames, {reps} rounds of timed runs (one run of each setting in turn), median fps; x cache=off: the median over the rounds of the run's fps over that round's cache=off run; PSNR of each setting's frames against cache=off, and the hits, from one more run before them (which keeps the frames and posts stats, so it is not timed); the element's processing time per frame (its `processing-time` stat: median, 95th percentile and slowest of the frames after the first, which computes every tile whatever the cache) from another untimed run that posts stats only. Recomputed in part: the share of tiles whose branch ran only around their changed 8x8 blocks (cache=full with a threshold above 0), the rest of their output kept; MACs % of -O: the MACs spent (classifier and branches) against those of the -O model on every tile of the same frames. The cache's default threshold is 2; the higher thresholds trade PSNR for reuse: a reused block may differ from the frame by up to the threshold (on this clip mostly compression noise, which cache=off follows frame by frame). With the default `cache-correction=true`, reused outputs get the bicubic upscale of that difference (the rows with `cache-correction=false` go without it). The default `cache-refresh=30` recomputes 1/30 of the tiles each frame (staggered), not every tile every 30th frame.\n");
+    println!("`{clip}` decoded and scaled once to raw RGB (192x144: output 768x576, the issue's size; 384x288: output 1536x1152), first {frames} frames, {reps} rounds of timed runs (one run of each setting in turn), median fps; x cache=off: the median over the rounds of the run's fps over that round's cache=off run; PSNR of each setting's frames against cache=off, and the hits, from one more run before them (which keeps the frames and posts stats, so it is not timed); the element's processing time per frame (its `processing-time` stat: median, 95th percentile and slowest of the frames after the first, which computes every tile whatever the cache) from another untimed run that posts stats only. Recomputed in part: the share of tiles whose branch ran only around their changed 8x8 blocks (cache=full with a threshold above 0), the rest of their output kept; MACs % of -O: the MACs spent (classifier and branches) against those of the -O model on every tile of the same frames. The cache's default threshold is 2; the higher thresholds trade PSNR for reuse: a reused block may differ from the frame by up to the threshold (on this clip mostly compression noise, which cache=off follows frame by frame). With the default `cache-correction=true`, reused outputs get the bicubic upscale of that difference, scaled by their branch's response gain (the rows with `cache-correction=false` go without it). The default `cache-refresh=30` recomputes 1/30 of the tiles each frame (staggered), not every tile every 30th frame.\n");
     println!("| input | cache | fps (median) | x cache=off | full-cache hits | recomputed in part | MACs % of -O | PSNR vs off (dB) | frame ms: median / p95 / slowest |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let settings = [
@@ -271,9 +271,11 @@ fn main() -> Result<(), String> {
     let pairs = 4 * reps;
     let (w, h) = CLIP_SIZES[0];
     let mut ratios = Vec::new();
-    for _ in 0..pairs {
+    for pair in 0..pairs {
         let mut fps = [0.0; 2];
-        for (k, cache) in ["off", "class"].iter().enumerate() {
+        // off first in even pairs, class first in odd ones
+        for k in [pair % 2, 1 - pair % 2] {
+            let cache = ["off", "class"][k];
             let desc = format!(
                 "{} ! classsr {model_prop} device=cpu cache={cache} ! appsink name=s sync=false",
                 clip_src(w, h)
@@ -287,7 +289,7 @@ fn main() -> Result<(), String> {
     let faster = ratios.iter().filter(|&&r| r > 1.0).count();
     println!("\n### cache=class against cache=off\n");
     println!(
-        "`cache=class` reuses the class of a tile that did not change and leaves it out of the classifier's batch: the classifier costs a few % of a frame, within the noise of the rounds above. So {pairs} pairs of runs at {w}x{h} (cache=off, then cache=class), and each pair's fps ratio (class over off):\n"
+        "`cache=class` reuses the class of a tile that did not change and leaves it out of the classifier's batch: the classifier costs a few % of a frame, within the noise of the rounds above. So {pairs} pairs of runs at {w}x{h} (one of each, in turn first), and each pair's fps ratio (class over off):\n"
     );
     println!("| pairs | class faster in | ratio: median | lowest / quartiles / highest |");
     println!("|---|---|---|---|");
