@@ -20,7 +20,8 @@ pub struct Correction {
     wx: Vec<Vec<f32>>,
     wy: Vec<Vec<f32>>,
     /// The frame minus the pixels each output came from (3 planes, 8-bit levels), weighted as
-    /// the tiles' outputs are merged.
+    /// the tiles' outputs are merged and scaled by the response gain of the branch that made
+    /// each output.
     lr: Vec<f32>,
     /// The output layout `lr` was taken for.
     layout: Option<PixelLayout>,

@@ -1,7 +1,8 @@
 // The 16-bit fixed-point passes of the correction's upscale (correction.rs): values in 1/64
 // of an 8-bit level, weights in Q15, each product rounded as x86's `pmulhrsw` rounds it and
-// sums wrapping as 16-bit adds do, so that the plain loops and the AVX2 paths compute the
-// same integers (the AVX2 paths do 16 samples per instruction where f32 does 8).
+// sums saturating as `paddsw` does (in the same order), so that the plain loops and the AVX2
+// paths compute the same integers (the AVX2 paths do 16 samples per instruction where f32
+// does 8).
 
 /// Value units per 8-bit level.
 pub const UNITS: f32 = 64.0;
@@ -36,6 +37,11 @@ fn mulhrs(a: i16, b: i16) -> i16 {
 /// `dst[(i·s + r)·step..]`, so that `dst` holds the row laid out as the output's samples
 /// (`step` 3 or 4). With `step` 3, `dst` needs 4 samples of slack after the row.
 pub fn row(taps: &[Vec<i16>], src: &[[i16; 4]], step: usize, dst: &mut [i16]) {
+    let k = taps.first().map_or(0, |t| t.len());
+    assert!(
+        k > 0 && taps.iter().all(|t| t.len() == k) && src.len() >= k && (3..=4).contains(&step),
+        "the horizontal pass takes taps of one length, at least as many pixels and 3 or 4 lanes"
+    );
     #[cfg(target_arch = "x86_64")]
     if taps.len() == 4 && taps.iter().all(|t| t.len() == 5) && std::arch::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2 (checked just above).
@@ -51,7 +57,7 @@ fn row_any(taps: &[Vec<i16>], src: &[[i16; 4]], step: usize, dst: &mut [i16]) {
             let mut acc = [0i16; 4];
             for (&t, p) in t.iter().zip(&src[i..i + k]) {
                 for (a, &v) in acc.iter_mut().zip(p) {
-                    *a = a.wrapping_add(mulhrs(v, t));
+                    *a = a.saturating_add(mulhrs(v, t));
                 }
             }
             dst[(i * s + r) * step..][..step].copy_from_slice(&acc[..step]);
@@ -84,7 +90,7 @@ unsafe fn row_x4_avx2(taps: &[Vec<i16>], src: &[[i16; 4]], step: usize, dst: &mu
         for (j, &t) in t.iter().enumerate() {
             // SAFETY: i + j < w + 4 = src.len(); a pixel is 8 bytes (an unaligned read).
             let p = unsafe { std::ptr::read_unaligned(src.as_ptr().add(i + j).cast::<i64>()) };
-            acc = _mm256_add_epi16(acc, _mm256_mulhrs_epi16(_mm256_set1_epi64x(p), t));
+            acc = _mm256_adds_epi16(acc, _mm256_mulhrs_epi16(_mm256_set1_epi64x(p), t));
         }
         if step == 3 {
             acc = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(acc, drop_4th), join);
@@ -117,10 +123,10 @@ pub fn add_rows(rows: [&[i16]; 4], w: [i16; 4], base: Option<&[u8]>, dst: &mut [
 fn added(rows: &[&[i16]; 4], w: &[i16; 4], x: usize, b: u8) -> u8 {
     let mut sum = 0i16;
     for (r, &w) in rows.iter().zip(w) {
-        sum = sum.wrapping_add(mulhrs(r[x], w));
+        sum = sum.saturating_add(mulhrs(r[x], w));
     }
     // 512 in Q15 is 1/64: value units to levels, rounded
-    (b as i16).wrapping_add(mulhrs(sum, 512)).clamp(0, 255) as u8
+    (b as i16).saturating_add(mulhrs(sum, 512)).clamp(0, 255) as u8
 }
 
 /// [`add_rows`] from sample `from` on.
@@ -139,17 +145,19 @@ unsafe fn add_rows_avx2(rows: [&[i16]; 4], w: [i16; 4], base: Option<&[u8]>, dst
     let n = dst.len();
     let wv = w.map(|w| _mm256_set1_epi16(w));
     let to_levels = _mm256_set1_epi16(512);
-    let from = base.map_or(dst.as_ptr(), |b| b.as_ptr());
+    // one pointer for every read and write of `dst` (reads of it as the base included)
+    let out = dst.as_mut_ptr();
+    let from = base.map_or(out.cast_const(), |b| b.as_ptr());
     let sum = |x: usize| {
         let mut acc = _mm256_setzero_si256();
         for (r, &w) in rows.iter().zip(&wv) {
             // SAFETY: x + 16 ≤ n ≤ r.len() (the loop's condition, the caller's check).
             let v = unsafe { _mm256_loadu_si256(r.as_ptr().add(x).cast()) };
-            acc = _mm256_add_epi16(acc, _mm256_mulhrs_epi16(v, w));
+            acc = _mm256_adds_epi16(acc, _mm256_mulhrs_epi16(v, w));
         }
         // SAFETY: x + 16 ≤ n, and `from` has n bytes; read before `dst` is written there.
         let b = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(from.add(x).cast()) });
-        _mm256_add_epi16(b, _mm256_mulhrs_epi16(acc, to_levels))
+        _mm256_adds_epi16(b, _mm256_mulhrs_epi16(acc, to_levels))
     };
     let mut x = 0;
     while x + 32 <= n {
@@ -157,7 +165,7 @@ unsafe fn add_rows_avx2(rows: [&[i16]; 4], w: [i16; 4], base: Option<&[u8]>, dst
         // packus interleaves the halves by 128-bit lane: put them back in order
         let bytes = _mm256_permute4x64_epi64(_mm256_packus_epi16(lo, hi), 0b11_01_10_00);
         // SAFETY: x + 32 ≤ n = dst.len().
-        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(x).cast(), bytes) };
+        unsafe { _mm256_storeu_si256(out.add(x).cast(), bytes) };
         x += 32;
     }
     add_rows_any(rows, w, base, dst, x)
@@ -232,6 +240,20 @@ mod tests {
         add_rows(r, w, Some(&base), &mut c);
         assert_eq!(a, c, "from a separate base: the same bytes");
         assert!(a.contains(&0) && a.contains(&255), "clamped at both ends");
+        // the sums saturate instead of wrapping: the most a row can hold, at full weight
+        // from every row, still adds (and clamps to 255)
+        let most = vec![i16::MAX; 40];
+        let mut e = vec![10u8; 40];
+        add_rows([&most, &most, &most, &most], [32767; 4], None, &mut e);
+        assert!(e.iter().all(|&v| v == 255), "{e:?}");
+        let big = vec![[i16::MAX, i16::MIN, 0, 0]; 40];
+        let mut f = vec![0i16; 36 * 16];
+        row(&taps, &big, 4, &mut f);
+        assert!(
+            f.chunks_exact(4).all(|p| p[0] > 30_000 && p[1] < -30_000),
+            "{:?}",
+            &f[..8]
+        );
         // exact sums: 64 units (one level) at full weight is one level
         let one = vec![64i16; 40];
         let mut d = vec![10u8; 40];

@@ -1048,21 +1048,24 @@ impl Engine {
         };
         let mut work_of: Vec<_> = sessions.into_iter().zip(staging.iter_mut()).zip(&plans).collect();
         let job_ref = &job;
+        // a worker that panics gives an error, not a panic in the streaming thread
+        let run = |((sessions, buf), share): ((_, _), _)| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job_ref.run_share(sessions, buf, share)))
+                .unwrap_or_else(|_| Err(Error::Runtime("a tile worker panicked".into())))
+        };
         let runs = if work_of.len() == 1 {
             // one worker (CUDA, or a frame with little to run): on this thread
-            let ((sessions, buf), share) = work_of.pop().expect("one worker");
-            job_ref.run_share(sessions, buf, share)?
+            run(work_of.pop().expect("one worker"))?
         } else {
             // one job per worker on the process's pool of threads (kept between frames:
             // spawning threads for every frame costs more than a small frame's runs take)
             let results = Mutex::new(Vec::with_capacity(work_of.len()));
             let results_ref = &results;
             rayon::scope(|s| {
-                for ((sessions, buf), share) in work_of {
+                for work in work_of {
+                    let run = &run;
                     s.spawn(move |_| {
-                        let run = std::panic::AssertUnwindSafe(|| job_ref.run_share(sessions, buf, share));
-                        let r = std::panic::catch_unwind(run)
-                            .unwrap_or_else(|_| Err(Error::Runtime("a tile worker panicked".into())));
+                        let r = run(work);
                         results_ref.lock().unwrap_or_else(|e| e.into_inner()).push(r);
                     });
                 }
