@@ -123,21 +123,23 @@ impl TileCache {
         let plane = t * t;
         let r = &self.reference[i * self.item..(i + 1) * self.item];
         let mut changed: Option<Rect> = None;
+        // per column, the absolute differences of a band of block rows (all three colours)
+        // summed down the column: a loop over independent lanes, which vectorises
+        let mut columns = vec![0f32; t];
         for by in (0..t).step_by(BLOCK) {
             let rows = by..(by + BLOCK).min(t);
-            for bx in (0..t).step_by(BLOCK) {
-                let cols = bx..(bx + BLOCK).min(t);
-                let mut sad = 0f32;
-                for c in 0..3 {
-                    for y in rows.clone() {
-                        let at = c * plane + y * t;
-                        sad += r[at + cols.start..at + cols.end]
-                            .iter()
-                            .zip(&tile[at + cols.start..at + cols.end])
-                            .map(|(a, b)| (a - b).abs())
-                            .sum::<f32>();
+            columns.fill(0.0);
+            for c in 0..3 {
+                for y in rows.clone() {
+                    let at = c * plane + y * t;
+                    for ((s, &a), &b) in columns.iter_mut().zip(&r[at..at + t]).zip(&tile[at..at + t]) {
+                        *s += (a - b).abs();
                     }
                 }
+            }
+            for bx in (0..t).step_by(BLOCK) {
+                let cols = bx..(bx + BLOCK).min(t);
+                let sad: f32 = columns[cols.clone()].iter().sum();
                 let n = (3 * rows.len() * cols.len()) as f32;
                 if sad != 0.0 && sad >= threshold * n {
                     let block = Rect {
