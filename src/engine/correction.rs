@@ -211,16 +211,7 @@ pub fn probe_change(t: usize, span: f32) -> Vec<f32> {
 /// be measured; kept within 0.5..=2.
 pub fn response_gain(before: &[f32], after: &[f32], change: &[f32], t: usize, s: usize, phases: bool) -> f32 {
     let th = t * s;
-    let mut up = Upsampler::new(crate::onnx::Kernel::Bicubic, s);
-    let mut bicubic = vec![0f32; 3 * th * th];
-    for c in 0..3 {
-        up.upscale(
-            &change[c * t * t..(c + 1) * t * t],
-            t,
-            t,
-            &mut bicubic[c * th * th..(c + 1) * th * th],
-        );
-    }
+    let mut bicubic = bicubic_tile(change, t, s);
     if phases {
         let hr = std::mem::take(&mut bicubic);
         bicubic = vec![0f32; 3 * th * th];
@@ -252,6 +243,17 @@ pub fn response_gain(before: &[f32], after: &[f32], change: &[f32], t: usize, s:
     } else {
         1.0
     }
+}
+
+/// The bicubic ×`s` upscale of a tile (3 planes of side `t`), as 3 planes of side `t·s`.
+fn bicubic_tile(tile: &[f32], t: usize, s: usize) -> Vec<f32> {
+    let th = t * s;
+    let mut up = Upsampler::new(crate::onnx::Kernel::Bicubic, s);
+    let mut hr = vec![0f32; 3 * th * th];
+    for (src, dst) in tile.chunks_exact(t * t).zip(hr.chunks_exact_mut(th * th)) {
+        up.upscale(src, t, t, dst);
+    }
+    hr
 }
 
 /// Rows of the horizontal pass a band keeps (at least a kernel's taps, 8 at most).
@@ -321,21 +323,11 @@ mod tests {
     fn the_response_gain_of_a_scaled_bicubic_branch_is_its_scale() {
         // a "branch" that upscales bicubically and multiplies by 1.3, in both output layouts
         let (t, s) = (16, 4);
-        let th = t * s;
         let tile = crate::engine::crop::probe_tile(t, 0.0, 1.0);
         let change = probe_change(t, 1.0);
         assert!(change.iter().all(|d| d.abs() <= 2.0 / 255.0) && change.iter().any(|d| d.abs() > 1.0 / 255.0));
         let branch = |x: &[f32], phases: bool| {
-            let mut up = Upsampler::new(crate::onnx::Kernel::Bicubic, s);
-            let mut hr = vec![0f32; 3 * th * th];
-            for c in 0..3 {
-                up.upscale(
-                    &x[c * t * t..(c + 1) * t * t],
-                    t,
-                    t,
-                    &mut hr[c * th * th..(c + 1) * th * th],
-                );
-            }
+            let hr = bicubic_tile(x, t, s);
             let mut out: Vec<f32> = hr.iter().map(|v| 1.3 * v + 0.1).collect();
             if phases {
                 let mut p = vec![0f32; out.len()];
