@@ -385,7 +385,7 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecBoolean::builder("cache-correction")
                     .nick("Cache correction")
-                    .blurb("With cache=full and a threshold above 0, add to each reused output the bicubic upscale of its pixels' change since it was computed, so reused tiles follow noise, flicker and slow changes of light (one more pass over every output byte, when some pixel differs)")
+                    .blurb("With cache=full and a threshold above 0, add to each reused output the bicubic upscale of its pixels' change since it was computed (scaled by its branch's response gain, measured at load), so reused tiles follow noise, flicker and slow changes of light (one more pass over every output byte, when some pixel differs)")
                     .default_value(true)
                     .mutable_playing()
                     .build(),
