@@ -155,6 +155,23 @@ pub(crate) fn branch_output_shape(n: usize, (h, w): (usize, usize), scale: usize
     }
 }
 
+/// A load-time probe's run of a branch (output `output`, scale `s`, phase planes with
+/// `phases`) on one `h`×`w` input: its output, or `None` when it fails or has another shape.
+fn probe_run(
+    session: &mut Session,
+    output: &str,
+    data: &[f32],
+    (h, w): (usize, usize),
+    s: usize,
+    phases: bool,
+) -> Option<Vec<f32>> {
+    run_with(session, output, data, (1, h, w), "probe", |shape, v| {
+        Ok((shape == branch_output_shape(1, (h, w), s, phases)).then(|| v.to_vec()))
+    })
+    .ok()
+    .flatten()
+}
+
 /// Least agreement (PSNR, dB) of a branch's output on a probe crop with its whole-tile run for
 /// the branch to be run on crops. The embedded branches give about 53 dB; a branch that looks
 /// at the whole tile (global pooling, attention) gives far less.
@@ -184,13 +201,7 @@ fn crop_agreement(branches: &mut [Session; 3], m: &Manifest, phases: bool) -> Op
     let sizes = crop::Crop::input_sizes(t);
     let mut lowest = f64::INFINITY;
     for (session, info) in branches.iter_mut().zip(&m.branches) {
-        let mut run = |data: &[f32], (h, w): (usize, usize)| {
-            run_with(session, &info.output, data, (1, h, w), "probe", |shape, v| {
-                Ok((shape == branch_output_shape(1, (h, w), s, phases)).then(|| v.to_vec()))
-            })
-            .ok()
-            .flatten()
-        };
+        let mut run = |data: &[f32], size| probe_run(session, &info.output, data, size, s, phases);
         let size = (probe.input.height(), probe.input.width());
         let (whole, part) = (run(&tile, (t, t))?, run(&staged(probe.input), size)?);
         lowest = lowest.min(crop::agreement(&whole, &part, &probe, t, s, phases, hi - lo));
@@ -218,13 +229,7 @@ fn correction_gains(branches: &mut [Session; 3], m: &Manifest, phases: bool) -> 
     let moved: Vec<f32> = tile.iter().zip(&change).map(|(v, d)| v + d).collect();
     let mut gains = [1.0; 3];
     for (gain, (session, info)) in gains.iter_mut().zip(branches.iter_mut().zip(&m.branches)) {
-        let mut run = |data: &[f32]| {
-            run_with(session, &info.output, data, (1, t, t), "probe", |shape, v| {
-                Ok((shape == branch_output_shape(1, (t, t), s, phases)).then(|| v.to_vec()))
-            })
-            .ok()
-            .flatten()
-        };
+        let mut run = |data: &[f32]| probe_run(session, &info.output, data, (t, t), s, phases);
         if let (Some(before), Some(after)) = (run(&tile), run(&moved)) {
             *gain = correction::response_gain(&before, &after, &change, t, s, phases);
         }
