@@ -14,13 +14,6 @@ pub struct Upsampler {
     scratch: Vec<f32>,
 }
 
-/// Scratch of [`Upsampler::row_into`], kept between rows.
-#[derive(Debug, Default)]
-struct RowScratch {
-    padded: Vec<f32>,
-    phases: Vec<Vec<f32>>,
-}
-
 impl Upsampler {
     pub fn new(kernel: Kernel, scale: usize) -> Self {
         Upsampler {
@@ -49,35 +42,26 @@ impl Upsampler {
     /// The horizontal pass: each of the `h` rows of the `w`-wide plane `src` upsampled into
     /// `dst` (`h` rows of `w*scale`).
     fn rows(&self, src: &[f32], w: usize, h: usize, dst: &mut [f32]) {
-        let ow = w * self.scale;
-        assert!(src.len() >= w * h && dst.len() >= ow * h);
-        let mut scratch = RowScratch::default();
-        for y in 0..h {
-            self.row_into(&src[y * w..(y + 1) * w], &mut scratch, &mut dst[y * ow..(y + 1) * ow]);
-        }
-    }
-
-    /// The horizontal pass of one row `src` into `dst` (`scale` times as long).
-    fn row_into(&self, src: &[f32], scratch: &mut RowScratch, dst: &mut [f32]) {
-        let (w, rad, s) = (src.len(), self.radius as usize, self.scale);
-        assert!(w > 0);
-        let RowScratch { padded, phases } = scratch;
-        // the row with its edge samples repeated `rad` times on both sides (clamped edges),
-        // so that each phase is a sum of shifted rows (a loop that vectorises)
-        padded.clear();
-        padded.extend(std::iter::repeat_n(src[0], rad));
-        padded.extend_from_slice(src);
-        padded.extend(std::iter::repeat_n(src[w - 1], rad));
-        phases.resize_with(s, Vec::new);
-        for (r, (phase, taps)) in phases.iter_mut().zip(&self.taps).enumerate() {
-            phase.clear();
-            phase.resize(w, 0.0);
-            for (j, &t) in taps.iter().enumerate() {
-                add_scaled(phase, t, &padded[j..j + w]);
-            }
-            // output sample i·s + r is phase r of input sample i
-            for (d, &v) in dst[r..].iter_mut().step_by(s).zip(&*phase) {
-                *d = v;
+        let (rad, s) = (self.radius as usize, self.scale);
+        let ow = w * s;
+        assert!(w > 0 && src.len() >= w * h && dst.len() >= ow * h);
+        let (mut padded, mut phase) = (Vec::with_capacity(w + 2 * rad), vec![0f32; w]);
+        for (row, out) in src.chunks_exact(w).zip(dst.chunks_exact_mut(ow)).take(h) {
+            // the row with its edge samples repeated `rad` times on both sides (clamped
+            // edges), so that each phase is a sum of shifted rows (a loop that vectorises)
+            padded.clear();
+            padded.extend(std::iter::repeat_n(row[0], rad));
+            padded.extend_from_slice(row);
+            padded.extend(std::iter::repeat_n(row[w - 1], rad));
+            for (r, taps) in self.taps.iter().enumerate() {
+                phase.fill(0.0);
+                for (j, &t) in taps.iter().enumerate() {
+                    add_scaled(&mut phase, t, &padded[j..j + w]);
+                }
+                // output sample i·s + r is phase r of input sample i
+                for (d, &v) in out[r..].iter_mut().step_by(s).zip(&phase) {
+                    *d = v;
+                }
             }
         }
     }
