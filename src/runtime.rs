@@ -98,9 +98,9 @@ impl std::fmt::Display for ActiveDevice {
 pub struct SessionConfig {
     pub device: DeviceRequest,
     pub device_id: i32,
-    /// On the CPU: a frame's branch runs are shared out between this many parallel one-thread
-    /// sessions of the branches, and the classifier gets as many intra-op threads (0 = one per
-    /// core). With CUDA: ONNX Runtime's intra-op threads (0 = its default).
+    /// On the CPU: a frame's branch runs, and its classifier batch, are shared out between
+    /// this many parallel one-thread sessions (0 = one per core). With CUDA: ONNX Runtime's
+    /// intra-op threads (0 = its default).
     pub threads: usize,
 }
 

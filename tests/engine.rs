@@ -1,6 +1,7 @@
 // The GStreamer-free engine on real ONNX Runtime sessions: seams (tiled vs whole-frame runs of
-// one branch), batched routing (one classifier run, one run per branch group), statistics,
-// and the committed known-answer fixtures matching what the ONNX writer produces.
+// one branch), batched routing (per tile worker, one classifier run and one run per branch
+// group), statistics, and the committed known-answer fixtures matching what the ONNX writer
+// produces.
 
 mod common;
 
@@ -182,15 +183,17 @@ fn all_tiles_classified_in_one_run_and_one_run_per_branch_group() {
 
     // With W tile workers (CPU has 2) the frame's tiles, in class order, are cut into W
     // shares of about equal cost: each cut splits at most one group's run in two, and every
-    // run is split by max-batch. The frame is the same byte for byte.
+    // run is split by max-batch. The classifier's batch is cut into W shares (of at least
+    // CLASSIFIER_SHARE tiles). The frame is the same byte for byte.
     let mut workers = Engine::new(Model::load(&set, &CPU).unwrap());
     let w = workers.model().workers.len() + 1;
-    assert_eq!(w, 2);
+    assert_eq!((w, workers.model().classifier_workers.len() + 1), (2, 2));
+    assert!(n >= w * gstclasssr::engine::CLASSIFIER_SHARE);
     for max_batch in [256, 4] {
         let c = FrameConfig { max_batch, ..cfg };
         let (frame, split) = run_engine(&mut workers, &img, &c);
         assert_eq!(split.tiles, stats.tiles);
-        let least: usize = 1 + split.tiles.iter().map(|&k| k.div_ceil(max_batch)).sum::<usize>();
+        let least: usize = w + split.tiles.iter().map(|&k| k.div_ceil(max_batch)).sum::<usize>();
         assert!(
             (least..least + w).contains(&split.runs),
             "max-batch {max_batch}: {} runs, {least} without cuts",

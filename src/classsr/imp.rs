@@ -336,7 +336,7 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecUInt::builder("threads")
                     .nick("Threads")
-                    .blurb("CPU: a frame's branch runs are shared out between this many one-thread ONNX Runtime sessions, and the classifier runs on as many threads (0 = one per core); CUDA: ONNX Runtime's intra-op threads (0 = its default)")
+                    .blurb("CPU: a frame's branch runs are shared out between this many one-thread ONNX Runtime sessions, which also share the classifier's batch (0 = one per core); CUDA: ONNX Runtime's intra-op threads (0 = its default)")
                     .maximum(64)
                     .default_value(0)
                     .mutable_ready()

@@ -21,7 +21,7 @@ use std::time::Instant;
 use ort::session::Session;
 
 pub use cache::CacheMode;
-pub use model::Model;
+pub use model::{Model, CLASSIFIER_SHARE};
 pub use pixels::{Image, ImageMut, PixelLayout};
 pub use tiling::TileGrid;
 
@@ -885,8 +885,7 @@ impl Engine {
                 }
                 &work.fresh_tiles
             };
-            self.model.run_classifier(batch, m, t, &mut work.logits)?;
-            stats.runs += 1;
+            stats.runs += self.model.run_classifier(batch, m, t, &mut work.logits)?;
             stats.macs += classifier_macs * m as u64;
             for (k, l) in work.logits.chunks_exact(3).enumerate() {
                 work.class_of[work.fresh_ids[k] as usize] = route(l, bias);

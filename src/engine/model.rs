@@ -17,6 +17,9 @@ use crate::Error;
 pub struct Model {
     pub manifest: Manifest,
     pub classifier: Session,
+    /// On the CPU, one-thread classifier sessions of the other tile workers: a frame's
+    /// classifier batch is cut between `classifier` and these. Empty with CUDA.
+    pub classifier_workers: Vec<Session>,
     pub branches: [Session; 3],
     /// On the CPU, the branch sessions of the other tile workers (one thread each; a frame's
     /// branch runs are shared out between `branches` and these). Empty with CUDA.
@@ -127,6 +130,10 @@ pub(crate) fn run_with<R>(
         .map_err(|e| Error::Model(format!("{what} output '{output}' is not an f32 tensor: {e}")))?;
     f(shape, values)
 }
+
+/// The fewest tiles a share of the classifier's batch holds: smaller shares cost more in
+/// calls than they save.
+pub const CLASSIFIER_SHARE: usize = 4;
 
 /// Tiles in a load-time dry run: more than one, as a frame's tiles go in one call (a graph
 /// that only runs one at a time fails at load, not on the first busy frame).
@@ -300,13 +307,10 @@ impl Model {
         let m = &set.manifest;
         m.validate()?;
         let what = |file: &str| format!("{} ({})", file, set.origin);
-        // On the CPU the classifier runs alone (before the branches), on all the workers' cores.
-        let (mut classifier, device) = runtime::session_as_is(
-            &runtime::rewritten(&set.classifier, cfg.device),
-            &what(&m.classifier.file),
-            cfg,
-            cfg.cpu_workers(),
-        )?;
+        // On the CPU the classifier's batch is cut between one-thread sessions, one per tile
+        // worker (its small convolutions gain nothing from more intra-op threads).
+        let classifier_bytes = runtime::rewritten(&set.classifier, cfg.device);
+        let (mut classifier, device) = runtime::session_as_is(&classifier_bytes, &what(&m.classifier.file), cfg, 1)?;
         // With auto, the classifier made it on CUDA (else `load` retries on the CPU): the
         // branches go there too.
         let cfg = SessionConfig {
@@ -358,8 +362,14 @@ impl Model {
             ),
         };
         let mut workers = Vec::new();
+        let mut classifier_workers = Vec::new();
         if device == ActiveDevice::Cpu && cfg.cpu_workers() > 1 {
             for _ in 1..cfg.cpu_workers() {
+                classifier_workers.push(runtime::cpu_session_as_is(
+                    &classifier_bytes,
+                    &what(&m.classifier.file),
+                    1,
+                )?);
                 let mut sessions = Vec::with_capacity(3);
                 for (info, bytes) in m.branches.iter().zip(&graphs) {
                     sessions.push(runtime::cpu_session_as_is(bytes, &what(&info.file), 1)?);
@@ -378,6 +388,7 @@ impl Model {
         Ok(Model {
             manifest: m.clone(),
             classifier,
+            classifier_workers,
             crops,
             crop_agreement,
             correction_gains,
@@ -393,27 +404,60 @@ impl Model {
     }
 
     /// Runs the classifier on `n` NCHW tiles of side `t`; puts n×3 logits in `logits` (a buffer
-    /// reused from frame to frame).
-    pub fn run_classifier(&mut self, tiles: &[f32], n: usize, t: usize, logits: &mut Vec<f32>) -> Result<(), Error> {
+    /// reused from frame to frame). On the CPU with several tile workers the batch is cut into
+    /// one share per worker (of at least [`CLASSIFIER_SHARE`] tiles). Returns the runs made.
+    pub fn run_classifier(&mut self, tiles: &[f32], n: usize, t: usize, logits: &mut Vec<f32>) -> Result<usize, Error> {
+        let item = 3 * t * t;
+        let tiles = &tiles[..n * item];
+        let what = "classifier";
         let out = &self.manifest.classifier.output;
-        let tiles = &tiles[..n * 3 * t * t];
-        run_with(
-            &mut self.classifier,
-            out,
-            tiles,
-            (n, t, t),
-            "classifier",
-            |shape, values| {
-                if shape != [n as i64, 3] {
-                    return Err(Error::Model(format!(
-                        "classifier returned shape {shape:?} for {n} tiles; expected [{n}, 3]"
-                    )));
-                }
-                logits.clear();
-                logits.extend_from_slice(values);
-                Ok(())
-            },
-        )
+        // Shares of at least CLASSIFIER_SHARE tiles, one per session, run on the process's
+        // pool of threads; the logits come back in tile order.
+        let parts = (1 + self.classifier_workers.len()).min(n / CLASSIFIER_SHARE).max(1);
+        let run = |session: &mut Session, range: std::ops::Range<usize>, logits: &mut Vec<f32>| {
+            let m = range.len();
+            run_with(
+                session,
+                out,
+                &tiles[range.start * item..range.end * item],
+                (m, t, t),
+                what,
+                |shape, values| {
+                    if shape != [m as i64, 3] {
+                        return Err(Error::Model(format!(
+                            "classifier returned shape {shape:?} for {m} tiles; expected [{m}, 3]"
+                        )));
+                    }
+                    logits.clear();
+                    logits.extend_from_slice(values);
+                    Ok(())
+                },
+            )
+        };
+        if parts == 1 {
+            return run(&mut self.classifier, 0..n, logits).map(|()| 1);
+        }
+        let mut shares: Vec<(&mut Session, Vec<f32>, Result<(), Error>)> = std::iter::once(&mut self.classifier)
+            .chain(self.classifier_workers.iter_mut())
+            .take(parts)
+            .map(|s| (s, Vec::new(), Ok(())))
+            .collect();
+        rayon::scope(|scope| {
+            for (k, (session, part, result)) in shares.iter_mut().enumerate() {
+                let run = &run;
+                let range = k * n / parts..(k + 1) * n / parts;
+                scope.spawn(move |_| {
+                    *result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(session, range, part)))
+                        .unwrap_or_else(|_| Err(Error::Runtime("a classifier worker panicked".into())));
+                });
+            }
+        });
+        logits.clear();
+        for (_, part, result) in shares {
+            result?;
+            logits.extend_from_slice(&part);
+        }
+        Ok(parts)
     }
 
     /// Whether the graphs take tiles of side `tile`.
