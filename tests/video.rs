@@ -877,6 +877,34 @@ fn passes(h: &mut gst_check::Harness, img: &Rgba, n: u64) -> bool {
 }
 
 #[test]
+fn a_qos_report_passed_on_as_on_time_keeps_its_time() {
+    // A report whose running time is offset (a pad offset between the sink and the element)
+    // reaches upstream with the same time as the element read it: the offset counted once.
+    // (Negative: GStreamer 1.22 reads a positive offset as a time of 0.)
+    let (mut h, _) = element(&[]);
+    let img = zones(96, 64);
+    h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 96, 64));
+    assert!(passes(&mut h, &img, 0));
+    let offset_ms: i64 = -100;
+    let report = gst::event::Qos::builder(gst::QOSType::Overflow, 1.5, 200_000_000)
+        .timestamp(gst::ClockTime::from_mseconds(300))
+        .running_time_offset(offset_ms * 1_000_000)
+        .build();
+    assert!(h.push_upstream_event(report));
+    assert_eq!(h.element().unwrap().property::<u32>("qos-level"), 1);
+    let mut seen = None;
+    while let Some(e) = h.try_pull_upstream_event() {
+        if let gst::EventView::Qos(q) = e.view() {
+            let (_, _, diff, ts) = q.get();
+            seen = Some((diff, ts));
+        }
+    }
+    let (diff, ts) = seen.expect("a QoS event went upstream");
+    assert!(diff < 0, "passed on as on time: {diff}");
+    assert_eq!(ts, Some(gst::ClockTime::from_mseconds((300 + offset_ms) as u64)));
+}
+
+#[test]
 fn qos_degrades_before_any_frame_is_dropped() {
     let (mut h, _) = element(&[]);
     let img = zones(96, 64);

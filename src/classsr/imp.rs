@@ -602,10 +602,11 @@ impl BaseTransformImpl for ClassSr {
                 if let Some(ts) = timestamp {
                     self.obj().update_qos(proportion, on_time, ts);
                 }
+                // (the parsed timestamp already has the event's running-time offset added: the
+                // event sent on carries none, or upstream would see the offset twice)
                 let forwarded = gst::event::Qos::builder(kind, proportion, on_time)
                     .timestamp_if_some(timestamp)
                     .seqnum(event.seqnum())
-                    .running_time_offset(event.running_time_offset())
                     .build();
                 return self.obj().sink_pad().push_event(forwarded);
             }
