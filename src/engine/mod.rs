@@ -1,7 +1,8 @@
 // The GStreamer-free ClassSR engine shared by the element, the CLI and the tests: it tiles a
-// frame, classifies all tiles in one batched run, runs each branch once per frame on its group
-// (shared out between the CPU tile workers, split by max-batch), and merges the HR tiles with
-// feathered weights into a fixed-point accumulator (accumulate.rs).
+// frame, classifies all tiles in one batch (cut between the CPU tile workers), runs each branch
+// once per frame on its group (shared out between the workers, split by max-batch:
+// workers.rs), and merges the HR tiles with feathered weights into a fixed-point accumulator
+// (accumulate.rs).
 
 pub mod accumulate;
 pub mod cache;
