@@ -105,7 +105,8 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
-    /// How many one-thread CPU sessions share a frame's branch runs (the tile workers).
+    /// How many one-thread CPU sessions share a frame's branch runs and its classifier batch
+    /// (the tile workers).
     pub fn cpu_workers(&self) -> usize {
         match self.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -125,8 +126,8 @@ fn builder(threads: usize) -> Result<ort::session::builder::SessionBuilder, Erro
         .map_err(|e| rt(e.into()))?
         .with_memory_pattern(false)
         .map_err(|e| rt(e.into()))?;
-    // Four sessions (classifier, three branches) run one after another each frame: threads of
-    // one that spin-wait after its run would steal the cores from the next.
+    // A frame runs several sessions one after another (the classifier, then the branches):
+    // threads of one that spin-wait after its run would steal the cores from the next.
     b = b.with_intra_op_spinning(false).map_err(|e| rt(e.into()))?;
     if threads > 0 {
         b = b.with_intra_threads(threads).map_err(|e| rt(e.into()))?;

@@ -114,7 +114,7 @@ fn tiled_branches_match_whole_frame_runs() {
 }
 
 #[test]
-fn all_tiles_classified_in_one_run_and_one_run_per_branch_group() {
+fn tiles_classified_and_run_in_batches_per_worker() {
     let set = ModelSet::load(KA).unwrap();
     // One tile worker: one classifier run and one run per non-empty branch group.
     let one = SessionConfig { threads: 1, ..CPU };

@@ -109,10 +109,7 @@ mod tests {
         // upstream: the sizes whose 4x the range holds (multiples of lcm(step, 4))
         assert_eq!(width("video/x-raw,width=[240,272,16]", Src), "[ 60, 68, 4 ]");
         assert_eq!(width("video/x-raw,width=[6,60,6]", Src), "[ 3, 15, 3 ]");
-        assert_eq!(
-            width("video/x-raw,width=[6,18,6]", Src),
-            "[ 3, 3 ]".replace("[ 3, 3 ]", "3")
-        );
+        assert_eq!(width("video/x-raw,width=[6,18,6]", Src), "3");
         assert_eq!(width("video/x-raw,width=[2,6,2]", Src), "1");
         assert_eq!(width("video/x-raw,width=[6,10,2]", Src), "2");
         assert_eq!(

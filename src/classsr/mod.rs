@@ -5,7 +5,7 @@
 //   gst-launch-1.0 videotestsrc ! video/x-raw,width=320,height=240 ! classsr ! videoconvert ! autovideosink
 //
 // Upscales every frame ×4 (the model's scale): the frame is cut into overlapping 32×32 tiles,
-// a small classifier scores every tile in one batched run, each tile goes to one of three
+// a small classifier scores every tile in one batch, each tile goes to one of three
 // branches of decreasing cost, and the HR tiles are blended back together.
 
 use gst::glib;

@@ -414,7 +414,10 @@ impl Model {
         // Shares of at least CLASSIFIER_SHARE tiles, one per session, run on the process's
         // pool of threads; the logits come back in tile order.
         let parts = (1 + self.classifier_workers.len()).min(n / CLASSIFIER_SHARE).max(1);
-        let run = |session: &mut Session, range: std::ops::Range<usize>, logits: &mut Vec<f32>| {
+        // each share's logits go to its own part of `logits`
+        logits.clear();
+        logits.resize(3 * n, 0.0);
+        let run = |session: &mut Session, range: std::ops::Range<usize>, logits: &mut [f32]| {
             let m = range.len();
             run_with(
                 session,
@@ -423,13 +426,12 @@ impl Model {
                 (m, t, t),
                 what,
                 |shape, values| {
-                    if shape != [m as i64, 3] {
+                    if shape != [m as i64, 3] || values.len() != 3 * m {
                         return Err(Error::Model(format!(
                             "classifier returned shape {shape:?} for {m} tiles; expected [{m}, 3]"
                         )));
                     }
-                    logits.clear();
-                    logits.extend_from_slice(values);
+                    logits.copy_from_slice(values);
                     Ok(())
                 },
             )
@@ -437,26 +439,22 @@ impl Model {
         if parts == 1 {
             return run(&mut self.classifier, 0..n, logits).map(|()| 1);
         }
-        let mut shares: Vec<(&mut Session, Vec<f32>, Result<(), Error>)> = std::iter::once(&mut self.classifier)
-            .chain(self.classifier_workers.iter_mut())
-            .take(parts)
-            .map(|s| (s, Vec::new(), Ok(())))
-            .collect();
+        let mut results: Vec<Result<(), Error>> = (0..parts).map(|_| Ok(())).collect();
+        let sessions = std::iter::once(&mut self.classifier).chain(self.classifier_workers.iter_mut());
         rayon::scope(|scope| {
-            for (k, (session, part, result)) in shares.iter_mut().enumerate() {
+            let mut rest = &mut logits[..];
+            for (k, (session, result)) in sessions.zip(results.iter_mut()).enumerate() {
                 let run = &run;
                 let range = k * n / parts..(k + 1) * n / parts;
+                let (part, tail) = std::mem::take(&mut rest).split_at_mut(3 * range.len());
+                rest = tail;
                 scope.spawn(move |_| {
                     *result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(session, range, part)))
                         .unwrap_or_else(|_| Err(Error::Runtime("a classifier worker panicked".into())));
                 });
             }
         });
-        logits.clear();
-        for (_, part, result) in shares {
-            result?;
-            logits.extend_from_slice(&part);
-        }
+        results.into_iter().collect::<Result<(), Error>>()?;
         Ok(parts)
     }
 
