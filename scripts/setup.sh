@@ -25,7 +25,7 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   echo ">> installing ${missing[*]}"
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
 if ! command -v cargo >/dev/null; then
@@ -36,7 +36,7 @@ fi
 # numpy, for the independent PSNR check of `classsr eval` in the tests
 if ! python3 -c "import numpy" 2>/dev/null; then
   python3 -m pip install -q numpy 2>/dev/null || python3 -m pip install -q --break-system-packages numpy \
-    || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q python3-numpy
+    || $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-numpy
 fi
 
 lib="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"

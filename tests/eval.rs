@@ -317,6 +317,12 @@ fn upscale_reads_images_as_viewers_show_them_and_writes_where_it_can() {
     assert!(!ok && err.contains("it is a folder"), "{err}");
     let (ok, err) = classsr(&["eval", "--hr", &p("."), "--model", ka, "--save", &p("side.jpg")]);
     assert!(!ok && err.contains("is a file, not a folder"), "{err}");
+    // ... and a name ending in '/', and a file where the output's folder should be.
+    let (ok, err) = classsr(&["upscale", &p("side.jpg"), &format!("{}/", p("new.png")), "--model", ka]);
+    assert!(!ok && err.contains("without a '/' at the end"), "{err}");
+    assert!(!dir.join("new.png").exists());
+    let (ok, err) = classsr(&["upscale", &p("side.jpg"), &p("side.jpg/o.png"), "--model", ka]);
+    assert!(!ok && err.contains("side.jpg' is a file, not a folder"), "{err}");
     // Usage errors exit 2 (no command, an unknown one, bad arguments); failed work exits 1.
     let code = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_classsr"))
@@ -334,6 +340,32 @@ fn upscale_reads_images_as_viewers_show_them_and_writes_where_it_can() {
         Some(1)
     );
     assert_eq!(code(&["upscale", "--help"]), Some(0));
+    // an overlap over half the model's tile side (no --tile) is a usage error too
+    let (ok, err) = classsr(&[
+        "upscale",
+        &p("side.jpg"),
+        &p("o3.png"),
+        "--model",
+        ka,
+        "--overlap",
+        "17",
+    ]);
+    assert!(
+        !ok && err.contains("--overlap 17") && err.contains("at most 16"),
+        "{err}"
+    );
+    assert_eq!(
+        code(&[
+            "upscale",
+            &p("side.jpg"),
+            &p("o3.png"),
+            "--model",
+            ka,
+            "--overlap",
+            "17"
+        ]),
+        Some(2)
+    );
     // A replaced file keeps its permissions.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.join("o.png"), std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -546,6 +546,10 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
         "{log}"
     );
     assert!(!log.contains("original:"), "known before the -O model trains: {log}");
+    assert!(
+        !root.join("small.work").exists(),
+        "a refused run leaves no work folder behind"
+    );
     // Scale factors that leave every image under one sub-image are named.
     let (ok, log) = run(
         "prepare",
@@ -562,6 +566,16 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
     assert!(!ok && log.contains("--aug: '0'"), "{log}");
     let (ok, log) = run("stage2", &data, &["--macs-budget", "50"]);
     assert!(!ok && log.contains("--macs-budget is used by export and all"), "{log}");
+    // An unknown device is a usage error (exit 2), as an unknown option is.
+    let code = Command::new(env!("CARGO_BIN_EXE_classsr-train"))
+        .args(["all", "--data", "x", "--val", "y", "--out", "z", "--device", "gpu"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&code.stderr);
+    assert!(
+        code.status.code() == Some(2) && err.contains("unknown device 'gpu'"),
+        "{err}"
+    );
     // A batch that would fill the machine's memory is refused up front.
     let (ok, log) = run("stage1", &data, &["--batch", "100000"]);
     assert!(!ok && log.contains("--batch 100000: at most 256"), "{log}");

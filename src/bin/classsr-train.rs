@@ -19,6 +19,7 @@
 //
 // Subcommands: prepare, stage1, stage2, stage3, export, all (all in order).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -108,7 +109,13 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
             "--batch" => o.batch = num("--batch", v("--batch")?)?,
             "--seed" => o.seed = num("--seed", v("--seed")?)? as u64,
             "--checkpoint-secs" => o.checkpoint_secs = num("--checkpoint-secs", v("--checkpoint-secs")?)? as u64,
-            "--device" => o.device_name = v("--device")?,
+            "--device" => {
+                let d = v("--device")?;
+                if !["cpu", "flex", "cuda"].contains(&d.as_str()) {
+                    return Err(format!("unknown device '{d}' (cpu, flex or cuda)"));
+                }
+                o.device_name = d;
+            }
             "--aug" => {
                 o.aug = v("--aug")?
                     .split(',')
@@ -180,9 +187,21 @@ fn run<B: burn::tensor::backend::AutodiffBackend>(cmd: &str, opts: Options, devi
             opts.work.display()
         ));
     }
+    // A work folder made by this run is removed again when the inputs are refused (it holds
+    // nothing but what the checks wrote).
+    let work = opts.work.clone();
+    let made_work = !work.exists();
     let mut t = Trainer::<B>::new(opts, device)?;
-    t.check_inputs(cmd)?;
-    t.check_work(Trainer::<B>::steps_of(cmd))?;
+    if let Err(e) = t
+        .check_inputs(cmd)
+        .and_then(|()| t.check_work(Trainer::<B>::steps_of(cmd)))
+    {
+        drop(t);
+        if made_work {
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        return Err(e);
+    }
     let result = (|| {
         match cmd {
             "prepare" => t.prepare(),
@@ -216,7 +235,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
+        // (a reader that stopped early, `| head`, is no error)
+        let _ = writeln!(std::io::stdout().lock(), "{USAGE}");
         return ExitCode::SUCCESS;
     }
     let (cmd, opts) = match parse(&args) {

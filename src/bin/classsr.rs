@@ -212,6 +212,11 @@ fn write_ppm(path: &std::path::Path, w: usize, h: usize, rgb: &[u8]) -> Result<(
 
 fn eval(a: &Args) -> Result<String, String> {
     use gstclasssr::eval::{evaluate_with, EvalImage, ModeResult};
+    // (checked before the images are read, which takes a while for a large folder)
+    let save_dir = (!a.save.is_empty()).then(|| std::path::PathBuf::from(&a.save));
+    if let Some(d) = save_dir.as_ref().filter(|d| d.exists() && !d.is_dir()) {
+        return Err(format!("--save '{}' is a file, not a folder", d.display()));
+    }
     let set = ModelSet::load(&a.model).map_err(|e| e.to_string())?;
     let scale = set.manifest.scale as usize;
     let files = gstclasssr::eval::list_images(std::path::Path::new(&a.hr))?;
@@ -229,11 +234,7 @@ fn eval(a: &Args) -> Result<String, String> {
     let model = Model::load(&set, &a.session).map_err(|e| e.to_string())?;
     let manifest = model.manifest.clone();
     let mut engine = Engine::new(model);
-    let save_dir = (!a.save.is_empty()).then(|| std::path::PathBuf::from(&a.save));
     if let Some(d) = &save_dir {
-        if d.exists() && !d.is_dir() {
-            return Err(format!("--save '{}' is a file, not a folder", d.display()));
-        }
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create '{}': {e}", d.display()))?;
     }
     let names = save_names(&images.iter().map(|i| i.name.as_str()).collect::<Vec<_>>());
@@ -346,10 +347,23 @@ fn upscale(a: &Args) -> Result<String, String> {
         return Err(format!("'{}' is the input: write the result to another file", a.output));
     }
     let out_path = std::path::Path::new(&a.output);
+    if a.output.ends_with('/') || a.output.ends_with(std::path::MAIN_SEPARATOR) {
+        return Err(format!(
+            "cannot write '{}': name an image file, without a '/' at the end",
+            a.output
+        ));
+    }
     let folder = match out_path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => std::path::Path::new("."),
     };
+    if folder.exists() && !folder.is_dir() {
+        return Err(format!(
+            "cannot write '{}': '{}' is a file, not a folder",
+            a.output,
+            folder.display()
+        ));
+    }
     if !folder.is_dir() {
         return Err(format!(
             "cannot write '{}': the folder '{}' does not exist (create it first)",
@@ -437,6 +451,20 @@ fn upscale(a: &Args) -> Result<String, String> {
 /// A subcommand: its work on parsed arguments, giving the line to print.
 type Subcommand = fn(&Args) -> Result<String, String>;
 
+/// Prints `text` on stdout: success, or (stdout closed or full) a failure said on stderr — but
+/// not for a reader that stopped early (`| head`), which wanted no more.
+fn print_out(text: &str) -> ExitCode {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write the output: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // usage errors (no or unknown command, bad arguments) exit 2, failures of the work 1
@@ -446,15 +474,11 @@ fn main() -> ExitCode {
     };
     let (cmd, run): (&str, Subcommand) = match args.first().map(String::as_str) {
         Some("upscale" | "eval") if args[1..].iter().any(|a| a == "-h" || a == "--help") => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
+            return print_out(USAGE);
         }
         Some("upscale") => ("upscale", upscale),
         Some("eval") => ("eval", eval),
-        Some("-h") | Some("--help") => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
+        Some("-h") | Some("--help") => return print_out(USAGE),
         None => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);
@@ -465,11 +489,21 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => return usage(e),
     };
-    match run(&parsed) {
-        Ok(msg) => {
-            println!("{msg}");
-            ExitCode::SUCCESS
+    // without --tile the tile side is the model's: the overlap is checked against it here
+    if parsed.frame.tile == 0 {
+        if let Ok(set) = ModelSet::load(&parsed.model) {
+            let t = set.manifest.tile_size as usize;
+            if check_tiling(t, parsed.frame.overlap).is_err() {
+                return usage(format!(
+                    "--overlap {}: at most half of the tile side (the model's {t}; --tile N sets another), so at most {}",
+                    parsed.frame.overlap,
+                    t / 2
+                ));
+            }
         }
+    }
+    match run(&parsed) {
+        Ok(msg) => print_out(&msg),
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
