@@ -514,6 +514,49 @@ fn a_small_change_reruns_only_its_part_of_the_tile() {
         assert!(px[0] > 200 && px[1] < 80, "frame {frame}: {px:?} at the patch");
     }
     assert!(partial > 0, "some tiles are recomputed in part");
+    // Set to 0 mid-stream, the threshold asks for cache=off's frame: the tiles recomputed in
+    // part before are not reused as if they had been run whole (the cache starts again).
+    let last = moving_patch().pop().unwrap();
+    let (want, _) = run_engine(&mut off, &last, &FrameConfig::default());
+    let (got, st) = run_engine(&mut part, &last, &cfg(0.0));
+    assert_eq!(st.full_cache_hits, 0, "the cache started again");
+    assert!(
+        got == want,
+        "threshold 0 after parts: {:.2} dB against cache=off",
+        psnr(&got, &want)
+    );
+}
+
+#[test]
+fn a_tile_made_bicubically_under_qos_is_classified_again_when_it_drifts() {
+    // At the last QoS level the cheapest class is made bicubically, so no output of it is kept:
+    // the tile is made again every frame. A slow change (under the threshold from one frame to
+    // the next) still adds up against the pixels its class was decided on, and the tile is
+    // classified again once it is over the threshold.
+    let set = ModelSet::load(KA).unwrap();
+    let mut engine = Engine::new(Model::load(&set, &CPU).unwrap());
+    let cfg = FrameConfig {
+        cache: CacheMode::Full,
+        cache_threshold: 2.0,
+        cache_refresh: 0,
+        class1_bicubic: true,
+        ..FrameConfig::default()
+    };
+    // flat (branch1 for the known-answer classifier), one level brighter each frame
+    let frame = |k: u8| Rgba::new(96, 64, |_, _| [100 + k, 100 + k, 100 + k, 255]);
+    let (_, first) = run_engine(&mut engine, &frame(0), &cfg);
+    let n: usize = first.tiles.iter().sum();
+    assert_eq!(first.tiles[0], n, "all flat: {:?}", first.tiles);
+    let hits: Vec<usize> = (1..6)
+        .map(|k| run_engine(&mut engine, &frame(k), &cfg).1.class_cache_hits)
+        .collect();
+    // (2 levels is at the threshold, which float rounding may put on either side)
+    assert_eq!(hits[0], n, "one level: under the threshold ({hits:?})");
+    assert_eq!(
+        hits[2], 0,
+        "three levels from where they were classified: all again ({hits:?})"
+    );
+    assert_eq!(hits[3], n, "one level from where they were classified again ({hits:?})");
 }
 
 #[test]

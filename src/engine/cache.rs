@@ -31,6 +31,12 @@ use super::crop::Rect;
 /// entering a corner of a tile changes at least one block by much more than noise does.
 pub const BLOCK: usize = 8;
 
+/// The settings a cache's results depend on: the mode, the bias (the user's, QoS steps
+/// aside), the correction setting (it changes which pixels a partial recompute records as its
+/// reference) and whether the threshold is 0 (then every reused output must be what a whole
+/// run makes, which a partial recompute's output is not).
+pub type CacheKey = (u8, u32, bool, bool);
+
 /// Cached state of one tile grid.
 pub struct TileCache {
     /// Side of a tile (LR pixels).
@@ -51,10 +57,8 @@ pub struct TileCache {
     hr_valid: Vec<bool>,
     /// Frames since the cache was last reset (this frame's index after `begin_frame`).
     age: u64,
-    /// Mode, bias (the user's, QoS steps aside) and correction setting the cached results
-    /// were made with (the correction changes which pixels a partial recompute records as
-    /// its reference).
-    key: Option<(u8, u32, bool)>,
+    /// What the cached results were made with (a [`CacheKey`]).
+    key: Option<CacheKey>,
 }
 
 impl TileCache {
@@ -86,7 +90,7 @@ impl TileCache {
 
     /// Starts a frame: drops everything when the routing settings changed (and then returns
     /// true).
-    pub fn begin_frame(&mut self, key: (u8, u32, bool)) -> bool {
+    pub fn begin_frame(&mut self, key: CacheKey) -> bool {
         let reset = self.key != Some(key);
         if reset {
             self.reset();

@@ -631,10 +631,13 @@ impl Engine {
             work.fresh.fill(true);
             return;
         }
-        if work
-            .cache
-            .begin_frame((cfg.mode.key(), cfg.bias.to_bits(), cfg.cache_correction))
-        {
+        let key = (
+            cfg.mode.key(),
+            cfg.bias.to_bits(),
+            cfg.cache_correction,
+            threshold == 0.0,
+        );
+        if work.cache.begin_frame(key) {
             work.fx_complete = false;
         }
         for i in 0..n {
@@ -738,9 +741,14 @@ impl Engine {
             if !(full && work.reuses_hr(i)) {
                 if full {
                     work.cache.classes[i] = work.class_of[i];
-                    // an unchanged tile without a reusable output (a QoS bicubic stand-in,
-                    // or cached by cache=class) is made again from this frame's pixels
-                    if !work.fresh[i] {
+                    // An unchanged tile without a reusable output (cached by cache=class, or a
+                    // QoS bicubic stand-in) is made again from this frame's pixels: its
+                    // reference follows them when its output will be reusable. A stand-in's
+                    // (and, in the class map, where nothing is made) stays, so that a slow
+                    // change adds up against the pixels its logits came from and the tile is
+                    // classified again once it is over the threshold.
+                    let stand_in = cfg.class1_bicubic && work.class_of[i] == 0;
+                    if !work.fresh[i] && !stand_in && cfg.mode != Mode::ClassMap {
                         let whole = Rect::whole(t);
                         work.cache
                             .store_region(i, &work.all_tiles[i * item..(i + 1) * item], &whole, None);
