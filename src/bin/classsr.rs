@@ -148,15 +148,6 @@ fn parse(cmd: &str, args: &[String]) -> Result<Args, String> {
             s => pos.push(s.to_string()),
         }
     }
-    // (without --tile the tile side is the model's: the engine checks the overlap against it)
-    if a.frame.tile != 0 && check_tiling(a.frame.tile, a.frame.overlap).is_err() {
-        return Err(format!(
-            "--overlap {}: at most half of the tile side (--tile {}), so at most {}",
-            a.frame.overlap,
-            a.frame.tile,
-            a.frame.tile / 2
-        ));
-    }
     let quoted = |v: &[String]| v.iter().map(|f| format!("'{f}'")).collect::<Vec<_>>().join(", ");
     match (cmd, pos.as_slice()) {
         ("upscale", [i, o]) => {
@@ -347,7 +338,7 @@ fn upscale(a: &Args) -> Result<String, String> {
         return Err(format!("'{}' is the input: write the result to another file", a.output));
     }
     let out_path = std::path::Path::new(&a.output);
-    if a.output.ends_with('/') || a.output.ends_with(std::path::MAIN_SEPARATOR) {
+    if a.output.ends_with(std::path::is_separator) {
         return Err(format!(
             "cannot write '{}': name an image file, without a '/' at the end",
             a.output
@@ -448,6 +439,28 @@ fn upscale(a: &Args) -> Result<String, String> {
     ))
 }
 
+/// The overlap against the tile side: `--tile`'s, or without it the model's (a model that
+/// does not load is left to the work to report).
+fn check_overlap(a: &Args) -> Result<(), String> {
+    let (t, whose) = match a.frame.tile {
+        0 => match ModelSet::load(&a.model) {
+            Ok(set) => {
+                let t = set.manifest.tile_size as usize;
+                (t, format!("the model's {t}; --tile N sets another"))
+            }
+            Err(_) => return Ok(()),
+        },
+        t => (t, format!("--tile {t}")),
+    };
+    check_tiling(t, a.frame.overlap).map_err(|_| {
+        format!(
+            "--overlap {}: at most half of the tile side ({whose}), so at most {}",
+            a.frame.overlap,
+            t / 2
+        )
+    })
+}
+
 /// A subcommand: its work on parsed arguments, giving the line to print.
 type Subcommand = fn(&Args) -> Result<String, String>;
 
@@ -489,18 +502,8 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => return usage(e),
     };
-    // without --tile the tile side is the model's: the overlap is checked against it here
-    if parsed.frame.tile == 0 {
-        if let Ok(set) = ModelSet::load(&parsed.model) {
-            let t = set.manifest.tile_size as usize;
-            if check_tiling(t, parsed.frame.overlap).is_err() {
-                return usage(format!(
-                    "--overlap {}: at most half of the tile side (the model's {t}; --tile N sets another), so at most {}",
-                    parsed.frame.overlap,
-                    t / 2
-                ));
-            }
-        }
+    if let Err(e) = check_overlap(&parsed) {
+        return usage(e);
     }
     match run(&parsed) {
         Ok(msg) => print_out(&msg),

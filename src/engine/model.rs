@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use ort::session::Session;
 use ort::value::TensorRef;
 
-use super::{correction, crop};
+use super::{correction, crop, share};
 use crate::manifest::{Manifest, ModelSet};
 use crate::onnx::phase_output::phase_output;
 use crate::runtime::{self, ActiveDevice, SessionConfig};
@@ -414,7 +414,6 @@ impl Model {
         // Shares of at least CLASSIFIER_SHARE tiles, one per session, run on the process's
         // pool of threads; the logits come back in tile order.
         let parts = (1 + self.classifier_workers.len()).min(n / CLASSIFIER_SHARE).max(1);
-        // each share's logits go to its own part of `logits`
         logits.clear();
         logits.resize(3 * n, 0.0);
         let run = |session: &mut Session, range: std::ops::Range<usize>, logits: &mut [f32]| {
@@ -436,25 +435,23 @@ impl Model {
                 },
             )
         };
-        if parts == 1 {
-            return run(&mut self.classifier, 0..n, logits).map(|()| 1);
-        }
-        let mut results: Vec<Result<(), Error>> = (0..parts).map(|_| Ok(())).collect();
-        let sessions = std::iter::once(&mut self.classifier).chain(self.classifier_workers.iter_mut());
-        rayon::scope(|scope| {
-            let mut rest = &mut logits[..];
-            for (k, (session, result)) in sessions.zip(results.iter_mut()).enumerate() {
-                let run = &run;
+        // each share's logits go to its own part of `logits`
+        let mut rest = &mut logits[..];
+        let run = &run;
+        let jobs: Vec<_> = std::iter::once(&mut self.classifier)
+            .chain(self.classifier_workers.iter_mut())
+            .take(parts)
+            .enumerate()
+            .map(|(k, session)| {
                 let range = k * n / parts..(k + 1) * n / parts;
                 let (part, tail) = std::mem::take(&mut rest).split_at_mut(3 * range.len());
                 rest = tail;
-                scope.spawn(move |_| {
-                    *result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(session, range, part)))
-                        .unwrap_or_else(|_| Err(Error::Runtime("a classifier worker panicked".into())));
-                });
-            }
-        });
-        results.into_iter().collect::<Result<(), Error>>()?;
+                move || run(session, range, part)
+            })
+            .collect();
+        for r in share::run_jobs(jobs, "a classifier worker") {
+            r?;
+        }
         Ok(parts)
     }
 

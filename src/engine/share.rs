@@ -1,6 +1,31 @@
 // How a frame's branch runs are shared out between the CPU tile workers: the tiles of all
 // classes in one list, cut by cost, so the workers finish together whatever the class mix;
-// the cost of a tile of each branch is learnt from the runs themselves.
+// the cost of a tile of each branch is learnt from the runs themselves. And how the workers'
+// jobs (their branch runs, their shares of the classifier's batch) are run.
+
+use crate::Error;
+
+/// Runs `jobs`, one per worker, on the process's pool of threads, kept between frames
+/// (spawning threads for every frame costs more than a small frame's runs take); a single job
+/// runs on this thread. A job that panics gives an error (`what` panicked), not a panic in the
+/// streaming thread. The results come in the jobs' order.
+pub fn run_jobs<T: Send, J: FnOnce() -> Result<T, Error> + Send>(jobs: Vec<J>, what: &str) -> Vec<Result<T, Error>> {
+    let guarded = |job: J| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))
+            .unwrap_or_else(|_| Err(Error::Runtime(format!("{what} panicked"))))
+    };
+    if jobs.len() == 1 {
+        return jobs.into_iter().map(guarded).collect();
+    }
+    let mut results: Vec<Option<Result<T, Error>>> = jobs.iter().map(|_| None).collect();
+    rayon::scope(|scope| {
+        for (job, slot) in jobs.into_iter().zip(results.iter_mut()) {
+            let guarded = &guarded;
+            scope.spawn(move |_| *slot = Some(guarded(job)));
+        }
+    });
+    results.into_iter().map(|r| r.expect("every job ran")).collect()
+}
 
 /// Time per tile of each branch on this machine, followed from run to run (a moving average),
 /// before any run estimated from the branches' MACs. Only the proportions matter: a branch's
@@ -80,6 +105,23 @@ pub fn share_out(groups: [&[u32]; 3], costs: [u64; 3], parts: usize) -> Vec<Shar
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jobs_give_their_results_in_order_and_a_panic_as_an_error() {
+        let job = |k: usize| move || if k == 1 { panic!("job {k}") } else { Ok(10 * k) };
+        let results = run_jobs((0..3).map(job).collect(), "a test worker");
+        assert_eq!(results[0].as_ref().ok(), Some(&0));
+        assert_eq!(results[2].as_ref().ok(), Some(&20));
+        let err = results[1].as_ref().unwrap_err().to_string();
+        assert!(err.contains("a test worker panicked"), "{err}");
+        // one job: on this thread, guarded the same way
+        let one = run_jobs(vec![job(1)], "a lone worker");
+        assert!(one[0]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("a lone worker panicked"));
+    }
 
     #[test]
     fn batch_calls_are_near_equal_and_cover_the_run() {

@@ -10,7 +10,7 @@ use ort::session::Session;
 use super::accumulate::{merge_tile, replace_tile, TileFx};
 use super::cache::TileCache;
 use super::crop::{Crop, Rect};
-use super::share::{share_out, Share, TileCosts};
+use super::share::{run_jobs, share_out, Share, TileCosts};
 use super::{batch_calls, batch_limit, model, CacheMode, FrameConfig, Model, TileGrid, Work};
 use crate::Error;
 
@@ -278,36 +278,17 @@ pub(super) fn run_branches(
         incremental,
         crops,
     };
-    let mut work_of: Vec<_> = sessions.into_iter().zip(staging.iter_mut()).zip(&plans).collect();
     let job_ref = &job;
-    // a worker that panics gives an error, not a panic in the streaming thread
-    let run = |((sessions, buf), share): ((_, _), _)| {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job_ref.run_share(sessions, buf, share)))
-            .unwrap_or_else(|_| Err(Error::Runtime("a tile worker panicked".into())))
-    };
-    let runs = if work_of.len() == 1 {
-        // one worker (CUDA, or a frame with little to run): on this thread
-        run(work_of.pop().expect("one worker"))?
-    } else {
-        // one job per worker on the process's pool of threads (kept between frames:
-        // spawning threads for every frame costs more than a small frame's runs take)
-        let results = Mutex::new(Vec::with_capacity(work_of.len()));
-        let results_ref = &results;
-        rayon::scope(|s| {
-            for work in work_of {
-                let run = &run;
-                s.spawn(move |_| {
-                    let r = run(work);
-                    results_ref.lock().unwrap_or_else(|e| e.into_inner()).push(r);
-                });
-            }
-        });
-        let mut runs = 0;
-        for r in results.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            runs += r?;
-        }
-        runs
-    };
+    let jobs: Vec<_> = sessions
+        .into_iter()
+        .zip(staging.iter_mut())
+        .zip(&plans)
+        .map(|((sessions, buf), share)| move || job_ref.run_share(sessions, buf, share))
+        .collect();
+    let mut runs = 0;
+    for r in run_jobs(jobs, "a tile worker") {
+        runs += r?;
+    }
     let timing = job.timing.into_inner().unwrap_or_else(|e| e.into_inner());
     for (class, (secs, tiles)) in timing.into_iter().enumerate() {
         costs.record(class, secs, tiles);
