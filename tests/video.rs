@@ -725,6 +725,12 @@ fn qos_lateness_degrades_with_a_warning_and_recovers() {
     h.set_src_caps_str(&caps_str(VideoFormat::Rgb, img.width, img.height));
     push(&mut h, &img);
     let e = h.element().unwrap();
+    // every change of the level is notified (an application can follow it)
+    let notified = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = notified.clone();
+    e.connect_notify(Some("qos-level"), move |e, _| {
+        seen.lock().unwrap().push(e.property::<u32>("qos-level"))
+    });
     let late = gst::event::Qos::new(
         gst::QOSType::Overflow,
         1.5,
@@ -766,6 +772,11 @@ fn qos_lateness_degrades_with_a_warning_and_recovers() {
         h.push_upstream_event(recovered(66));
     }
     assert_eq!(e.property::<u32>("qos-level"), 0, "recovers when on time");
+    assert_eq!(
+        *notified.lock().unwrap(),
+        [1, 2, 3, 4, 3, 2, 1, 0],
+        "one notify per change"
+    );
     push(&mut h, &img);
     let full = u(&stats(&bus)[0], "macs");
     assert_eq!(full, per_level[0].1, "full quality again");

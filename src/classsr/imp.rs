@@ -16,7 +16,8 @@ use gst_video::subclass::prelude::*;
 use super::{caps, ClassSrCache, ClassSrDevice, ClassSrMode};
 use crate::engine::tiling::{check_tiling, TILE_SIDES};
 use crate::engine::{
-    frame_graphs, CacheMode, Engine, FrameConfig, FrameStats, Image, ImageMut, Mode, Model, PixelLayout, MAX_SIDE,
+    frame_graphs, size_bands, CacheMode, Engine, FrameConfig, FrameStats, Image, ImageMut, Mode, Model, PixelLayout,
+    MAX_SIDE,
 };
 use crate::manifest::ModelSet;
 use crate::runtime::{DeviceRequest, SessionConfig};
@@ -330,7 +331,7 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecUInt::builder("qos-level")
                     .nick("QoS level")
-                    .blurb("Current QoS degradation level (with qos=true, mode=classsr): 0 = full quality, 1-3 = lowered bias, 4 = also the cheapest class bicubic; only at 4 are late frames dropped")
+                    .blurb("Current QoS degradation level (with qos=true, mode=classsr): 0 = full quality, 1-3 = lowered bias, 4 = also the cheapest class bicubic; only at 4 are late frames dropped; notifies every change")
                     .maximum(QOS_MAX_LEVEL)
                     .read_only()
                     .build(),
@@ -494,17 +495,21 @@ impl ElementImpl for ClassSr {
         static TEMPLATES: LazyLock<Vec<gst::PadTemplate>> = LazyLock::new(|| {
             use gst_video::VideoFormat as F;
             // Progressive frames only (fields would be mixed by the tiles); the input within the
-            // engine's side limit, so that a videoscale upstream can adapt to it. Outputs up to
-            // the manifest's largest scale (8).
-            let caps = |max_side: usize| {
+            // engine's limits (per side and area, as bands of sizes), so that a videoscale
+            // upstream can adapt to them. Outputs up to the manifest's largest scale (8).
+            let caps = |widths: std::ops::RangeInclusive<usize>, max_height: usize| {
                 gst_video::VideoCapsBuilder::new()
                     .format_list([F::Rgb, F::Bgr, F::Rgbx, F::Bgrx, F::Xrgb, F::Xbgr, F::Rgba, F::Bgra])
-                    .width_range(1..=max_side as i32)
-                    .height_range(1..=max_side as i32)
+                    .width_range(*widths.start() as i32..=*widths.end() as i32)
+                    .height_range(1..=max_height as i32)
                     .field("interlace-mode", "progressive")
                     .build()
             };
-            let (src, sink) = (caps(8 * MAX_SIDE), caps(MAX_SIDE));
+            let src = caps(1..=8 * MAX_SIDE, 8 * MAX_SIDE);
+            let mut sink = gst::Caps::new_empty();
+            for (widths, max_height) in size_bands() {
+                sink.merge(caps(widths, max_height));
+            }
             vec![
                 gst::PadTemplate::new("src", gst::PadDirection::Src, gst::PadPresence::Always, &src).unwrap(),
                 gst::PadTemplate::new("sink", gst::PadDirection::Sink, gst::PadPresence::Always, &sink).unwrap(),
@@ -560,8 +565,8 @@ impl BaseTransformImpl for ClassSr {
     fn accept_caps(&self, direction: gst::PadDirection, caps: &gst::Caps) -> bool {
         let accepted = self.parent_accept_caps(direction, caps);
         if !accepted && direction == gst::PadDirection::Sink {
-            // Say why when it is the size (the pad templates stop at MAX_SIDE per side, so
-            // that a videoscale upstream adapts; a fixed larger size ends in not-negotiated).
+            // Say why when it is the size (the pad templates hold the sizes the engine takes,
+            // so that a videoscale upstream adapts; a fixed larger size ends in not-negotiated).
             if let Ok(info) = gst_video::VideoInfo::from_caps(caps) {
                 if let Err(e) = Engine::check_size(info.width() as usize, info.height() as usize) {
                     gst::warning!(CAT, imp = self, "refusing {caps:?}: {e}");
@@ -620,8 +625,7 @@ impl BaseTransformImpl for ClassSr {
                 state.engine.reset();
             }
             // After a flush the stream starts on time (the base class resets its QoS too).
-            let mut q = self.qos.lock().unwrap();
-            (q.level, q.on_time) = (0, 0);
+            self.reset_qos(false);
         }
         self.parent_sink_event(event)
     }
@@ -712,6 +716,20 @@ impl ClassSr {
         self.obj().is_qos() && self.settings.lock().unwrap().mode == ClassSrMode::ClassSr
     }
 
+    /// Back to full quality (`only_degraded`: only when degraded, keeping the count of on-time
+    /// reports otherwise); `notify::qos-level` when the level changes.
+    fn reset_qos(&self, only_degraded: bool) {
+        let mut q = self.qos.lock().unwrap();
+        let before = q.level;
+        if before > 0 || !only_degraded {
+            (q.level, q.on_time) = (0, 0);
+        }
+        drop(q);
+        if before > 0 {
+            self.obj().notify("qos-level");
+        }
+    }
+
     /// Adjusts the degradation level from a downstream QoS report (lateness `diff`, running
     /// `proportion` of the real-time rate) and returns the new level: one level up per late
     /// report, one down when well ahead (proportion < 0.9) or after a run of on-time reports.
@@ -736,6 +754,9 @@ impl ClassSr {
             q.warned = Some(Instant::now());
         }
         drop(q);
+        if level != before {
+            self.obj().notify("qos-level");
+        }
         if level > before {
             gst::warning!(
                 CAT,
@@ -869,12 +890,11 @@ impl VideoFilterImpl for ClassSr {
         };
         // The level applies with qos on and mode=classsr (see src_event); switching either
         // off returns to full quality.
-        let qos_level = {
-            let mut q = self.qos.lock().unwrap();
-            if q.level > 0 && !self.degrades() {
-                (q.level, q.on_time) = (0, 0);
-            }
-            q.level
+        let qos_level = if self.degrades() {
+            self.qos.lock().unwrap().level
+        } else {
+            self.reset_qos(true);
+            0
         };
         // A GAP buffer holds no meaningful picture: it is upscaled bicubically (no network
         // run, a fraction of a frame's time) and kept out of the cache, so the next real frame

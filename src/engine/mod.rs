@@ -40,6 +40,23 @@ pub const MAX_SIDE: usize = 4096;
 /// Largest accepted input frame area (4K UHD).
 pub const MAX_PIXELS: usize = 3840 * 2160;
 
+/// The accepted frame sizes as bands of widths, each with the largest height every width of
+/// it may have: a staircase under both limits (caps hold ranges, not an area), exact at 4K UHD
+/// both ways and at the side limit. A size between two steps (3000x2700) fits the limits but
+/// no band.
+pub fn size_bands() -> Vec<(std::ops::RangeInclusive<usize>, usize)> {
+    let steps = [MAX_PIXELS / MAX_SIDE, 2160, 2560, 2880, 3200, 3840, MAX_SIDE];
+    let mut lo = 1;
+    steps
+        .iter()
+        .map(|&hi| {
+            let band = (lo..=hi, (MAX_PIXELS / hi).min(MAX_SIDE));
+            lo = hi + 1;
+            band
+        })
+        .collect()
+}
+
 /// How tiles are routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
@@ -371,13 +388,19 @@ impl Engine {
         if width == 0 || height == 0 {
             return Err(Error::Input(format!("frame size {width}x{height} is empty")));
         }
-        if width > MAX_SIDE || height > MAX_SIDE || width * height > MAX_PIXELS {
-            return Err(Error::Input(format!(
+        let most = size_bands()
+            .into_iter()
+            .find(|(w, _)| w.contains(&width))
+            .map(|(_, h)| h);
+        match most {
+            Some(most) if height <= most => Ok(()),
+            _ => Err(Error::Input(format!(
                 "frame size {width}x{height} is too large: at most {MAX_SIDE} per side and {MAX_PIXELS} pixels \
-                 (3840x2160); scale the input down first (in a pipeline: videoscale)"
-            )));
+                 (3840x2160){}; scale the input down first (in a pipeline: videoscale)",
+                most.map(|h| format!(", and at a width of {width} at most {h} lines"))
+                    .unwrap_or_default()
+            ))),
         }
-        Ok(())
     }
 
     fn prepare(&mut self, w: usize, h: usize, cfg: &FrameConfig) -> Result<(), Error> {
