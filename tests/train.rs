@@ -366,6 +366,9 @@ fn killed_training_resumes_where_it_stopped() {
     while !ckpt.exists() && t0.elapsed().as_secs() < 120 {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    // A second run on the same folder meanwhile would mix their checkpoints: refused.
+    let (ok, log) = train_cmd(&args);
+    assert!(!ok && log.contains("in use by another classsr-train run"), "{log}");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(ckpt.exists(), "a checkpoint was written before the kill");
@@ -375,8 +378,15 @@ fn killed_training_resumes_where_it_stopped() {
     let (ok, log) = train_cmd(&args);
     assert!(!ok && log.contains("--resume"), "{log}");
 
-    // Resuming with other options (batch size, iterations) would mix two runs: refused.
-    for (k, v) in [("--batch", "4"), ("--iters", "200")] {
+    // Resuming with other options (batch size, iterations, training images) would mix two
+    // runs: refused.
+    let other_data = root.join("other");
+    make_images(&other_data, 2, 160, 6);
+    for (k, v) in [
+        ("--batch", "4"),
+        ("--iters", "200"),
+        ("--data", other_data.to_str().unwrap()),
+    ] {
         let mut other: Vec<&str> = args.to_vec();
         let at = other.iter().position(|a| *a == k).unwrap();
         other[at + 1] = v;
@@ -664,4 +674,17 @@ fn training_photographs_are_read_upright_and_the_turned_ones_are_known() {
     let (plain, _) = gstclasssr::train::data::read_rgb(&dir.join("plain.jpg")).unwrap();
     assert_eq!((side.width, side.height), (200, 300));
     assert_eq!((plain.width, plain.height), (300, 200));
+}
+
+#[test]
+fn an_augmentation_factor_too_small_for_an_image_skips_it() {
+    // ×0.002 makes nothing of a 300x300 photograph (not even a pixel): that scale is left out
+    // for it, and ×1.0 still gives its sub-images.
+    let dir = scratch("tiny-aug");
+    make_images(dir.path(), 1, 300, 8);
+    let load = |aug: &[f64]| gstclasssr::train::data::Dataset::load(dir.path(), 4, aug, &mut |_| {});
+    let alone = load(&[1.0]).unwrap().subs.len();
+    assert!(alone > 0);
+    assert_eq!(load(&[1.0, 0.002]).unwrap().subs.len(), alone);
+    assert!(load(&[0.002]).is_err(), "no sub-image at any scale is an error");
 }

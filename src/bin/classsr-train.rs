@@ -29,12 +29,14 @@ const USAGE: &str = "usage: classsr-train <prepare|stage1|stage2|stage3|export|a
 [--family fsrcnn|srresnet] [--scale 4] [--iters N] [--batch B] [--device cpu|flex|cuda (default cpu)] [--seed S] [--resume] [--force] \
 [--work DIR] [--checkpoint-secs S] [--aug 1.0,0.9,...] [--iters-original N] [--plain] [--classifier-width W] \
 [--init-from MODEL_DIR] [--random-init] [--macs-budget PERCENT] [--finetune-lr LR] [--global-split]
-defaults: --iters 2000 per step, --batch 16 (at most 256), --seed 1, --checkpoint-secs 120, --classifier-width 32;
+defaults: --iters 2000 per step, --batch 16 (at most 256), --seed 1, --checkpoint-secs 120, --classifier-width 32 (at most 512);
 --out is never replaced without --force, and an interrupted step goes on with --resume (README: \"Training your own models\")";
 
 /// Largest --batch: a step's activations grow with it (stage 3 holds all four networks'), and
 /// a batch of tens of thousands of sub-images fills any machine's memory.
 const MAX_BATCH: usize = 256;
+/// The widest classifier accepted.
+const MAX_CLASSIFIER_WIDTH: usize = 512;
 
 fn parse(args: &[String]) -> Result<(String, Options), String> {
     let cmd = args.first().ok_or("missing subcommand")?.clone();
@@ -150,6 +152,13 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
             "--batch {}: at most {MAX_BATCH} sub-images per step (the memory a step needs grows with it; \
              the paper trains with 16)",
             o.batch
+        ));
+    }
+    if o.classifier_width > MAX_CLASSIFIER_WIDTH {
+        return Err(format!(
+            "--classifier-width {}: at most {MAX_CLASSIFIER_WIDTH} (the official code's is 128; a classifier \
+             wider than the branches costs more than it saves)",
+            o.classifier_width
         ));
     }
     Ok((cmd, o))

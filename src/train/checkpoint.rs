@@ -72,8 +72,13 @@ pub fn load(path: &Path) -> Result<(serde_json::Value, Weights), String> {
         let offset = info["offset"].as_u64().unwrap_or(0) as usize;
         let len = info["len"].as_u64().unwrap_or(0) as usize;
         let shape: Vec<usize> = serde_json::from_value(info["shape"].clone()).map_err(|e| err(e.to_string()))?;
-        let raw = data
-            .get(offset * 4..(offset + len) * 4)
+        if shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) != Some(len) {
+            return Err(err(format!("'{name}' holds {len} values for the shape {shape:?}")));
+        }
+        let raw = offset
+            .checked_add(len)
+            .and_then(|end| end.checked_mul(4))
+            .and_then(|end| data.get(offset * 4..end))
             .ok_or_else(|| err(format!("'{name}' is truncated")))?;
         let values = raw
             .chunks_exact(4)

@@ -161,17 +161,16 @@ impl Dataset {
                 img
             };
             for &s in aug {
+                let size = |side: usize| (side as f64 * s).round() as usize;
+                // (checked before resizing: a tiny factor would make an empty image)
+                if size(img.width) < hr_size || size(img.height) < hr_size {
+                    continue;
+                }
                 let scaled = if (s - 1.0).abs() < 1e-9 {
                     img.clone()
                 } else {
-                    img.resize(
-                        (img.width as f64 * s).round() as usize,
-                        (img.height as f64 * s).round() as usize,
-                    )
+                    img.resize(size(img.width), size(img.height))
                 };
-                if scaled.width < hr_size || scaled.height < hr_size {
-                    continue;
-                }
                 let (hr, lr) = make_lr(&scaled, scale);
                 let pair = ds.pairs.len() as u32;
                 for y in positions(lr.height, LR_SIZE, lr_stride) {

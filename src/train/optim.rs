@@ -76,6 +76,13 @@ impl<B: AutodiffBackend> Adam<B> {
                 let t = state
                     .get(&format!("{prefix}/{name}"))
                     .ok_or_else(|| format!("checkpoint lacks {prefix}/{name}"))?;
+                let want = net.params[i].dims()[0];
+                if t.data.len() != want {
+                    return Err(format!(
+                        "checkpoint's {prefix}/{name} holds {} values; the parameter has {want}",
+                        t.data.len()
+                    ));
+                }
                 Ok(Tensor::from_data(
                     TensorData::new(t.data.clone(), [t.data.len()]),
                     &device,

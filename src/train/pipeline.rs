@@ -235,6 +235,29 @@ pub struct Trainer<B: AutodiffBackend> {
     val_ids: Vec<usize>,
     log: TrainLog,
     started: Instant,
+    /// Held while this run uses the work folder (see [`lock_work`]).
+    _lock: std::fs::File,
+}
+
+/// Takes the work folder for this run: two runs writing one folder's checkpoints would mix
+/// them. The lock goes with the process, also when it is killed.
+fn lock_work(work: &Path) -> Result<std::fs::File, String> {
+    let path = work.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open '{}': {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "the work folder '{}' is in use by another classsr-train run: wait for it to end, or give this one \
+             another --work (or --out)",
+            work.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock '{}': {e}", path.display())),
+    }
 }
 
 fn to_tensor<B: Backend>(data: Vec<f32>, shape: [usize; 4], device: &B::Device) -> Tensor<B, 4> {
@@ -269,8 +292,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         std::fs::create_dir_all(&opts.work)
             .map_err(|e| format!("cannot create work folder '{}': {e}", opts.work.display()))?;
+        let lock = lock_work(&opts.work)?;
         let log = TrainLog::open(&opts.work)?;
         Ok(Trainer {
+            _lock: lock,
             opts,
             device,
             train: None,
@@ -410,6 +435,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         if let Some(was) = meta["iters"].as_u64().filter(|&n| n != iters as u64) {
             changed.push(format!("iterations {was} (now {iters})"));
         }
+        // (checkpoints written before the data was recorded are not compared)
+        let other = |key: &str, now: serde_json::Value| !meta[key].is_null() && meta[key] != now;
+        if other("data", self.data_key()) || other("data_files", self.data_files()) {
+            changed.push("the training data (other --data images or --aug)".to_string());
+        }
         if changed.is_empty() {
             return Ok(());
         }
@@ -542,6 +572,9 @@ impl<B: AutodiffBackend> Trainer<B> {
             "rng": st.rng.state.to_string(),
             "adam_steps": st.adams.iter().map(|a| a.step).collect::<Vec<_>>(),
             "archs": st.nets.iter().map(|n| n.arch.describe()).collect::<Vec<_>>(),
+            // what the step trains on: a resume with other --data or --aug is refused
+            "data": self.data_key(),
+            "data_files": self.data_files(),
         });
         checkpoint::save(&self.ckpt(step, done), &meta, &tensors)?;
         if done {
@@ -660,7 +693,11 @@ impl<B: AutodiffBackend> Trainer<B> {
                     .map(|(n, &t)| if t { n.map_params(|p| p.require_grad()) } else { n })
                     .collect();
                 let adams = nets.iter().map(Adam::new).collect();
-                let rng = Rng::new(self.opts.seed.wrapping_mul(31).wrapping_add(step.len() as u64 * 7919));
+                // each step its own stream (the name's bytes, not its length: the branches' are alike)
+                let salt = step
+                    .bytes()
+                    .fold(0u64, |h, b| h.wrapping_mul(131).wrapping_add(u64::from(b)));
+                let rng = Rng::new(self.opts.seed.wrapping_mul(31).wrapping_add(salt.wrapping_mul(7919)));
                 StepState {
                     nets,
                     adams,
@@ -908,7 +945,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                             eprintln!("{step}: starts as the -O model pruned to {d} of {o_d} channels");
                             Net::from_weights(arch, &w, &device)?
                         }
-                        _ => Net::init(arch, &device, &mut Rng::new(seed + 1 + j as u64)),
+                        _ => Net::init(arch, &device, &mut Rng::new(seed.wrapping_add(1 + j as u64))),
                     }])
                 },
                 iters,
@@ -1093,7 +1130,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             "warmup",
             &[arch],
             &[true],
-            &mut |_| Ok(vec![Net::init(arch, &device, &mut Rng::new(seed + 10))]),
+            &mut |_| Ok(vec![Net::init(arch, &device, &mut Rng::new(seed.wrapping_add(10)))]),
             iters.max(1),
             lr,
             &mut |t, nets, rng| {
@@ -1203,6 +1240,17 @@ impl<B: AutodiffBackend> Trainer<B> {
             key["upright"] = t.turned.iter().map(name).collect::<Vec<_>>().into();
         }
         key
+    }
+
+    /// The byte size of each training image, in the order of [`Self::data_key`]'s names: with
+    /// them, a resume from a folder of other images under the same names is told apart.
+    fn data_files(&self) -> serde_json::Value {
+        let t = self.train.as_ref().expect("data loaded");
+        t.images
+            .iter()
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .collect::<Vec<_>>()
+            .into()
     }
 
     /// The stored split (classes and scope; splits written before the scope was recorded

@@ -30,7 +30,7 @@ impl TrainLog {
     pub fn open(work: &Path) -> Result<TrainLog, String> {
         let path = work.join("training.csv");
         if !path.exists() {
-            std::fs::write(&path, format!("{HEADER}\n"))
+            crate::files::write_bytes_atomically(&path, format!("{HEADER}\n").as_bytes())
                 .map_err(|e| format!("cannot write '{}': {e}", path.display()))?;
         }
         Ok(TrainLog { path })
@@ -49,7 +49,11 @@ impl TrainLog {
 
     /// Keeps the rows for which `keep(step, iteration)` holds.
     fn keep_rows(&self, keep: impl Fn(&str, Option<usize>) -> bool) -> Result<(), String> {
-        let text = std::fs::read_to_string(&self.path).unwrap_or_default();
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(format!("cannot read '{}': {e}", self.path.display())),
+        };
         let kept: String = text
             .lines()
             .skip(1)
@@ -60,7 +64,8 @@ impl TrainLog {
             })
             .map(|l| format!("{l}\n"))
             .collect();
-        std::fs::write(&self.path, format!("{HEADER}\n{kept}"))
+        // replaced whole (a kill mid-write must not leave it empty)
+        crate::files::write_bytes_atomically(&self.path, format!("{HEADER}\n{kept}").as_bytes())
             .map_err(|e| format!("cannot write '{}': {e}", self.path.display()))
     }
 
