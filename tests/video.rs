@@ -549,7 +549,7 @@ fn stats_add_up() {
 }
 
 #[test]
-fn a_seek_resets_the_cache_and_latency_is_upstreams() {
+fn a_seek_resets_the_cache_and_latency_is_upstreams_plus_its_own() {
     init();
     let launch = |live: bool| {
         let p = gst::parse::launch(&format!(
@@ -566,7 +566,7 @@ fn a_seek_resets_the_cache_and_latency_is_upstreams() {
         }
         (p, sink)
     };
-    // The element holds no frame back: a live pipeline's latency is its source's.
+    // The element holds no frame back: by default a live pipeline's latency is its source's.
     let (p, sink) = launch(true);
     let latency = |pad: gst::Pad| {
         let mut q = gst::query::Latency::new();
@@ -576,7 +576,21 @@ fn a_seek_resets_the_cache_and_latency_is_upstreams() {
     let upstream = p.by_name("c").unwrap().static_pad("sink").unwrap();
     let (live, min, max) = latency(sink.static_pad("sink").unwrap());
     assert!(live, "a live source's pipeline is live");
-    assert_eq!((live, min, max), latency(upstream));
+    assert_eq!((live, min, max), latency(upstream.clone()));
+    // With `latency` set (a frame time over the sink's deadline), it is added, and the
+    // pipeline is told to ask again.
+    let bus = p.bus().unwrap();
+    while bus.pop_filtered(&[gst::MessageType::Latency]).is_some() {}
+    let c = p.by_name("c").unwrap();
+    c.set_property("latency", 50_000_000u64);
+    assert!(
+        bus.pop_filtered(&[gst::MessageType::Latency]).is_some(),
+        "a latency message"
+    );
+    let (live2, min2, max2) = latency(sink.static_pad("sink").unwrap());
+    assert!(live2);
+    assert_eq!(min2, min + gst::ClockTime::from_mseconds(50));
+    assert_eq!(max2, max.map(|m| m + gst::ClockTime::from_mseconds(50)));
     p.set_state(gst::State::Null).unwrap();
 
     // A flushing seek starts the cache over: the static scene's next frame has no hits.

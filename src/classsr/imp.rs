@@ -41,6 +41,8 @@ const DEFAULT_CACHE_REFRESH: u32 = 30;
 /// 0.5 when absent); at the last, class 1 also goes bicubic, and only then may the base class
 /// drop late frames.
 const QOS_MAX_LEVEL: u32 = 4;
+/// Largest `latency` accepted (ns): a minute.
+const MAX_LATENCY: u64 = 60_000_000_000;
 /// On-time QoS reports in a row after which the level steps back down (at once when the
 /// reported proportion shows ≥ 10 % headroom).
 const QOS_RECOVER_REPORTS: u32 = 8;
@@ -64,6 +66,9 @@ struct Settings {
     cache_correction: bool,
     stats: bool,
     frame_graphs: bool,
+    /// Latency this element adds in a live pipeline (ns): its frame time, which the latency
+    /// query reports so that the sink waits for it.
+    latency: u64,
 }
 
 impl Default for Settings {
@@ -84,6 +89,7 @@ impl Default for Settings {
             cache_correction: true,
             stats: false,
             frame_graphs: false,
+            latency: 0,
         }
     }
 }
@@ -402,6 +408,13 @@ impl ObjectImpl for ClassSr {
                     .default_value(false)
                     .mutable_playing()
                     .build(),
+                glib::ParamSpecUInt64::builder("latency")
+                    .nick("Latency")
+                    .blurb("Latency in ns this element adds in a live pipeline, reported in the latency query (0 = none, as it holds no frame back). Set it to about the slowest processing-time (stats=true) when frames take longer than the sink's processing deadline (20 ms by default), so that they are not late")
+                    .maximum(MAX_LATENCY)
+                    .default_value(0)
+                    .mutable_playing()
+                    .build(),
                 glib::ParamSpecFloat::builder("bias")
                     .nick("Bias")
                     .blurb("Shifts routing without retraining: negative towards cheaper branches, positive towards branch3 (added to branch3's logit, subtracted from branch1's)")
@@ -441,6 +454,14 @@ impl ObjectImpl for ClassSr {
             "cache-correction" => s.cache_correction = value.get().expect("type checked"),
             "stats" => s.stats = value.get().expect("type checked"),
             "frame-graphs" => s.frame_graphs = value.get().expect("type checked"),
+            "latency" => {
+                s.latency = value.get().expect("type checked");
+                drop(s);
+                // the pipeline asks again and redistributes
+                let _ = self
+                    .obj()
+                    .post_message(gst::message::Latency::builder().src(&*self.obj()).build());
+            }
             _ => unimplemented!("property {name}"),
         }
         gst::debug!(CAT, imp = self, "{name} set to {value:?}");
@@ -469,6 +490,7 @@ impl ObjectImpl for ClassSr {
             "cache-correction" => s.cache_correction.to_value(),
             "stats" => s.stats.to_value(),
             "frame-graphs" => s.frame_graphs.to_value(),
+            "latency" => s.latency.to_value(),
             name => unimplemented!("property {name}"),
         }
     }
@@ -546,6 +568,27 @@ impl BaseTransformImpl for ClassSr {
         *self.active_device.lock().unwrap() = "none".to_string();
         gst::info!(CAT, imp = self, "stopped");
         Ok(())
+    }
+
+    fn query(&self, direction: gst::PadDirection, query: &mut gst::QueryRef) -> bool {
+        if direction == gst::PadDirection::Src {
+            if let gst::QueryViewMut::Latency(q) = query.view_mut() {
+                // upstream's answer, plus this element's own when live
+                let mut upstream = gst::query::Latency::new();
+                if !self.obj().sink_pad().peer_query(&mut upstream) {
+                    return false;
+                }
+                let (live, min, max) = upstream.result();
+                let own = gst::ClockTime::from_nseconds(self.settings.lock().unwrap().latency);
+                if live {
+                    q.set(true, min.saturating_add(own), max.map(|m| m.saturating_add(own)));
+                } else {
+                    q.set(false, min, max);
+                }
+                return true;
+            }
+        }
+        BaseTransformImplExt::parent_query(self, direction, query)
     }
 
     fn transform_caps(
