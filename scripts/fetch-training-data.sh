@@ -15,10 +15,13 @@ for d in data/train data/val; do
     exit 1
   fi
 done
+# (the package lists may need an update, which only root may make)
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo=sudo
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 (cd "$tmp" && apt-get download plasma-workspace-wallpapers >/dev/null 2>&1) \
-  || { apt-get update -q >/dev/null 2>&1 || true; (cd "$tmp" && apt-get download plasma-workspace-wallpapers >/dev/null); }
+  || { $sudo apt-get update -q >/dev/null 2>&1 || true; (cd "$tmp" && apt-get download plasma-workspace-wallpapers >/dev/null); }
 dpkg-deb -x "$tmp"/plasma-workspace-wallpapers_*.deb "$tmp/x"
 # filled beside data/ and moved into place at the end, so an interrupted run leaves no
 # partial split behind

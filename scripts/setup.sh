@@ -11,7 +11,10 @@ cd "$(dirname "$0")/.."
 ORT_VERSION=1.31.1
 ORT_DIR=${ORT_DIR:-/usr/local/lib/gst-classsr}
 SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO=sudo
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "error: run this as root, or install sudo" >&2; exit 1; }
+  SUDO=sudo
+fi
 
 apt_packages=(
   gcc pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools
@@ -28,8 +31,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-if ! command -v cargo >/dev/null; then
-  echo "error: cargo (Rust >= 1.92) is needed; install it with rustup (https://rustup.rs) and run this again" >&2
+# Rust >= 1.92 (Debian 12's own rustc is older: its cargo cannot read this Cargo.lock)
+rust_minor=$(rustc --version 2>/dev/null | sed -n 's/^rustc 1\.\([0-9]*\)\..*/\1/p')
+if ! command -v cargo >/dev/null || [ "${rust_minor:-0}" -lt 92 ]; then
+  echo "error: Rust >= 1.92 is needed (found: $(rustc --version 2>/dev/null || echo none)); install it with rustup (https://rustup.rs) and run this again" >&2
   exit 1
 fi
 
@@ -43,13 +48,15 @@ lib="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
 if [ ! -f "$lib" ]; then
   echo ">> fetching onnxruntime==$ORT_VERSION from PyPI"
   tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     "onnxruntime==$ORT_VERSION" -d "$tmp"
   (cd "$tmp" && python3 -m zipfile -e onnxruntime-*.whl x)
   $SUDO mkdir -p "$ORT_DIR"
-  $SUDO cp "$tmp/x/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$lib"
-  rm -rf "$tmp"
+  # copied under a temporary name and renamed: an interrupted copy is not taken as installed
+  $SUDO cp "$tmp/x/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$lib.part"
+  $SUDO mv -f "$lib.part" "$lib"
 fi
 echo ">> ONNX Runtime: $lib"
 

@@ -5,7 +5,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-/// Writes `path` through a temporary file beside it (`.NAME.tmp`), filled by `fill`, synced,
+/// Writes `path` through a temporary file beside it (`.NAME.PID.tmp`: two processes writing
+/// one file do not share it), filled by `fill`, synced,
 /// then renamed over it; through a symbolic link, the file it names is replaced, and a
 /// replaced file keeps its permissions. On failure the temporary file is removed and `path`
 /// is left as it was.
@@ -18,7 +19,7 @@ pub fn write_atomically(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp: PathBuf = target.with_file_name(format!(".{name}.tmp"));
+    let tmp: PathBuf = target.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
     let written = File::create(&tmp).and_then(|f| {
         let mut w = BufWriter::new(f);
         fill(&mut w)?;

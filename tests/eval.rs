@@ -265,6 +265,15 @@ fn the_command_line_never_loses_a_file_and_names_what_it_skips() {
     assert!(!ok && err.contains("8..=256"), "{err}");
     let (ok, err) = classsr(&["upscale", &input, &p("o.png"), "--bias", "nan"]);
     assert!(!ok && err.contains("finite"), "{err}");
+    // An image over the size limit is refused before the work (a flat 4100x8 PNG: a few
+    // hundred bytes, a 16 times larger output).
+    let wide = hr.with_file_name("wide.png");
+    image::RgbImage::new(4100, 8).save(&wide).unwrap();
+    let (ok, err) = classsr(&["upscale", wide.to_str().unwrap(), &p("w.png"), "--model", ka]);
+    assert!(!ok && err.contains("4100x8 is too large"), "{err}");
+    // After `--`, -h is a file name, not a request for help.
+    let (ok, err) = classsr(&["upscale", "--", "-h", &p("h.png")]);
+    assert!(!ok && err.contains("-h") && !err.contains("usage"), "{err}");
     // eval skips, by name, an image too small to score, and --save keeps two images that
     // share a stem apart.
     let hr_dir = hr.to_str().unwrap();

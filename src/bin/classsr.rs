@@ -372,6 +372,8 @@ fn upscale(a: &Args) -> Result<String, String> {
     let img = gstclasssr::eval::read_image(std::path::Path::new(&a.input))?;
     let has_alpha = img.color().has_alpha();
     let (w, h) = (img.width() as usize, img.height() as usize);
+    // before the model loads and the output (16 times larger) is allocated
+    Engine::check_size(w, h).map_err(|e| format!("{}: {e}", a.input))?;
     let (data, layout) = if has_alpha {
         (img.to_rgba8().into_raw(), PixelLayout::Rgba)
     } else {
@@ -486,7 +488,13 @@ fn main() -> ExitCode {
         ExitCode::from(2)
     };
     let (cmd, run): (&str, Subcommand) = match args.first().map(String::as_str) {
-        Some("upscale" | "eval") if args[1..].iter().any(|a| a == "-h" || a == "--help") => {
+        // (an argument after `--` is a file name, even one called -h)
+        Some("upscale" | "eval")
+            if args[1..]
+                .iter()
+                .take_while(|a| *a != "--")
+                .any(|a| a == "-h" || a == "--help") =>
+        {
             return print_out(USAGE);
         }
         Some("upscale") => ("upscale", upscale),
