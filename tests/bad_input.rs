@@ -78,6 +78,22 @@ fn manifest_that_lies_about_shapes_is_reported() {
     let err = run_with_model(&dir).unwrap_err();
     assert!(err.contains("returns shape") && err.contains("scale 2"), "{err}");
 
+    // a tile size the element cannot cut frames into (its tile-size property stops at 256)
+    for tile in [4, 300] {
+        let dir = copy_ka(&format!("tile-{tile}"));
+        let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+        std::fs::write(
+            dir.join("manifest.json"),
+            text.replace("\"tile_size\": 32", &format!("\"tile_size\": {tile}")),
+        )
+        .unwrap();
+        let err = run_with_model(&dir).unwrap_err();
+        assert!(
+            err.contains(&format!("tile_size {tile} is out of range 8..256: re-export the model")),
+            "{err}"
+        );
+    }
+
     let dir = copy_ka("wrong-names");
     let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
     std::fs::write(
@@ -87,6 +103,33 @@ fn manifest_that_lies_about_shapes_is_reported() {
     .unwrap();
     let err = run_with_model(&dir).unwrap_err();
     assert!(err.contains("'hr'"), "{err}");
+}
+
+#[test]
+fn broken_weights_are_reported_at_load() {
+    // A NaN in a weight (a corrupt or overflowed export) would make black tiles or send every
+    // tile to branch3 without a word: refused when the model loads, naming the graph.
+    for file in ["classifier.onnx", "branch2.onnx"] {
+        let dir = copy_ka(&format!("nan-{}", file.trim_end_matches(".onnx")));
+        edit_graph(&dir, file, |m| {
+            let g = m.graph.as_mut().unwrap();
+            let raw = |t: &gstclasssr::onnx::proto::TensorProto| t.raw_data.as_ref().map_or(0, |r| r.len());
+            let w = g
+                .initializer
+                .iter_mut()
+                .find(|t| t.data_type == Some(1) && (raw(t) >= 4 || !t.float_data.is_empty()))
+                .expect("a float weight");
+            match w.raw_data.as_mut().filter(|r| r.len() >= 4) {
+                Some(r) => r[..4].copy_from_slice(&f32::NAN.to_le_bytes()),
+                None => w.float_data[0] = f32::NAN,
+            }
+        });
+        let err = run_with_model(&dir).unwrap_err();
+        assert!(
+            err.contains(file) && err.contains("NaN or infinite values"),
+            "{file}: {err}"
+        );
+    }
 }
 
 /// Rewrites `file` of the model in `dir` by `f`.

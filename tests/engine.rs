@@ -1150,3 +1150,13 @@ fn bad_frames_are_errors_and_the_next_good_frame_is_normal() {
     assert_eq!(max_diff(&again, &want, false), 0);
     assert_eq!(st.full_cache_hits, st.tiles.iter().sum::<usize>());
 }
+
+#[test]
+fn the_output_limit_follows_the_models_scale() {
+    // 4K UHD x4 is the most output; a x8 model takes frames of a quarter of that area.
+    assert!(Engine::check_output(3840, 2160, 4).is_ok());
+    assert!(Engine::check_output(1920, 1080, 8).is_ok());
+    let err = Engine::check_output(3840, 2160, 8).unwrap_err().to_string();
+    assert!(err.contains("3840x2160 is too large for a x8 model"), "{err}");
+    assert!(Engine::check_output(usize::MAX, 2, 8).is_err(), "no overflow");
+}

@@ -257,7 +257,8 @@ fn eval(a: &Args) -> Result<String, String> {
             write_ppm(&d.join(format!("{}_hr.ppm", stem(img))), img.width, img.height, &img.hr)?;
         }
     }
-    let paper_o = manifest.branches[2].paper_flops_per_tile as f64;
+    // (at least 1: a manifest may leave it 0)
+    let paper_o = manifest.branches[2].paper_flops_per_tile.max(1) as f64;
     let paper_pct = |r: &ModeResult| -> f64 {
         if r.tiles.iter().sum::<usize>() == 0 {
             return 0.0;
@@ -380,6 +381,7 @@ fn upscale(a: &Args) -> Result<String, String> {
         (img.to_rgb8().into_raw(), PixelLayout::Rgb)
     };
     let set = ModelSet::load(&a.model).map_err(|e| e.to_string())?;
+    Engine::check_output(w, h, set.manifest.scale as usize).map_err(|e| format!("{}: {e}", a.input))?;
     let model = Model::load(&set, &a.session).map_err(|e| e.to_string())?;
     if model.fallback.is_some() {
         eprintln!("note: no CUDA here, running on the CPU (--device cuda says why, --device cpu skips the check)");

@@ -833,13 +833,10 @@ impl ClassSr {
     fn tiling(&self, state: &mut State, cfg: &FrameConfig) -> Result<(usize, usize), Error> {
         let tile = cfg.for_model(&state.engine.model().manifest).tile;
         let want = (tile, cfg.overlap);
-        // (a model whose graphs take one tile size only takes that one)
+        // (a model whose graphs take one tile size only takes that one; a manifest's own
+        // tile size is within TILE_SIDES, see Manifest::validate)
         let (lo, hi) = (TILE_SIDES.start(), TILE_SIDES.end());
-        let usable = if cfg.tile == 0 && !TILE_SIDES.contains(&tile) {
-            Err(format!(
-                "the model's tile_size {tile} is outside {lo}..{hi}: set tile-size"
-            ))
-        } else if tile < *lo {
+        let usable = if tile < *lo {
             Err(format!(
                 "tile-size {tile} is too small: use {lo} to {hi}, or 0 for the model's"
             ))

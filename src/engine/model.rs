@@ -143,7 +143,14 @@ const DRY_RUN_TILES: usize = 2;
 /// cannot run is a model error.
 fn dry_run_shape(session: &mut Session, output: &str, lo: f32, t: usize, what: &str) -> Result<Vec<i64>, Error> {
     let zeros = vec![lo; DRY_RUN_TILES * 3 * t * t];
-    run_with(session, output, &zeros, (DRY_RUN_TILES, t, t), what, |shape, _| {
+    run_with(session, output, &zeros, (DRY_RUN_TILES, t, t), what, |shape, values| {
+        // (broken weights, e.g. a NaN bias, would make black tiles or route every tile to
+        // branch3 without a word)
+        if values.iter().any(|v| !v.is_finite()) {
+            return Err(Error::Model(format!(
+                "{what} returns NaN or infinite values on a plain tile: its weights are broken; export it again"
+            )));
+        }
         Ok(shape.to_vec())
     })
     .map_err(|e| match e {
@@ -184,12 +191,21 @@ fn probe_run(
 /// at the whole tile (global pooling, attention) gives far less.
 const CROP_AGREEMENT_DB: f64 = 45.0;
 
+/// Largest tile side whose crops are run: a tile of side t has about (t/8)^4 / 4 crop input
+/// sizes, each run once at load (857 at 128, 3687 at 256: minutes of loading), and a large
+/// tile's crops save less of a frame.
+const CROP_MAX_TILE: usize = 64;
+
 /// How close every branch's output on a crop of a probe tile (its middle, with [`crop::HALO`]
 /// of context on every side) is to its whole-tile run: the lowest PSNR (dB), if every branch
 /// also runs on every input size a crop of the manifest's tile size can have. Only when it is
 /// at least [`CROP_AGREEMENT_DB`] does cache=full recompute just the changed part of a tile.
+/// `None` for tiles over [`CROP_MAX_TILE`].
 fn crop_agreement(branches: &mut [Session; 3], m: &Manifest, phases: bool) -> Option<f64> {
     let (t, s) = (m.tile_size as usize, m.scale as usize);
+    if t > CROP_MAX_TILE {
+        return None;
+    }
     let [lo, hi] = m.value_range;
     let c = t / 2;
     let middle = crop::Rect {
