@@ -1160,3 +1160,34 @@ fn the_output_limit_follows_the_models_scale() {
     assert!(err.contains("3840x2160 is too large for a x8 model"), "{err}");
     assert!(Engine::check_output(usize::MAX, 2, 8).is_err(), "no overflow");
 }
+
+#[test]
+fn settings_the_element_checks_are_checked_by_the_engine_too() {
+    // A caller of the engine alone gets errors, not a huge allocation (a tile side of 100000
+    // pads the frame to it) or a frozen picture (a NaN threshold never sees a change).
+    let set = ModelSet::load(KA).unwrap();
+    let mut engine = Engine::new(Model::load(&set, &CPU).unwrap());
+    let img = picture(40, 30, 2);
+    let refused = |engine: &mut Engine, cfg: FrameConfig, says: &str| {
+        let err = try_engine(engine, &img, &cfg).unwrap_err().to_string();
+        assert!(err.contains(says), "{err}");
+    };
+    for tile in [4, 100_000] {
+        let cfg = FrameConfig {
+            tile,
+            overlap: 0,
+            ..FrameConfig::default()
+        };
+        refused(&mut engine, cfg, &format!("tile size {tile} is out of range 8..256"));
+    }
+    for threshold in [f32::NAN, f32::INFINITY, -1.0] {
+        let cfg = FrameConfig {
+            cache: CacheMode::Full,
+            cache_threshold: threshold,
+            ..FrameConfig::default()
+        };
+        refused(&mut engine, cfg, "must be a finite number of 8-bit levels, at least 0");
+    }
+    // and the engine goes on with settings that fit
+    run_engine(&mut engine, &img, &FrameConfig::default());
+}

@@ -117,6 +117,7 @@ impl Engine {
     ) -> Result<FrameStats, Error> {
         let cfg = &cfg.for_model(&self.model.manifest);
         let started = std::time::Instant::now();
+        Self::check_config(cfg)?;
         self.check_frames(input, output)?;
         let s = self.scale();
         supports(cfg, output.layout).map_err(Error::Settings)?;

@@ -105,7 +105,7 @@ impl Mode {
             Mode::ClassSR | Mode::ClassMap => 0,
             Mode::Original => 1,
             Mode::Bicubic => 2,
-            Mode::Branch(b) => 3 + b as u8,
+            Mode::Branch(b) => 3 + b.min(2) as u8,
         }
     }
 }
@@ -456,8 +456,29 @@ impl Engine {
         result
     }
 
+    /// Checks what the element and the CLI check before a frame reaches the engine: the tile
+    /// side (its padded frame and accumulators grow with it) and the cache threshold (NaN would
+    /// never see a change, a negative one would act as 0 under another cache key).
+    fn check_config(cfg: &FrameConfig) -> Result<(), Error> {
+        if !tiling::TILE_SIDES.contains(&cfg.tile) {
+            let (lo, hi) = (tiling::TILE_SIDES.start(), tiling::TILE_SIDES.end());
+            return Err(Error::Settings(format!(
+                "tile size {} is out of range {lo}..{hi}",
+                cfg.tile
+            )));
+        }
+        if !(cfg.cache_threshold.is_finite() && cfg.cache_threshold >= 0.0) {
+            return Err(Error::Settings(format!(
+                "cache threshold {} must be a finite number of 8-bit levels, at least 0",
+                cfg.cache_threshold
+            )));
+        }
+        Ok(())
+    }
+
     fn process_frame(&mut self, cfg: &FrameConfig, input: &Image, output: &mut ImageMut) -> Result<FrameStats, Error> {
         let started = Instant::now();
+        Self::check_config(cfg)?;
         self.check_frames(input, output)?;
         let s = self.scale();
         self.prepare(input.width, input.height, cfg)?;
