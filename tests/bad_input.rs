@@ -275,6 +275,46 @@ fn huge_frames_get_a_clear_error() {
     one_frame("format=RGB,width=5000,height=16 ! videoscale", "").unwrap();
 }
 
+/// The size a videoscale in front of classsr negotiates for a `w`x`h` source (the frame is
+/// dropped before classsr: negotiation only).
+fn videoscale_picks(w: usize, h: usize) -> (i32, i32) {
+    init();
+    let p = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=1 ! video/x-raw,format=RGB,width={w},height={h} ! videoscale \
+         ! classsr name=c model={KA} mode=bicubic ! fakesink"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = p.by_name("c").unwrap().static_pad("sink").unwrap();
+    sink.add_probe(gst::PadProbeType::BUFFER, |_, _| gst::PadProbeReturn::Drop);
+    p.set_state(gst::State::Playing).unwrap();
+    let bus = p.bus().unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(60),
+            &[gst::MessageType::Eos, gst::MessageType::Error],
+        )
+        .expect("the stream ends");
+    assert_eq!(msg.type_(), gst::MessageType::Eos, "{msg:?}");
+    let caps = sink.current_caps().expect("negotiated");
+    p.set_state(gst::State::Null).unwrap();
+    let s = caps.structure(0).unwrap();
+    (s.get("width").unwrap(), s.get("height").unwrap())
+}
+
+#[test]
+fn a_videoscale_in_front_keeps_4k_uhd_and_fits_larger_sources() {
+    // Sizes the element takes pass through; DCI 4K is fitted to 3840 wide (videoscale keeps
+    // the height and the display aspect through the pixel aspect ratio), not squeezed to a
+    // narrow band, as it would be if the caps' first structure were one.
+    assert_eq!(videoscale_picks(1920, 1080), (1920, 1080));
+    assert_eq!(videoscale_picks(3840, 2160), (3840, 2160));
+    let (w, h) = videoscale_picks(4096, 2160);
+    assert_eq!(w, 3840, "{w}x{h}");
+    assert!(gstclasssr::engine::Engine::check_size(w as usize, h as usize).is_ok());
+}
+
 #[test]
 fn overlap_above_half_a_tile_is_an_element_error() {
     let err = one_frame("width=64,height=48", "tile-size=16 overlap=9").unwrap_err();

@@ -17,7 +17,7 @@ use super::{caps, ClassSrCache, ClassSrDevice, ClassSrMode};
 use crate::engine::tiling::{check_tiling, TILE_SIDES};
 use crate::engine::{
     frame_graphs, size_bands, CacheMode, Engine, FrameConfig, FrameStats, Image, ImageMut, Mode, Model, PixelLayout,
-    MAX_SIDE,
+    MAX_SIDE, UHD,
 };
 use crate::manifest::ModelSet;
 use crate::runtime::{DeviceRequest, SessionConfig};
@@ -528,7 +528,11 @@ impl ElementImpl for ClassSr {
                     .build()
             };
             let src = caps(1..=8 * MAX_SIDE, 8 * MAX_SIDE);
-            let mut sink = gst::Caps::new_empty();
+            // Landscape 4K UHD first: a videoscale in front fixates within the first structure
+            // only (so it passes 3840x2160 through and fits 4096x2160 as 3840x2025); then
+            // portrait, then the rest of the staircase (reached by fixed caps).
+            let mut sink = caps(1..=UHD.0, UHD.1);
+            sink.merge(caps(1..=UHD.1, UHD.0));
             for (widths, max_height) in size_bands() {
                 sink.merge(caps(widths, max_height));
             }

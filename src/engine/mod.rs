@@ -37,15 +37,17 @@ use share::TileCosts;
 
 /// Largest accepted input frame side (the output is `scale` times larger).
 pub const MAX_SIDE: usize = 4096;
+/// 4K UHD, landscape: the largest frame of the most common shape.
+pub const UHD: (usize, usize) = (3840, 2160);
 /// Largest accepted input frame area (4K UHD).
-pub const MAX_PIXELS: usize = 3840 * 2160;
+pub const MAX_PIXELS: usize = UHD.0 * UHD.1;
 
 /// The accepted frame sizes as bands of widths, each with the largest height every width of
 /// it may have: a staircase under both limits (caps hold ranges, not an area), exact at 4K UHD
 /// both ways and at the side limit. A size between two steps (3000x2700) fits the limits but
 /// no band.
 pub fn size_bands() -> Vec<(std::ops::RangeInclusive<usize>, usize)> {
-    let steps = [MAX_PIXELS / MAX_SIDE, 2160, 2560, 2880, 3200, 3840, MAX_SIDE];
+    let steps = [MAX_PIXELS / MAX_SIDE, UHD.1, 2560, 2880, 3200, UHD.0, MAX_SIDE];
     let mut lo = 1;
     steps
         .iter()
