@@ -11,10 +11,11 @@ cd "$(dirname "$0")/.."
 ORT_VERSION=1.31.1
 ORT_DIR=${ORT_DIR:-/usr/local/lib/gst-classsr}
 SUDO=""
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null || { echo "error: run this as root, or install sudo" >&2; exit 1; }
-  SUDO=sudo
-fi
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+# before a step that needs root: say so when there is no sudo to get it
+need_root() {
+  [ -z "$SUDO" ] || command -v sudo >/dev/null || { echo "error: $1 needs root: run this as root, or install sudo" >&2; exit 1; }
+}
 
 apt_packages=(
   gcc pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools
@@ -27,12 +28,13 @@ for p in "${apt_packages[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo ">> installing ${missing[*]}"
+  need_root "installing packages"
   $SUDO apt-get update -q
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
 # Rust >= 1.92 (Debian 12's own rustc is older: its cargo cannot read this Cargo.lock)
-rust_minor=$(rustc --version 2>/dev/null | sed -n 's/^rustc 1\.\([0-9]*\)\..*/\1/p')
+rust_minor=$( (rustc --version 2>/dev/null || true) | sed -n 's/^rustc 1\.\([0-9]*\)\..*/\1/p')
 if ! command -v cargo >/dev/null || [ "${rust_minor:-0}" -lt 92 ]; then
   echo "error: Rust >= 1.92 is needed (found: $(rustc --version 2>/dev/null || echo none)); install it with rustup (https://rustup.rs) and run this again" >&2
   exit 1
@@ -53,10 +55,17 @@ if [ ! -f "$lib" ]; then
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     "onnxruntime==$ORT_VERSION" -d "$tmp"
   (cd "$tmp" && python3 -m zipfile -e onnxruntime-*.whl x)
-  $SUDO mkdir -p "$ORT_DIR"
+  # (sudo only where this user cannot write, e.g. not for ORT_DIR=$HOME/...)
+  ort_sudo=$SUDO
+  if [ -w "$ORT_DIR" ] || { [ ! -e "$ORT_DIR" ] && [ -w "$(dirname "$ORT_DIR")" ]; }; then
+    ort_sudo=""
+  else
+    need_root "writing $ORT_DIR"
+  fi
+  $ort_sudo mkdir -p "$ORT_DIR"
   # copied under a temporary name and renamed: an interrupted copy is not taken as installed
-  $SUDO cp "$tmp/x/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$lib.part"
-  $SUDO mv -f "$lib.part" "$lib"
+  $ort_sudo cp "$tmp/x/onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$lib.part"
+  $ort_sudo mv -f "$lib.part" "$lib"
 fi
 echo ">> ONNX Runtime: $lib"
 

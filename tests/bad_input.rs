@@ -78,22 +78,6 @@ fn manifest_that_lies_about_shapes_is_reported() {
     let err = run_with_model(&dir).unwrap_err();
     assert!(err.contains("returns shape") && err.contains("scale 2"), "{err}");
 
-    // a tile size the element cannot cut frames into (its tile-size property stops at 256)
-    for tile in [4, 300] {
-        let dir = copy_ka(&format!("tile-{tile}"));
-        let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
-        std::fs::write(
-            dir.join("manifest.json"),
-            text.replace("\"tile_size\": 32", &format!("\"tile_size\": {tile}")),
-        )
-        .unwrap();
-        let err = run_with_model(&dir).unwrap_err();
-        assert!(
-            err.contains(&format!("tile_size {tile} is out of range 8..256: re-export the model")),
-            "{err}"
-        );
-    }
-
     let dir = copy_ka("wrong-names");
     let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
     std::fs::write(
@@ -195,6 +179,20 @@ fn graphs_the_engine_cannot_feed_are_reported_at_load() {
     let (w, e) = warnings_and_errors(&bus);
     assert!(w.len() == 1 && w[0].contains("takes only 32x32 tiles"), "{w:?}");
     assert!(e.is_empty(), "{e:?}");
+    // Graphs fixed to a tile size the engine does not cut frames into: refused at load.
+    let dir = copy_ka("fixed-tile-300");
+    let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    let text = text.replace("\"tile_size\": 32", "\"tile_size\": 300");
+    std::fs::write(dir.join("manifest.json"), text).unwrap();
+    edit_graph(&dir, "classifier.onnx", |m| {
+        fix_input_axis(m, 2, 300);
+        fix_input_axis(m, 3, 300);
+    });
+    let err = run_with_model(&dir).unwrap_err();
+    assert!(
+        err.contains("takes only 300x300 tiles") && err.contains("outside the tile sides 8..256"),
+        "{err}"
+    );
     // An input declared without a shape has nothing to check: the dry run decides, and this
     // one runs.
     let dir = copy_ka("no-input-shape");

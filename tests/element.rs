@@ -773,7 +773,8 @@ fn pointer_positions_go_upstream_in_input_pixels() {
 fn the_default_tile_size_is_the_models() {
     // tile-size 0 (the default) takes the manifest's tile_size: a copy of the known-answer set
     // whose manifest says 48 cuts a 96x96 frame into 3 x 3 tiles of 48 (overlap 4), where an
-    // explicit tile-size=32 gives 4 x 4; tile-size 1..7 is refused with how to fix it.
+    // explicit tile-size=32 gives 4 x 4; tile-size 1..7, or a manifest's tile size outside
+    // 8..256, is refused with how to fix it.
     let dir = model_copy(KA, "element-tile-48");
     let manifest = dir.join("manifest.json");
     let text = std::fs::read_to_string(&manifest).unwrap();
@@ -799,5 +800,12 @@ fn the_default_tile_size_is_the_models() {
         assert!(errors.iter().any(|e| e.contains(says)), "{errors:?}");
     };
     refused(KA, "4", "tile-size 4 is too small: use 8 to 256, or 0 for the model's");
-    // (a manifest's tile size outside 8..256 is refused with the model: bad_input.rs)
+    // a manifest's tile size the element does not take, reached through the default (the
+    // graphs take any size: tile-size fixes it; graphs fixed to it are refused at load)
+    std::fs::write(&manifest, text.replace("\"tile_size\": 32", "\"tile_size\": 4")).unwrap();
+    refused(
+        dir.as_str(),
+        "0",
+        "the model's tile_size 4 is outside 8..256: set tile-size",
+    );
 }

@@ -366,13 +366,18 @@ fn killed_training_resumes_where_it_stopped() {
     while !ckpt.exists() && t0.elapsed().as_secs() < 120 {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    // A second run on the same folder meanwhile would mix their checkpoints: refused.
-    let (ok, log) = train_cmd(&args);
-    assert!(!ok && log.contains("in use by another classsr-train run"), "{log}");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(ckpt.exists(), "a checkpoint was written before the kill");
     assert!(!work.join("original.done.ckpt").exists(), "killed before finishing");
+
+    // A second run on the folder while one holds it would mix their checkpoints: refused (the
+    // lock held here, as a running trainer holds it).
+    let lock = std::fs::File::open(work.join(".lock")).unwrap();
+    lock.lock().unwrap();
+    let (ok, log) = train_cmd(&args);
+    assert!(!ok && log.contains("in use by another classsr-train run"), "{log}");
+    drop(lock);
 
     // Without --resume it refuses to silently start over.
     let (ok, log) = train_cmd(&args);

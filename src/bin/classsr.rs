@@ -257,8 +257,7 @@ fn eval(a: &Args) -> Result<String, String> {
             write_ppm(&d.join(format!("{}_hr.ppm", stem(img))), img.width, img.height, &img.hr)?;
         }
     }
-    // (at least 1: a manifest may leave it 0)
-    let paper_o = manifest.branches[2].paper_flops_per_tile.max(1) as f64;
+    let paper_o = manifest.branches[2].paper_flops_per_tile as f64;
     let paper_pct = |r: &ModeResult| -> f64 {
         if r.tiles.iter().sum::<usize>() == 0 {
             return 0.0;

@@ -529,7 +529,7 @@ impl ElementImpl for ClassSr {
             };
             let src = caps(1..=8 * MAX_SIDE, 8 * MAX_SIDE);
             // Landscape 4K UHD first: a videoscale in front fixates within the first structure
-            // only (so it passes 3840x2160 through and fits 4096x2160 as 3840x2025); then
+            // only (so it passes 3840x2160 through and fits 4096x2160 to 3840 wide); then
             // portrait, then the rest of the staircase (reached by fixed caps).
             let mut sink = caps(1..=UHD.0, UHD.1);
             sink.merge(caps(1..=UHD.1, UHD.0));
@@ -567,7 +567,10 @@ impl BaseTransformImpl for ClassSr {
     fn stop(&self) -> Result<(), gst::ErrorMessage> {
         *self.state.lock().unwrap() = None;
         self.running.store(false, Ordering::SeqCst);
-        *self.qos.lock().unwrap() = Qos::default();
+        let level = std::mem::take(&mut *self.qos.lock().unwrap()).level;
+        if level > 0 {
+            self.obj().notify("qos-level");
+        }
         *self.infos.lock().unwrap() = None;
         *self.active_device.lock().unwrap() = "none".to_string();
         gst::info!(CAT, imp = self, "stopped");
@@ -837,10 +840,13 @@ impl ClassSr {
     fn tiling(&self, state: &mut State, cfg: &FrameConfig) -> Result<(usize, usize), Error> {
         let tile = cfg.for_model(&state.engine.model().manifest).tile;
         let want = (tile, cfg.overlap);
-        // (a model whose graphs take one tile size only takes that one; a manifest's own
-        // tile size is within TILE_SIDES, see Manifest::validate)
+        // (a model whose graphs take one tile size only takes that one)
         let (lo, hi) = (TILE_SIDES.start(), TILE_SIDES.end());
-        let usable = if tile < *lo {
+        let usable = if cfg.tile == 0 && !TILE_SIDES.contains(&tile) {
+            Err(format!(
+                "the model's tile_size {tile} is outside {lo}..{hi}: set tile-size"
+            ))
+        } else if tile < *lo {
             Err(format!(
                 "tile-size {tile} is too small: use {lo} to {hi}, or 0 for the model's"
             ))
@@ -889,7 +895,9 @@ impl VideoFilterImpl for ClassSr {
             return Err(gst::loggable_error!(CAT, "caps set before the model was loaded"));
         };
         let (w, h) = (in_info.width() as usize, in_info.height() as usize);
-        if let Err(e) = Engine::check_size(w, h) {
+        // (and the output of a model of another scale than 4: before its buffers are made)
+        let fits = Engine::check_size(w, h).and_then(|()| Engine::check_output(w, h, state.engine.scale()));
+        if let Err(e) = fits {
             if !self.size_error_posted.swap(true, Ordering::SeqCst) {
                 self.post_error(&e);
             }

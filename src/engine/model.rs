@@ -394,6 +394,17 @@ impl Model {
             }
         }
         let fixed_tile = (classifier_fixed || branches_fixed).then_some(t);
+        // (graphs that take any size are run at a tile-size the element takes)
+        let sides = crate::engine::tiling::TILE_SIDES;
+        if fixed_tile.is_some_and(|t| !sides.contains(&t)) {
+            return Err(Error::Model(format!(
+                "the model ({}) takes only {t}x{t} tiles (its input shape is fixed), outside the tile sides \
+                 {}..{} the engine cuts frames into: re-export it with dynamic height and width",
+                set.origin,
+                sides.start(),
+                sides.end()
+            )));
+        }
         // Parts of tiles pay on the CPU, where a tile's cost is its pixels; a GPU is better fed
         // whole tiles in big batches than many small calls.
         let crop_agreement = (device == ActiveDevice::Cpu && fixed_tile.is_none())

@@ -243,11 +243,14 @@ pub struct Trainer<B: AutodiffBackend> {
 /// them. The lock goes with the process, also when it is killed.
 fn lock_work(work: &Path) -> Result<std::fs::File, String> {
     let path = work.join(".lock");
+    // (a work folder this user may only read, e.g. for `export`, is locked through a
+    // read-only handle when the file is there)
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
+        .or_else(|e| std::fs::File::open(&path).map_err(|_| e))
         .map_err(|e| format!("cannot open '{}': {e}", path.display()))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
