@@ -43,7 +43,7 @@ fi
 # numpy, for the independent PSNR check of `classsr eval` in the tests
 if ! python3 -c "import numpy" 2>/dev/null; then
   python3 -m pip install -q numpy 2>/dev/null || python3 -m pip install -q --break-system-packages numpy \
-    || $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-numpy
+    || { need_root "installing python3-numpy"; $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-numpy; }
 fi
 
 lib="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
@@ -57,7 +57,9 @@ if [ ! -f "$lib" ]; then
   (cd "$tmp" && python3 -m zipfile -e onnxruntime-*.whl x)
   # (sudo only where this user cannot write, e.g. not for ORT_DIR=$HOME/...)
   ort_sudo=$SUDO
-  if [ -w "$ORT_DIR" ] || { [ ! -e "$ORT_DIR" ] && [ -w "$(dirname "$ORT_DIR")" ]; }; then
+  existing=$ORT_DIR
+  while [ ! -e "$existing" ]; do existing=$(dirname "$existing"); done
+  if [ -w "$existing" ]; then
     ort_sudo=""
   else
     need_root "writing $ORT_DIR"

@@ -365,6 +365,18 @@ fn upscale_reads_images_as_viewers_show_them_and_writes_where_it_can() {
         "{err}"
     );
     assert_eq!(code(&over), Some(2));
+    // so is a model's tile size the engine does not cut frames into, without --tile
+    let big = model_copy(ka, "eval-tile-300");
+    let manifest = big.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("\"tile_size\": 32", "\"tile_size\": 300")).unwrap();
+    let args = ["upscale", &p("side.jpg"), &p("o4.png"), "--model", big.as_str()];
+    let (ok, err) = classsr(&args);
+    assert!(
+        !ok && err.contains("tile_size 300 is outside 8..256: pass --tile N"),
+        "{err}"
+    );
+    assert_eq!(code(&args), Some(2));
     // A replaced file keeps its permissions.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.join("o.png"), std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -374,7 +374,7 @@ fn killed_training_resumes_where_it_stopped() {
     // A second run on the folder while one holds it would mix their checkpoints: refused (the
     // lock held here, as a running trainer holds it).
     let lock = std::fs::File::open(work.join(".lock")).unwrap();
-    lock.lock().unwrap();
+    lock.try_lock().expect("the killed trainer's lock is gone");
     let (ok, log) = train_cmd(&args);
     assert!(!ok && log.contains("in use by another classsr-train run"), "{log}");
     drop(lock);

@@ -442,13 +442,21 @@ fn upscale(a: &Args) -> Result<String, String> {
     ))
 }
 
-/// The overlap against the tile side: `--tile`'s, or without it the model's (a model that
-/// does not load is left to the work to report).
-fn check_overlap(a: &Args) -> Result<(), String> {
+/// The tile side in use (`--tile`'s, or without it the model's, which may be one the engine
+/// does not cut frames into) and the overlap against it (a model that does not load is left to
+/// the work to report).
+fn check_tile_and_overlap(a: &Args) -> Result<(), String> {
     let (t, whose) = match a.frame.tile {
         0 => match ModelSet::load(&a.model) {
             Ok(set) => {
                 let t = set.manifest.tile_size as usize;
+                if !TILE_SIDES.contains(&t) {
+                    return Err(format!(
+                        "the model's tile_size {t} is outside {}..{}: pass --tile N",
+                        TILE_SIDES.start(),
+                        TILE_SIDES.end()
+                    ));
+                }
                 (t, format!("the model's {t}; --tile N sets another"))
             }
             Err(_) => return Ok(()),
@@ -511,7 +519,7 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => return usage(e),
     };
-    if let Err(e) = check_overlap(&parsed) {
+    if let Err(e) = check_tile_and_overlap(&parsed) {
         return usage(e);
     }
     match run(&parsed) {
