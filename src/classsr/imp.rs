@@ -578,24 +578,18 @@ impl BaseTransformImpl for ClassSr {
     }
 
     fn query(&self, direction: gst::PadDirection, query: &mut gst::QueryRef) -> bool {
-        if direction == gst::PadDirection::Src {
-            if let gst::QueryViewMut::Latency(q) = query.view_mut() {
-                // upstream's answer, plus this element's own when live
-                let mut upstream = gst::query::Latency::new();
-                if !self.obj().sink_pad().peer_query(&mut upstream) {
-                    return false;
-                }
-                let (live, min, max) = upstream.result();
+        if !BaseTransformImplExt::parent_query(self, direction, query) {
+            return false;
+        }
+        // upstream's latency (the base class asks it), plus this element's own when live
+        if let (gst::PadDirection::Src, gst::QueryViewMut::Latency(q)) = (direction, query.view_mut()) {
+            let (live, min, max) = q.result();
+            if live {
                 let own = gst::ClockTime::from_nseconds(self.settings.lock().unwrap().latency);
-                if live {
-                    q.set(true, min.saturating_add(own), max.map(|m| m.saturating_add(own)));
-                } else {
-                    q.set(false, min, max);
-                }
-                return true;
+                q.set(true, min.saturating_add(own), max.map(|m| m.saturating_add(own)));
             }
         }
-        BaseTransformImplExt::parent_query(self, direction, query)
+        true
     }
 
     fn transform_caps(
@@ -896,8 +890,7 @@ impl VideoFilterImpl for ClassSr {
         };
         let (w, h) = (in_info.width() as usize, in_info.height() as usize);
         // (and the output of a model of another scale than 4: before its buffers are made)
-        let fits = Engine::check_size(w, h).and_then(|()| Engine::check_output(w, h, state.engine.scale()));
-        if let Err(e) = fits {
+        if let Err(e) = Engine::check_frame_size(w, h, state.engine.scale()) {
             if !self.size_error_posted.swap(true, Ordering::SeqCst) {
                 self.post_error(&e);
             }
@@ -942,11 +935,12 @@ impl VideoFilterImpl for ClassSr {
         };
         // The level applies with qos on and mode=classsr (see src_event); switching either
         // off returns to full quality.
-        let qos_level = if self.degrades() {
-            self.qos.lock().unwrap().level
-        } else {
+        let level = self.qos.lock().unwrap().level;
+        let qos_level = if level > 0 && !self.degrades() {
             self.reset_qos(true);
             0
+        } else {
+            level
         };
         // A GAP buffer holds no meaningful picture: it is upscaled bicubically (no network
         // run, a fraction of a frame's time) and kept out of the cache, so the next real frame

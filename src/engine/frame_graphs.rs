@@ -136,8 +136,7 @@ impl Engine {
             cfg.overlap,
         );
         if self.graphs.as_ref().is_none_or(|g| g.key != key) {
-            Self::check_size(input.width, input.height)?;
-            Self::check_output(input.width, input.height, s)?;
+            Self::check_frame_size(input.width, input.height, s)?;
             self.model.check_tile(cfg.tile)?;
             let grid = TileGrid::new(input.width, input.height, cfg.tile, cfg.overlap, s).map_err(Error::Settings)?;
             let [lo, hi] = self.model.manifest.value_range;

@@ -409,21 +409,26 @@ impl Engine {
     /// most a 4K UHD frame's ×4 (a ×8 model takes frames of a quarter of that area).
     pub fn check_output(width: usize, height: usize, scale: usize) -> Result<(), Error> {
         let most = MAX_PIXELS * 16;
-        if width.saturating_mul(height).saturating_mul(scale * scale) > most {
+        let pixels = width.saturating_mul(height).saturating_mul(scale * scale);
+        if pixels > most {
             return Err(Error::Input(format!(
-                "frame size {width}x{height} is too large for a x{scale} model: its output would have {} pixels, \
-                 at most {most} (3840x2160 x4); scale the input down first (in a pipeline: videoscale)",
-                width.saturating_mul(height).saturating_mul(scale * scale)
+                "frame size {width}x{height} is too large for a x{scale} model: its output would have {pixels} pixels, \
+                 at most {most} (3840x2160 x4); scale the input down first (in a pipeline: videoscale)"
             )));
         }
         Ok(())
     }
 
+    /// [`Self::check_size`], then [`Self::check_output`]: a frame this engine (of scale
+    /// `scale`) takes.
+    pub fn check_frame_size(width: usize, height: usize, scale: usize) -> Result<(), Error> {
+        Self::check_size(width, height).and_then(|()| Self::check_output(width, height, scale))
+    }
+
     fn prepare(&mut self, w: usize, h: usize, cfg: &FrameConfig) -> Result<(), Error> {
         let key = (w, h, cfg.tile, cfg.overlap);
         if self.work.is_none() || self.geometry != key {
-            Self::check_size(w, h)?;
-            Self::check_output(w, h, self.scale())?;
+            Self::check_frame_size(w, h, self.scale())?;
             self.model.check_tile(cfg.tile)?;
             let grid = TileGrid::new(w, h, cfg.tile, cfg.overlap, self.scale()).map_err(Error::Settings)?;
             self.work = Some(Work::new(grid, self.scale()));

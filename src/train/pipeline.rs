@@ -233,6 +233,8 @@ pub struct Trainer<B: AutodiffBackend> {
     train: Option<Dataset>,
     val: Option<Dataset>,
     val_ids: Vec<usize>,
+    /// The training images' byte sizes (recorded in checkpoints; set with the data).
+    data_files: serde_json::Value,
     log: TrainLog,
     started: Instant,
     /// Held while this run uses the work folder (see [`lock_work`]).
@@ -302,6 +304,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             opts,
             device,
             train: None,
+            data_files: serde_json::Value::Null,
             val: None,
             val_ids: Vec::new(),
             log,
@@ -440,7 +443,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         }
         // (checkpoints written before the data was recorded are not compared)
         let other = |key: &str, now: serde_json::Value| !meta[key].is_null() && meta[key] != now;
-        if other("data", self.data_key()) || other("data_files", self.data_files()) {
+        if other("data", self.data_key()) || other("data_files", self.data_files.clone()) {
             changed.push("the training data (other --data images or --aug)".to_string());
         }
         if changed.is_empty() {
@@ -528,6 +531,15 @@ impl<B: AutodiffBackend> Trainer<B> {
             self.val_ids.len(),
             t0.elapsed().as_secs_f64()
         );
+        // The byte size of each training image, in the order of data_key's names: with them,
+        // a resume from a folder of other images under the same names is told apart (read
+        // once, with the images, not at every checkpoint).
+        self.data_files = train
+            .images
+            .iter()
+            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+            .collect::<Vec<_>>()
+            .into();
         self.train = Some(train);
         self.val = Some(val);
         let scale = self.opts.scale;
@@ -577,7 +589,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             "archs": st.nets.iter().map(|n| n.arch.describe()).collect::<Vec<_>>(),
             // what the step trains on: a resume with other --data or --aug is refused
             "data": self.data_key(),
-            "data_files": self.data_files(),
+            "data_files": self.data_files,
         });
         checkpoint::save(&self.ckpt(step, done), &meta, &tensors)?;
         if done {
@@ -1243,17 +1255,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             key["upright"] = t.turned.iter().map(name).collect::<Vec<_>>().into();
         }
         key
-    }
-
-    /// The byte size of each training image, in the order of [`Self::data_key`]'s names: with
-    /// them, a resume from a folder of other images under the same names is told apart.
-    fn data_files(&self) -> serde_json::Value {
-        let t = self.train.as_ref().expect("data loaded");
-        t.images
-            .iter()
-            .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-            .collect::<Vec<_>>()
-            .into()
     }
 
     /// The stored split (classes and scope; splits written before the scope was recorded
