@@ -40,6 +40,17 @@ o = json.load(open(sys.argv[1]))["provenance"]["details"].get("routing_offset")
 if o is not None and o < 0:
     print(" ".join("%.2f" % (-o * k) for k in (0.5, 1.0, 1.5)))' "$manifest")"
 fi
+# The GPU results are made on a GPU host by scripts/gpu-bench.sh and kept in docs/gpu-bench.md;
+# they are copied in, not rerun.
+gpu_section() {
+  [ -f docs/gpu-bench.md ] || return 0
+  echo
+  echo "## On a GPU"
+  echo
+  echo "Copied from [docs/gpu-bench.md](docs/gpu-bench.md), the output of \`scripts/gpu-bench.sh\` on a GPU host (not rerun by bench.sh):"
+  echo
+  sed -e '1d' -e 's/^#/##/' docs/gpu-bench.md
+}
 out=$(mktemp)
 ./target/release/examples/bench "$clip" --photos data/val "${args[@]}" > "$out"
 {
@@ -76,6 +87,7 @@ print("| %s | %.0f%% / %.0f%% / %.0f%% | %.1f | %.3f |" % (sys.argv[1], 100*s[0]
   echo "* The machine is shared and noisy: compare the ratios within one run, not absolute fps across runs."
   echo
   cat "$out"
+  gpu_section
 } > BENCHMARKS.md
 rm -f "$out"
 echo "wrote BENCHMARKS.md"

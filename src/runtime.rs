@@ -93,11 +93,22 @@ impl std::fmt::Display for ActiveDevice {
     }
 }
 
+/// The arithmetic of the branches (the classifier always runs in float).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// Float16 weights and activations (onnx/half.rs), for the GPU's tensor cores.
+    Fp16,
+}
+
 /// Session options shared by the four graphs of a model.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionConfig {
     pub device: DeviceRequest,
     pub device_id: i32,
+    /// The branches' arithmetic.
+    pub precision: Precision,
     /// On the CPU: a frame's branch runs, and its classifier batch, are shared out between
     /// this many parallel one-thread sessions (0 = one per core). With CUDA: ONNX Runtime's
     /// intra-op threads (0 = its default).
@@ -132,8 +143,20 @@ fn builder(threads: usize) -> Result<ort::session::builder::SessionBuilder, Erro
     if threads > 0 {
         b = b.with_intra_threads(threads).map_err(|e| rt(e.into()))?;
     }
+    if let Some(prefix) = std::env::var_os(PROFILE_ENV).filter(|p| !p.is_empty()) {
+        // one file per session: ONNX Runtime names them by the second they start in
+        static SESSIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let k = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut path = prefix;
+        path.push(format!("-{}-{k}", std::process::id()));
+        b = b.with_profiling(path).map_err(|e| rt(e.into()))?;
+    }
     Ok(b)
 }
+
+/// When set, every session writes an ONNX Runtime profile (per-operator times and the execution
+/// provider of each node, Chrome trace JSON) to `<value>-<pid>-<k>_<time>.json` when it ends.
+pub const PROFILE_ENV: &str = "CLASSSR_ORT_PROFILE";
 
 /// Whether ONNX Runtime's CPU layout optimiser uses its blocked (NCHWc) layout here: on x86-64
 /// with AVX2 (its MLAS kernels need AVX2 or AVX-512F).

@@ -7,6 +7,7 @@ mod common;
 use common::*;
 use gst::prelude::*;
 use gst_video::VideoFormat;
+use gstclasssr::classsr::ClassSrPrecision;
 
 const KA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/known-answer");
 
@@ -345,9 +346,10 @@ fn embedded_default_runs_with_no_configuration() {
 
 #[test]
 fn frame_graphs_give_the_same_frames_through_the_element() {
-    // frame-graphs=true runs unpack/classify/branches/merge as ONNX graphs (the CUDA path);
-    // on the CPU its frames equal the usual path's, in BGRx too, and settings it does not
-    // cover (the class cache) quietly take the usual path.
+    // frame-graphs=on runs unpack/classify/branches/merge as ONNX graphs (the CUDA path,
+    // where auto turns it on); on the CPU its frames equal the usual path's, in BGRx too,
+    // with cache=class (not used by the graphs) as with off, and a setting it does not cover
+    // (cache=full) quietly takes the usual path.
     let img = picture(100, 70, 77);
     for format in [gst_video::VideoFormat::Rgb, gst_video::VideoFormat::Bgrx] {
         // The element's settings here are ones the frame graphs take (else it would fall back).
@@ -361,18 +363,36 @@ fn frame_graphs_give_the_same_frames_through_the_element() {
         };
         assert_eq!(gstclasssr::engine::frame_graphs::supports(&cfg, layout), Ok(()));
         let mut plain = harness(&[("cache", "off")]);
-        let mut graphs = harness(&[("cache", "off"), ("frame-graphs", "true")]);
+        let mut graphs = harness(&[("cache", "off"), ("frame-graphs", "on")]);
         let a = run_one(&mut plain, &img, format);
         let b = run_one(&mut graphs, &img, format);
         assert_eq!(max_diff(&a, &b, false), 0, "{format:?}");
     }
     let a = upscale(&img, &[]);
-    let b = upscale(&img, &[("frame-graphs", "true")]);
+    let b = upscale(&img, &[("frame-graphs", "on")]);
+    assert_eq!(max_diff(&a, &b, false), 0);
+    let full = gstclasssr::engine::FrameConfig {
+        cache: gstclasssr::engine::CacheMode::Full,
+        ..Default::default()
+    };
+    let rgb = gstclasssr::engine::PixelLayout::Rgb;
+    assert!(gstclasssr::engine::frame_graphs::supports(&full, rgb).is_err());
+    let b = upscale(&img, &[("frame-graphs", "on"), ("cache", "full")]);
     assert_eq!(max_diff(&a, &b, false), 0);
 
     // That the graphs really ran shows in the runs of a frame: with a fixed branch and all
     // 12 tiles in one max-batch, the graphs make one branch run; the usual path shares the
     // tiles out between its threads=2 workers, one run each.
+    // Frames made by the graphs say where their time went.
+    const STAGES: [&str; 7] = [
+        "upload-time",
+        "classify-time",
+        "branch1-time",
+        "branch2-time",
+        "branch3-time",
+        "merge-time",
+        "download-time",
+    ];
     let runs = |graphs: &'static str| {
         let mut h = harness(&ka(&[
             ("mode", "branch3"),
@@ -386,12 +406,49 @@ fn frame_graphs_give_the_same_frames_through_the_element() {
         let out = run_one(&mut h, &img, VideoFormat::Rgb);
         let st = stats(&bus);
         assert_eq!(field(&st[0], "tiles"), 12);
+        let stages: Vec<u64> = STAGES.iter().filter_map(|f| st[0].get::<u64>(*f).ok()).collect();
+        if graphs == "on" {
+            assert_eq!(stages.len(), STAGES.len(), "{:?}", st[0]);
+            let total = st[0].get::<u64>("processing-time").unwrap();
+            let sum: u64 = stages.iter().sum();
+            assert!(
+                sum > 0 && sum <= total,
+                "steps {stages:?} within the frame's {total} ns"
+            );
+            // mode=branch3: no classifier, and only branch3 ran
+            assert_eq!((stages[1], stages[2], stages[3]), (0, 0, 0), "{stages:?}");
+            assert!(stages[4] > 0, "{stages:?}");
+        } else {
+            assert!(
+                stages.is_empty(),
+                "steps are timed only by the frame graphs: {:?}",
+                st[0]
+            );
+        }
         (field(&st[0], "runs"), out)
     };
-    let (plain_runs, plain) = runs("false");
-    let (graph_runs, graphs) = runs("true");
+    let (plain_runs, plain) = runs("off");
+    let (graph_runs, graphs) = runs("on");
     assert_eq!(plain, graphs);
     assert_eq!((plain_runs, graph_runs), (2, 1), "the frame graphs ran");
+}
+
+#[test]
+fn precision_fp16_runs_the_branches_in_float16() {
+    // precision=fp16 rewrites the trained default's branches to float16 (the classifier stays
+    // float, so the routing is the same): its frames are within a few levels of fp32's, and not
+    // equal to them (the rewrite took effect), through the usual path and the frame graphs.
+    let img = picture(100, 70, 5);
+    let a = upscale(&img, &[("cache", "off")]);
+    for graphs in ["off", "on"] {
+        let b = upscale(
+            &img,
+            &[("cache", "off"), ("precision", "fp16"), ("frame-graphs", graphs)],
+        );
+        let d = max_diff(&a, &b, false);
+        println!("frame-graphs={graphs}: fp16 differs from fp32 by at most {d} levels");
+        assert!((1..=3).contains(&d), "frame-graphs={graphs}: {d} levels");
+    }
 }
 
 /// Stops `h`'s element (to NULL): start() runs again on the next `play`.
@@ -443,13 +500,19 @@ fn stop_and_restart_reload_the_model_with_the_settings_made_while_stopped() {
     assert_eq!(e.property::<u32>("qos-level"), 1);
     assert_eq!(warnings(&bus).len(), 1, "running late");
     e.set_property_from_str("mode", "branch3");
-    // threads and device-id are refused while running (the model would need reloading).
+    // threads, device-id and precision are refused while running (the model would need
+    // reloading).
     e.set_property("threads", 2u32);
     e.set_property("device-id", 1i32);
+    e.set_property_from_str("precision", "fp16");
     assert_eq!((e.property::<u32>("threads"), e.property::<i32>("device-id")), (1, 0));
+    assert_eq!(e.property::<ClassSrPrecision>("precision"), ClassSrPrecision::Fp32);
     let w = warnings(&bus);
-    assert_eq!(w.len(), 2, "{w:?}");
-    assert!(w[0].contains("'threads'") && w[1].contains("'device-id'"), "{w:?}");
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert!(
+        w[0].contains("'threads'") && w[1].contains("'device-id'") && w[2].contains("'precision'"),
+        "{w:?}"
+    );
 
     stop(&h);
     assert_eq!(e.property::<String>("active-device"), "none");

@@ -8,13 +8,14 @@ mod common;
 use common::*;
 use gstclasssr::engine::{CacheMode, Engine, FrameConfig, Image, ImageMut, Mode, Model, PixelLayout};
 use gstclasssr::manifest::ModelSet;
-use gstclasssr::runtime::{self, DeviceRequest, SessionConfig};
+use gstclasssr::runtime::{self, DeviceRequest, Precision, SessionConfig};
 use ort::value::TensorRef;
 
 const KA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/known-answer");
 const CPU: SessionConfig = SessionConfig {
     device: DeviceRequest::Cpu,
     device_id: 0,
+    precision: Precision::Fp32,
     threads: 2,
 };
 
@@ -1190,4 +1191,54 @@ fn settings_the_element_checks_are_checked_by_the_engine_too() {
     }
     // and the engine goes on with settings that fit
     run_engine(&mut engine, &img, &FrameConfig::default());
+}
+
+#[test]
+fn half_precision_keeps_the_interface_and_computes_in_float16() {
+    // precision=fp16's rewrite (onnx/half.rs) of the trained default's branch3: float16
+    // weights, a cast at each end, the same f32 interface, and values within float16's
+    // precision of the float graph's (ONNX Runtime's CPU runs it through casts).
+    use gstclasssr::onnx::half::half_precision;
+    use gstclasssr::onnx::proto::ModelProto;
+    use prost::Message;
+    let set = ModelSet::embedded();
+    let half = half_precision(&set.branches[2]).unwrap();
+    let g = ModelProto::decode(&half[..]).unwrap().graph.unwrap();
+    assert!(
+        g.initializer.iter().all(|t| t.data_type != Some(1)),
+        "no float weight left"
+    );
+    assert!(g.initializer.iter().filter(|t| t.data_type == Some(10)).count() >= 10);
+    let ops: Vec<&str> = g.node.iter().filter_map(|n| n.op_type.as_deref()).collect();
+    assert_eq!((ops[0], ops[ops.len() - 1]), ("Cast", "Cast"), "{ops:?}");
+
+    let tiles: Vec<f32> = (0..2 * 3 * 32 * 32)
+        .map(|i| ((i * 7919) % 256) as f32 / 255.0)
+        .collect();
+    let run = |bytes: &[u8]| -> Vec<f32> {
+        let mut s = runtime::cpu_session_as_is(bytes, "branch3", 1).unwrap();
+        let t = TensorRef::from_array_view(([2usize, 3, 32, 32], &tiles[..])).unwrap();
+        let out = s.run(ort::inputs![t]).unwrap();
+        let (shape, data) = out["sr"].try_extract_tensor::<f32>().unwrap();
+        assert_eq!(&**shape, &[2, 3, 128, 128]);
+        data.to_vec()
+    };
+    let (full, halved) = (run(&set.branches[2]), run(&half));
+    let worst = full
+        .iter()
+        .zip(&halved)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("float16 against float: largest difference {worst} (of a 0..1 range)");
+    assert!(worst > 0.0, "the graph did not change");
+    assert!(worst < 4e-3, "float16 is off by {worst}");
+
+    // what is not a model, or feeds an input straight out, is not rewritten
+    assert!(half_precision(b"not a model").is_err());
+    let mut m = ModelProto::decode(&set.branches[2][..]).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    g.output[0].name = g.input[0].name.clone();
+    assert!(half_precision(&m.encode_to_vec())
+        .unwrap_err()
+        .contains("both an input and an output"));
 }

@@ -426,3 +426,65 @@ fn eval_caps_the_psnr_of_exact_images_and_counts_only_the_classifier_for_classma
     let got = r[1]["paper_flops_percent"].as_f64().unwrap();
     assert!((got - want).abs() < 1e-9, "classmap: {got} vs the classifier's {want}");
 }
+
+#[test]
+fn precision_and_onnx_runtime_profiles_from_the_command_line() {
+    // --precision fp16 scores within 0.02 dB of fp32 (the trained default, on a drawing), and
+    // an unknown precision is a usage error.
+    let dir = ScratchDir::new("precision");
+    let (w, h) = (128, 96);
+    image::RgbImage::from_raw(w as u32, h as u32, shapes(w, h))
+        .unwrap()
+        .save(dir.join("shapes.png"))
+        .unwrap();
+    let hr = dir.to_str().unwrap();
+    let psnr = |precision: &str| {
+        let doc = eval_json(&[
+            "--hr",
+            hr,
+            "--modes",
+            "classsr",
+            "--device",
+            "cpu",
+            "--precision",
+            precision,
+        ]);
+        doc["results"][0]["psnr"].as_f64().unwrap()
+    };
+    let (full, half) = (psnr("fp32"), psnr("fp16"));
+    println!("classsr fp32 {full:.4} dB, fp16 {half:.4} dB");
+    assert!((full - half).abs() <= 0.02, "fp32 {full:.4} dB, fp16 {half:.4} dB");
+    let (ok, err) = classsr(&["eval", "--hr", hr, "--precision", "fp8"]);
+    assert!(!ok && err.contains("unknown precision 'fp8'"), "{err}");
+
+    // CLASSSR_ORT_PROFILE: a profile per session, which scripts/ort_profile.py reads.
+    let prefix = dir.join("profile").join("p");
+    std::fs::create_dir_all(prefix.parent().unwrap()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_classsr"))
+        .args([
+            "eval",
+            "--hr",
+            hr,
+            "--modes",
+            "classsr",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ])
+        .env(gstclasssr::runtime::PROFILE_ENV, &prefix)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let profiles = std::fs::read_dir(prefix.parent().unwrap()).unwrap().count();
+    assert_eq!(profiles, 4, "classifier and three branches (one worker)");
+    let summary = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ort_profile.py"))
+        .arg(&prefix)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&summary.stdout);
+    assert!(summary.status.success(), "{}", String::from_utf8_lossy(&summary.stderr));
+    assert!(text.contains("classifier: ") && text.contains("branch: "), "{text}");
+    assert!(text.contains(" Conv ") && text.contains(" CPU "), "{text}");
+}

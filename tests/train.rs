@@ -9,7 +9,7 @@ use std::process::Command;
 
 use burn::tensor::{Tensor, TensorData};
 use gstclasssr::onnx::{build_bytes, read_arch_weights, Arch, Tensor as OnnxTensor, Weights};
-use gstclasssr::runtime::{self, DeviceRequest, SessionConfig};
+use gstclasssr::runtime::{self, DeviceRequest, Precision, SessionConfig};
 use gstclasssr::train::losses::{average_loss, class_loss};
 use gstclasssr::train::net::{prune_fsrcnn, Net};
 use gstclasssr::train::pipeline::{class_split, routing_offset};
@@ -27,6 +27,7 @@ type B = burn::backend::Candle;
 const CPU: SessionConfig = SessionConfig {
     device: DeviceRequest::Cpu,
     device_id: 0,
+    precision: Precision::Fp32,
     threads: 2,
 };
 

@@ -1,7 +1,7 @@
 // The `classsr` command line, on the same engine as the element:
 //
-//   classsr upscale IN OUT [--model DIR] [--mode M] [--device D] [--tile N] [--overlap N]
-//                          [--max-batch N] [--threads N] [--bias B]
+//   classsr upscale IN OUT [--model DIR] [--mode M] [--device D] [--precision P] [--tile N]
+//                          [--overlap N] [--max-batch N] [--threads N] [--bias B]
 //   classsr eval --hr DIR [--model DIR] [--modes classsr,original,bicubic,...] [--json] [--save DIR]
 
 use std::process::ExitCode;
@@ -10,15 +10,15 @@ use gstclasssr::engine::tiling::{check_tiling, TILE_SIDES};
 use gstclasssr::engine::{Engine, FrameConfig, Image, ImageMut, Mode, Model, PixelLayout};
 use gstclasssr::files::write_bytes_atomically;
 use gstclasssr::manifest::ModelSet;
-use gstclasssr::runtime::{DeviceRequest, SessionConfig};
+use gstclasssr::runtime::{DeviceRequest, Precision, SessionConfig};
 
 const USAGE: &str =
     "usage: classsr eval --hr DIR [--model DIR] [--modes classsr,original,bicubic,branch1,branch2,branch3,classmap] \
-[--json] [--save DIR] [--device auto|cpu|cuda] [--tile N] [--overlap N] [--max-batch N] [--threads N] [--bias B]
+[--json] [--save DIR] [--device auto|cpu|cuda] [--precision fp32|fp16] [--tile N] [--overlap N] [--max-batch N] [--threads N] [--bias B]
        classsr upscale IN OUT [--model DIR] [--mode classsr|original|bicubic|branch1|branch2|branch3|classmap] \
-[--device auto|cpu|cuda] [--tile N] [--overlap N] [--max-batch N] [--threads N] [--bias B]
+[--device auto|cpu|cuda] [--precision fp32|fp16] [--tile N] [--overlap N] [--max-batch N] [--threads N] [--bias B]
        --tile N: LR tile side (default: the model's, 32 for the embedded one); --overlap N: LR pixels shared by \
-neighbouring tiles (default 4, at most half a tile)";
+neighbouring tiles (default 4, at most half a tile); --precision fp16: the branches in float16 (for CUDA; default fp32)";
 
 /// The modes, for error messages.
 const MODES: &str = "classsr, original, bicubic, branch1, branch2, branch3 or classmap";
@@ -54,6 +54,7 @@ fn parse(cmd: &str, args: &[String]) -> Result<Args, String> {
         session: SessionConfig {
             device: DeviceRequest::Auto,
             device_id: 0,
+            precision: Precision::Fp32,
             threads: 0,
         },
     };
@@ -108,6 +109,13 @@ fn parse(cmd: &str, args: &[String]) -> Result<Args, String> {
                     "cpu" => DeviceRequest::Cpu,
                     "cuda" => DeviceRequest::Cuda,
                     v => return Err(format!("unknown device '{v}' (auto, cpu or cuda)")),
+                }
+            }
+            "--precision" => {
+                a.session.precision = match value("--precision")?.as_str() {
+                    "fp32" => Precision::Fp32,
+                    "fp16" => Precision::Fp16,
+                    v => return Err(format!("unknown precision '{v}' (fp32 or fp16)")),
                 }
             }
             "--tile" => {

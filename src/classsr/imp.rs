@@ -13,14 +13,14 @@ use gst_base::subclass::prelude::*;
 use gst_video::prelude::*;
 use gst_video::subclass::prelude::*;
 
-use super::{caps, ClassSrCache, ClassSrDevice, ClassSrMode};
+use super::{caps, ClassSrCache, ClassSrDevice, ClassSrFrameGraphs, ClassSrMode, ClassSrPrecision};
 use crate::engine::tiling::{check_tiling, TILE_SIDES};
 use crate::engine::{
     frame_graphs, size_bands, CacheMode, Engine, FrameConfig, FrameStats, Image, ImageMut, Mode, Model, PixelLayout,
     MAX_SIDE, UHD,
 };
 use crate::manifest::ModelSet;
-use crate::runtime::{DeviceRequest, SessionConfig};
+use crate::runtime::{ActiveDevice, DeviceRequest, Precision, SessionConfig};
 use crate::Error;
 
 static CAT: LazyLock<gst::DebugCategory> = LazyLock::new(|| {
@@ -55,6 +55,7 @@ struct Settings {
     mode: ClassSrMode,
     device: ClassSrDevice,
     device_id: i32,
+    precision: ClassSrPrecision,
     threads: u32,
     tile_size: u32,
     overlap: u32,
@@ -65,7 +66,7 @@ struct Settings {
     cache_refresh: u32,
     cache_correction: bool,
     stats: bool,
-    frame_graphs: bool,
+    frame_graphs: ClassSrFrameGraphs,
     /// Latency this element adds in a live pipeline (ns): its frame time, which the latency
     /// query reports so that the sink waits for it.
     latency: u64,
@@ -78,6 +79,7 @@ impl Default for Settings {
             mode: ClassSrMode::default(),
             device: ClassSrDevice::default(),
             device_id: 0,
+            precision: ClassSrPrecision::Fp32,
             threads: 0,
             tile_size: DEFAULT_TILE,
             overlap: DEFAULT_OVERLAP,
@@ -88,7 +90,7 @@ impl Default for Settings {
             cache_refresh: DEFAULT_CACHE_REFRESH,
             cache_correction: true,
             stats: false,
-            frame_graphs: false,
+            frame_graphs: ClassSrFrameGraphs::Auto,
             latency: 0,
         }
     }
@@ -131,6 +133,10 @@ impl Settings {
                 ClassSrDevice::Cuda => DeviceRequest::Cuda,
             },
             device_id: self.device_id,
+            precision: match self.precision {
+                ClassSrPrecision::Fp32 => Precision::Fp32,
+                ClassSrPrecision::Fp16 => Precision::Fp16,
+            },
             threads: self.threads as usize,
         }
     }
@@ -330,6 +336,11 @@ impl ObjectImpl for ClassSr {
                     .default_value(0)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("precision", ClassSrPrecision::default())
+                    .nick("Precision")
+                    .blurb("Arithmetic of the branches: fp32, or fp16 (float16 weights and activations, for the tensor cores of a GPU with device=cuda; on the CPU it runs through casts, slower). The classifier always runs in float")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecString::builder("active-device")
                     .nick("Active device")
                     .blurb("Where inference actually runs: none (not started), cpu or cuda:N")
@@ -402,10 +413,9 @@ impl ObjectImpl for ClassSr {
                     .default_value(false)
                     .mutable_playing()
                     .build(),
-                glib::ParamSpecBoolean::builder("frame-graphs")
+                glib::ParamSpecEnum::builder_with_default("frame-graphs", ClassSrFrameGraphs::default())
                     .nick("Frame graphs")
-                    .blurb("Run the whole frame as ONNX graphs whose tensors stay in the execution provider's memory (upload the frame, download only the result: meant for device=cuda). Used for modes classsr/original/branchN with cache=off and formats without alpha; other frames take the usual path")
-                    .default_value(false)
+                    .blurb("Run the whole frame as ONNX graphs whose tensors stay in the execution provider's memory (upload the frame, download only the result): auto = on when the model runs on CUDA (where it is many times faster), off on the CPU (where it is slower). Covers modes classsr/original/branchN with cache off or class (the classifier then runs on every tile) and formats without alpha; other frames take the usual path")
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecUInt64::builder("latency")
@@ -433,7 +443,9 @@ impl ObjectImpl for ClassSr {
         let mut s = self.settings.lock().unwrap();
         // checked under the settings lock, which start() holds while it takes the settings
         // and marks the element running: a change cannot slip in between and be ignored
-        if matches!(name, "model" | "device" | "device-id" | "threads") && self.running.load(Ordering::SeqCst) {
+        if matches!(name, "model" | "device" | "device-id" | "precision" | "threads")
+            && self.running.load(Ordering::SeqCst)
+        {
             drop(s);
             self.refuse_reload(name);
             return;
@@ -443,6 +455,7 @@ impl ObjectImpl for ClassSr {
             "mode" => s.mode = value.get().expect("type checked"),
             "device" => s.device = value.get().expect("type checked"),
             "device-id" => s.device_id = value.get().expect("type checked"),
+            "precision" => s.precision = value.get().expect("type checked"),
             "threads" => s.threads = value.get().expect("type checked"),
             "tile-size" => s.tile_size = value.get().expect("type checked"),
             "overlap" => s.overlap = value.get().expect("type checked"),
@@ -479,6 +492,7 @@ impl ObjectImpl for ClassSr {
             "mode" => s.mode.to_value(),
             "device" => s.device.to_value(),
             "device-id" => s.device_id.to_value(),
+            "precision" => s.precision.to_value(),
             "threads" => s.threads.to_value(),
             "tile-size" => s.tile_size.to_value(),
             "overlap" => s.overlap.to_value(),
@@ -747,8 +761,22 @@ impl ClassSr {
             .field("macs", st.macs)
             .field("original-macs", st.original_macs)
             .field("runs", st.runs as u32)
-            .field("processing-time", (st.seconds * 1e9) as u64)
-            .build();
+            .field("processing-time", (st.seconds * 1e9) as u64);
+        // where the time went (frame graphs only)
+        let s = match &st.stages {
+            Some(t) => {
+                let ns = |s: f64| (s * 1e9) as u64;
+                s.field("upload-time", ns(t.upload))
+                    .field("classify-time", ns(t.classify))
+                    .field("branch1-time", ns(t.branches[0]))
+                    .field("branch2-time", ns(t.branches[1]))
+                    .field("branch3-time", ns(t.branches[2]))
+                    .field("merge-time", ns(t.merge))
+                    .field("download-time", ns(t.download))
+            }
+            None => s,
+        }
+        .build();
         let _ = self
             .obj()
             .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
@@ -982,6 +1010,11 @@ impl VideoFilterImpl for ClassSr {
             height: oh,
             stride: ostride,
             layout: out_layout,
+        };
+        let graphs = match graphs {
+            ClassSrFrameGraphs::On => true,
+            ClassSrFrameGraphs::Off => false,
+            ClassSrFrameGraphs::Auto => state.engine.model().device != ActiveDevice::Cpu,
         };
         let graphs = graphs
             && !gap

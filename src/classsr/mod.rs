@@ -71,6 +71,32 @@ pub enum ClassSrDevice {
     Cuda,
 }
 
+/// The `frame-graphs` property.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstClassSrFrameGraphs")]
+pub enum ClassSrFrameGraphs {
+    #[default]
+    #[enum_value(name = "Auto: on when the model runs on CUDA, off on the CPU", nick = "auto")]
+    Auto,
+    #[enum_value(name = "On: whole frames as ONNX graphs kept on the device", nick = "on")]
+    On,
+    #[enum_value(name = "Off: tiles merged on the CPU", nick = "off")]
+    Off,
+}
+
+/// The `precision` property.
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, Default, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstClassSrPrecision")]
+pub enum ClassSrPrecision {
+    #[default]
+    #[enum_value(name = "FP32: the branches in float", nick = "fp32")]
+    Fp32,
+    #[enum_value(name = "FP16: the branches in float16 (for GPUs)", nick = "fp16")]
+    Fp16,
+}
+
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     gst::Element::register(Some(plugin), "classsr", gst::Rank::NONE, ClassSr::static_type())
 }

@@ -1,7 +1,8 @@
 // The whole frame through ONNX graphs, its pixels kept in the execution provider's memory
 // between the steps (IoBinding): upload the u8 frame → unpack (tiles + a zeroed accumulator)
 // → classifier (only the logits come back) → per branch run: select its tiles, the branch,
-// accumulate its outputs → pack → download the u8 frame. Branch runs are padded to fixed batch
+// accumulate its outputs → pack → download the u8 frame (into the output buffer itself when
+// its rows are contiguous). Branch runs are padded to fixed batch
 // buckets (powers of two up to max-batch) so the provider sees few distinct shapes; padding
 // entries are spilled. With the CUDA provider every pixel operation runs on the GPU; on the
 // CPU it gives exactly the CPU engine's frames (tested), which is how it is checked without
@@ -9,9 +10,9 @@
 
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
-use ort::value::{DynValue, Tensor};
+use ort::value::{DynValue, Tensor, TensorRefMut};
 
-use super::{route, Engine, FrameConfig, FrameStats, Image, ImageMut, Mode, PixelLayout, TileGrid};
+use super::{route, Engine, FrameConfig, FrameStats, Image, ImageMut, Mode, PixelLayout, StageSeconds, TileGrid};
 use crate::onnx::frame_graphs::{
     accumulate_graph, pack_graph, select_graph, unpack_graph, ACC, ACC_OUT, FRAME_INPUT, FRAME_OUTPUT, IDS, PICKED, SR,
     TILES,
@@ -84,13 +85,15 @@ fn ids_value(ids: &[i64]) -> Result<DynValue, Error> {
 }
 
 /// Whether the frame graphs can do a frame with these settings (else use `Engine::process`):
-/// modes classsr, original and branchN, no cache, no QoS bicubic, no alpha.
+/// modes classsr, original and branchN, cache off or class, no alpha. The class cache is not
+/// used (every tile is classified: a small part of a frame on a GPU, and the frame is the one
+/// cache=off gives), nor QoS's last step, class 1 bicubic (QoS lowers the bias only).
 pub fn supports(cfg: &FrameConfig, output: PixelLayout) -> Result<(), String> {
     if !matches!(cfg.mode, Mode::ClassSR | Mode::Original | Mode::Branch(_)) {
         return Err(format!("mode {} is not supported by the frame graphs", cfg.mode.name()));
     }
-    if cfg.cache != super::CacheMode::Off || cfg.class1_bicubic {
-        return Err("the frame graphs run without cache and QoS degradation".into());
+    if cfg.cache == super::CacheMode::Full {
+        return Err("the frame graphs do not keep tiles across frames (cache=full)".into());
     }
     if output.alpha_offset().is_some() {
         return Err(format!(
@@ -107,8 +110,8 @@ pub fn bucket(m: usize, max_batch: usize) -> usize {
 }
 
 impl Engine {
-    /// Upscales `input` into `output` through the frame graphs (see the module comment).
-    /// Supports the modes classsr, original and branchN without cache, QoS bicubic or alpha.
+    /// Upscales `input` into `output` through the frame graphs (see the module comment), for
+    /// the frames [`supports`] accepts.
     pub fn process_graphs(
         &mut self,
         cfg: &FrameConfig,
@@ -162,6 +165,15 @@ impl Engine {
         }
         let g = self.graphs.as_mut().expect("built");
         let model = &mut self.model;
+        let mut stages = StageSeconds::default();
+        let mut lap = std::time::Instant::now();
+        // seconds since the last call (since the start of the upload for the first)
+        let mut split = || {
+            let now = std::time::Instant::now();
+            let dt = now.duration_since(lap).as_secs_f64();
+            lap = now;
+            dt
+        };
         let (dev, host) = memory(model.device)?;
         let n = g.grid.len();
         // upload the frame as [height, stride], zero-filling a short last row
@@ -179,6 +191,7 @@ impl Engine {
         )?
         .into_iter();
         let (tiles, mut acc) = (out.next().expect("tiles"), out.next().expect("acc"));
+        stages.upload = split();
         let costs = model.branch_macs(cfg.tile);
         let mut stats = FrameStats {
             width: input.width,
@@ -206,6 +219,7 @@ impl Engine {
             for (k, l) in logits.chunks_exact(3).enumerate() {
                 class_of[k] = route(l, cfg.bias + cfg.qos_bias);
             }
+            stages.classify = split();
         }
         // each branch on its tiles (class, then tile index; the fixed-point sum is order-free),
         // runs padded to their bucket (padding repeats the first tile and is spilled)
@@ -235,6 +249,7 @@ impl Engine {
                     &[(&info.input, &picked[0])],
                     &[(&info.output, &dev)],
                 )?;
+                stages.branches[class] += split();
                 let mut owners = chunk.to_vec();
                 owners.resize(b, n as i64);
                 acc = run_bound(
@@ -244,15 +259,31 @@ impl Engine {
                     &[(ACC_OUT, &dev)],
                 )?
                 .remove(0);
+                stages.merge += split();
                 stats.runs += 1;
             }
         }
-        let frame = run_bound(&mut g.pack, "pack graph", &[(ACC, &acc)], &[(FRAME_OUTPUT, &host)])?;
-        let (_, frame) = frame[0].try_extract_tensor::<u8>().map_err(rt("pack graph"))?;
         let row = output.width * output.layout.bytes_per_pixel();
-        for (y, src) in frame.chunks_exact(row).enumerate().take(output.height) {
-            output.data[y * output.stride..y * output.stride + row].copy_from_slice(src);
+        let len = row * output.height;
+        if output.stride == row && output.data.len() >= len {
+            // rows without padding: the frame is copied from the device straight into the
+            // output (a copy of the whole HR frame less)
+            let err = rt("pack graph");
+            let view =
+                TensorRefMut::from_array_view_mut(([output.height, row], &mut output.data[..len])).map_err(&err)?;
+            let mut binding = g.pack.create_binding().map_err(&err)?;
+            binding.bind_input(ACC, &acc).map_err(&err)?;
+            binding.bind_output(FRAME_OUTPUT, view).map_err(&err)?;
+            g.pack.run_binding(&binding).map_err(&err)?;
+        } else {
+            let frame = run_bound(&mut g.pack, "pack graph", &[(ACC, &acc)], &[(FRAME_OUTPUT, &host)])?;
+            let (_, frame) = frame[0].try_extract_tensor::<u8>().map_err(rt("pack graph"))?;
+            for (y, src) in frame.chunks_exact(row).enumerate().take(output.height) {
+                output.data[y * output.stride..y * output.stride + row].copy_from_slice(src);
+            }
         }
+        stages.download = split();
+        stats.stages = Some(stages);
         stats.seconds = started.elapsed().as_secs_f64();
         Ok(stats)
     }

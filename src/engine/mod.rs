@@ -213,6 +213,24 @@ pub struct FrameStats {
     /// (cache=full; counted as recomputed, not as hits).
     pub partial_tiles: usize,
     pub seconds: f64,
+    /// Where the time went, for frames made by the frame graphs ([`Engine::process_graphs`]).
+    pub stages: Option<StageSeconds>,
+}
+
+/// Seconds per step of a frame made by the frame graphs, each step timed to its end on the
+/// device (ONNX Runtime waits for the device at the end of every run).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageSeconds {
+    /// Copying the frame to the device and cutting it into tiles (unpack graph).
+    pub upload: f64,
+    /// The classifier, its logits copied back, and routing.
+    pub classify: f64,
+    /// Per branch: gathering its tiles (select graph) and running it.
+    pub branches: [f64; 3],
+    /// Adding the branches' outputs into the frame's accumulator (accumulate graph).
+    pub merge: f64,
+    /// Rounding the frame to 8 bits (pack graph) and copying it back into the output.
+    pub download: f64,
 }
 
 /// Buffers for one frame geometry, reused from frame to frame.

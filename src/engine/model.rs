@@ -9,8 +9,9 @@ use ort::value::TensorRef;
 
 use super::{correction, crop, share};
 use crate::manifest::{Manifest, ModelSet};
+use crate::onnx::half::half_precision;
 use crate::onnx::phase_output::phase_output;
-use crate::runtime::{self, ActiveDevice, SessionConfig};
+use crate::runtime::{self, ActiveDevice, Precision, SessionConfig};
 use crate::Error;
 
 /// Four live sessions and the manifest that describes them.
@@ -265,9 +266,9 @@ fn correction_gains(branches: &mut [Session; 3], m: &Manifest, phases: bool) -> 
 type LoadedBranches<'g> = ([Session; 3], Vec<Cow<'g, [u8]>>, bool);
 
 /// The three branch sessions of `graphs` (the set's branches, possibly rewritten to give phase
-/// planes: `phases`) after the load-time rewrites ([`runtime::rewritten`]), checked against the
-/// manifest: tensor names, and the output shape of a dry run on one tile. Returns them with
-/// the rewritten graphs, for the other workers' sessions.
+/// planes: `phases`) after the load-time rewrites ([`runtime::rewritten`], and to float16 with
+/// `precision=fp16`), checked against the manifest: tensor names, and the output shape of a
+/// dry run on one tile. Returns them with the rewritten graphs, for the other workers' sessions.
 fn load_branches<'g>(
     set: &ModelSet,
     cfg: &SessionConfig,
@@ -276,7 +277,18 @@ fn load_branches<'g>(
 ) -> Result<LoadedBranches<'g>, Error> {
     let m = &set.manifest;
     let what = |file: &str| format!("{} ({})", file, set.origin);
-    let graphs: Vec<Cow<[u8]>> = graphs.map(|g| runtime::rewritten(g, cfg.device)).collect();
+    let mut graphs: Vec<Cow<[u8]>> = graphs.map(|g| runtime::rewritten(g, cfg.device)).collect();
+    if cfg.precision == Precision::Fp16 {
+        for (g, info) in graphs.iter_mut().zip(&m.branches) {
+            let half = half_precision(g).map_err(|e| {
+                Error::Model(format!(
+                    "{} cannot run in float16 (precision=fp16): {e}",
+                    what(&info.file)
+                ))
+            })?;
+            *g = Cow::Owned(half);
+        }
+    }
     let mut branches = Vec::with_capacity(3);
     for (info, bytes) in m.branches.iter().zip(&graphs) {
         branches.push(runtime::session_as_is(bytes, &what(&info.file), cfg, 1)?.0);

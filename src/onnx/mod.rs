@@ -1,6 +1,7 @@
 // ONNX writing, shared by the runtime (known-answer models) and the trainer (export):
 // the generated protobuf types, a graph builder, the project's architectures, the graphs
-// that move a frame's pixels to and from tiles, and the rewrites made before loading a graph.
+// that move a frame's pixels to and from tiles, and the rewrites made before loading a graph
+// (PReLU forms, phase planes, half precision).
 
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod proto {
@@ -10,6 +11,7 @@ pub mod proto {
 mod builder;
 pub mod frame_graphs;
 mod graphs;
+pub mod half;
 pub mod phase_output;
 pub mod rewrite;
 

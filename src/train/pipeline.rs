@@ -21,7 +21,7 @@ use crate::engine::{Engine, FrameConfig, Mode, Model};
 use crate::eval::{evaluate, EvalImage};
 use crate::manifest::{GraphInfo, Manifest, ModelSet, Provenance, BRANCH_FILES, CLASSIFIER_FILE, FORMAT_VERSION};
 use crate::onnx::{build_bytes, read_arch_weights, Arch, Kernel, Weights, BRANCH_OUTPUT, CLASSIFIER_OUTPUT, INPUT};
-use crate::runtime::{DeviceRequest, SessionConfig};
+use crate::runtime::{DeviceRequest, Precision, SessionConfig};
 
 /// Network family of the three branches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1513,6 +1513,7 @@ pub fn validate_set(set: &mut ModelSet, val: &Path, minus_o: Option<Vec<u8>>) ->
     let cfg = SessionConfig {
         device: DeviceRequest::Cpu,
         device_id: 0,
+        precision: Precision::Fp32,
         threads: 0,
     };
     let mut engine = Engine::new(Model::load(set, &cfg).map_err(|e| e.to_string())?);
