@@ -60,13 +60,13 @@ w=${size%x*}
 h=${size#*x}
 mkdir -p "$out"
 if [ -d .gpu/ort ]; then
-  # (the bundle's script is not written for set -e)
-  set +e
+  # (the bundles' scripts are not written for set -eu)
+  set +eu
   # shellcheck disable=SC1091
   source .gpu/ort/unpack.sh
-  set -e
   # shellcheck disable=SC1091
   source .gpu/gst/env.sh
+  set -eu
 fi
 export GST_PLUGIN_PATH="$PWD/${PLUGIN:-.gpu/plugin}"
 gst-inspect-1.0 classsr >/dev/null
@@ -168,6 +168,7 @@ rm -rf "$out/profile"
   echo "|---|---|---|---|"
 } >>"$out/gpu-bench.md"
 raw=$(mktemp -d)
+trap 'rm -rf "$raw"' EXIT
 runs=${COMPARE:-"cpu:cpu:off:fp32 $device:cuda-graphs:on:fp32 $device:cuda:off:fp32 $device:cuda-graphs-fp16:on:fp16"}
 for r in $runs; do
   IFS=: read -r dev name graphs prec <<<"$r"
@@ -214,10 +215,10 @@ for src in ${SOURCES:-videotestsrc clip}; do
     name="$mode-$graphs-$prec-$batch"
     # (without frame graphs the frame is merged on the CPU: a few fps at this size)
     n=$frames
-    [ "$graphs" = on ] || n=$((10 + frames / 10))
+    [ "$graphs" = off ] && n=$((10 + frames / 10))
     if short=$(seconds "$src" 10 "$name" "fakesink sync=false" "${props[@]}") \
       && long=$(seconds "$src" "$n" "$name" "fakesink sync=false" "${props[@]}"); then
-      fps=$(python3 -c "print('%.1f' % (($n - 10) / ($long - $short)))")
+      fps=$(python3 -c "d = $long - $short; print('%.1f' % (($n - 10) / d) if d > 0 and $n > 10 else 'failed')")
     else
       fps=failed
     fi

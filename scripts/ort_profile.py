@@ -47,6 +47,9 @@ def main():
             n[3] = args.get("provider", "?").replace("ExecutionProvider", "")
         ops = {v[2] for v in nodes.values()}
         rows.append((sum(runs), len(runs), role(ops), nodes))
+    if not rows:
+        print(f"no profile with runs at {prefix}*.json")
+        sys.exit(1)
     rows.sort(key=lambda r: -r[0])
     for total, count, name, nodes in rows:
         print(f"{name}: {count} runs, {total / 1e3:.1f} ms in all, {total / 1e3 / count:.3f} ms per run")

@@ -362,14 +362,14 @@ fn frame_graphs_give_the_same_frames_through_the_element() {
             _ => gstclasssr::engine::PixelLayout::Bgrx,
         };
         assert_eq!(gstclasssr::engine::frame_graphs::supports(&cfg, layout), Ok(()));
-        let mut plain = harness(&[("cache", "off")]);
-        let mut graphs = harness(&[("cache", "off"), ("frame-graphs", "on")]);
+        let mut plain = harness(&[("cache", "off"), ("device", "cpu")]);
+        let mut graphs = harness(&[("cache", "off"), ("frame-graphs", "on"), ("device", "cpu")]);
         let a = run_one(&mut plain, &img, format);
         let b = run_one(&mut graphs, &img, format);
         assert_eq!(max_diff(&a, &b, false), 0, "{format:?}");
     }
-    let a = upscale(&img, &[]);
-    let b = upscale(&img, &[("frame-graphs", "on")]);
+    let a = upscale(&img, &[("device", "cpu")]);
+    let b = upscale(&img, &[("frame-graphs", "on"), ("device", "cpu")]);
     assert_eq!(max_diff(&a, &b, false), 0);
     let full = gstclasssr::engine::FrameConfig {
         cache: gstclasssr::engine::CacheMode::Full,
@@ -377,7 +377,7 @@ fn frame_graphs_give_the_same_frames_through_the_element() {
     };
     let rgb = gstclasssr::engine::PixelLayout::Rgb;
     assert!(gstclasssr::engine::frame_graphs::supports(&full, rgb).is_err());
-    let b = upscale(&img, &[("frame-graphs", "on"), ("cache", "full")]);
+    let b = upscale(&img, &[("frame-graphs", "on"), ("cache", "full"), ("device", "cpu")]);
     assert_eq!(max_diff(&a, &b, false), 0);
 
     // That the graphs really ran shows in the runs of a frame: with a fixed branch and all
@@ -439,11 +439,16 @@ fn precision_fp16_runs_the_branches_in_float16() {
     // float, so the routing is the same): its frames are within a few levels of fp32's, and not
     // equal to them (the rewrite took effect), through the usual path and the frame graphs.
     let img = picture(100, 70, 5);
-    let a = upscale(&img, &[("cache", "off")]);
+    let a = upscale(&img, &[("cache", "off"), ("device", "cpu")]);
     for graphs in ["off", "on"] {
         let b = upscale(
             &img,
-            &[("cache", "off"), ("precision", "fp16"), ("frame-graphs", graphs)],
+            &[
+                ("cache", "off"),
+                ("precision", "fp16"),
+                ("frame-graphs", graphs),
+                ("device", "cpu"),
+            ],
         );
         let d = max_diff(&a, &b, false);
         println!("frame-graphs={graphs}: fp16 differs from fp32 by at most {d} levels");

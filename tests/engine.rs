@@ -1242,3 +1242,75 @@ fn half_precision_keeps_the_interface_and_computes_in_float16() {
         .unwrap_err()
         .contains("both an input and an output"));
 }
+
+#[test]
+fn half_precision_keeps_float_where_onnx_needs_it_and_refuses_what_it_cannot_write() {
+    // A graph with the float sources the rewrite must handle: a Constant given as value_float,
+    // a Cast to float inside the graph (both become float16, else they would meet float16
+    // operands) and Resize's scales (which must stay float). Values exact in float16, so the
+    // rewritten graph gives the same numbers.
+    use gstclasssr::onnx::half::half_precision;
+    use gstclasssr::onnx::proto::{attribute_proto::AttributeType, AttributeProto, GraphProto, ModelProto};
+    use gstclasssr::onnx::{to_bytes, Attr, Dim, GraphBuilder};
+    use prost::Message;
+    let build = |weight: f32| {
+        let mut g = GraphBuilder::new("half test");
+        let x = g.input("x", &[Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(2), Dim::Fixed(2)]);
+        let half = g.op("Constant", &[], &[("value_float", Attr::Float(0.5))]);
+        let y = g.op("Mul", &[&x, &half], &[]);
+        let scales = g.weight("scales", &[4], &[1.0, 1.0, 2.0, 2.0]);
+        let y = g.op("Resize", &[&y, "", &scales], &[("mode", Attr::Str("nearest"))]);
+        let y = g.op("Cast", &[&y], &[("to", Attr::Int(1))]);
+        let w = g.weight("w", &[1], &[weight]);
+        let y = g.op("Add", &[&y, &w], &[]);
+        g.output("y", &y, &[Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(4), Dim::Fixed(4)]);
+        g.finish("half test", &[])
+    };
+    let model = build(0.25);
+    let half = half_precision(&to_bytes(&model)).unwrap();
+    let g = ModelProto::decode(&half[..]).unwrap().graph.unwrap();
+    let kind = |name: &str| {
+        g.initializer
+            .iter()
+            .find(|t| t.name.as_deref() == Some(name))
+            .unwrap()
+            .data_type
+    };
+    assert_eq!(
+        (kind("scales"), kind("w")),
+        (Some(1), Some(10)),
+        "scales stay float, weights do not"
+    );
+    let x = [1.0f32, 2.0, 3.0, 4.0];
+    let run = |bytes: &[u8]| -> Vec<f32> {
+        let mut s = runtime::cpu_session_as_is(bytes, "half test", 1).unwrap();
+        let t = TensorRef::from_array_view(([1usize, 1, 2, 2], &x[..])).unwrap();
+        let out = s.run(ort::inputs![t]).unwrap();
+        out["y"].try_extract_tensor::<f32>().unwrap().1.to_vec()
+    };
+    let (full, halved) = (run(&to_bytes(&model)), run(&half));
+    assert_eq!(full, halved);
+    assert_eq!(full[..4], [0.75, 0.75, 1.25, 1.25]);
+
+    // a weight beyond float16's range, a subgraph and a name the rewrite would add are refused
+    let err = half_precision(&to_bytes(&build(1e6))).unwrap_err();
+    assert!(err.contains("'w' holds 1000000") && err.contains("65504"), "{err}");
+    let mut m = build(0.25);
+    let graph = m.graph.as_mut().unwrap();
+    graph.node[0].attribute.push(AttributeProto {
+        name: Some("then_branch".into()),
+        r#type: Some(AttributeType::Graph as i32),
+        g: Some(GraphProto::default()),
+        ..Default::default()
+    });
+    assert!(half_precision(&to_bytes(&m)).unwrap_err().contains("subgraphs"));
+    let mut m = build(0.25);
+    m.graph.as_mut().unwrap().node[1].output[0] = "x.fp16".into();
+    let n = m.graph.as_mut().unwrap();
+    let renamed = n.node[2].input[0].clone();
+    assert_ne!(renamed, "x.fp16");
+    n.node[2].input[0] = "x.fp16".into();
+    assert!(half_precision(&to_bytes(&m))
+        .unwrap_err()
+        .contains("already has a value named 'x.fp16'"));
+}

@@ -154,6 +154,9 @@ struct State {
     refused_tiling: Option<(usize, usize)>,
     /// Why the frame graphs were last not used (logged once per reason).
     graphs_skipped: Option<String>,
+    /// Why the frame graphs failed, when frame-graphs=auto chose them: the usual path makes
+    /// the frames from then on (until the element restarts).
+    graphs_failed: Option<String>,
 }
 
 /// QoS state, apart from `State` so that QoS events (sent from downstream's thread) never wait
@@ -276,6 +279,7 @@ impl ClassSr {
             tiling: None,
             refused_tiling: None,
             graphs_skipped: None,
+            graphs_failed: None,
         });
         *self.qos.lock().unwrap() = Qos::default();
         self.size_warned.store(false, Ordering::SeqCst);
@@ -348,7 +352,7 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecUInt::builder("qos-level")
                     .nick("QoS level")
-                    .blurb("Current QoS degradation level (with qos=true, mode=classsr): 0 = full quality, 1-3 = lowered bias, 4 = also the cheapest class bicubic; only at 4 are late frames dropped; notifies every change")
+                    .blurb("Current QoS degradation level (with qos=true, mode=classsr): 0 = full quality, 1-3 = lowered bias, 4 = also the cheapest class bicubic (not on the frame graphs); only at 4 are late frames dropped; notifies every change")
                     .maximum(QOS_MAX_LEVEL)
                     .read_only()
                     .build(),
@@ -847,7 +851,7 @@ impl ClassSr {
                     level,
                     QOS_MAX_LEVEL,
                     if level >= QOS_MAX_LEVEL {
-                        ", cheapest class bicubic; late frames are dropped"
+                        ", cheapest class bicubic except on the frame graphs; late frames are dropped"
                     } else {
                         "; late frames are dropped only at the last level"
                     }
@@ -1011,10 +1015,13 @@ impl VideoFilterImpl for ClassSr {
             stride: ostride,
             layout: out_layout,
         };
+        let auto = graphs == ClassSrFrameGraphs::Auto;
         let graphs = match graphs {
             ClassSrFrameGraphs::On => true,
             ClassSrFrameGraphs::Off => false,
-            ClassSrFrameGraphs::Auto => state.engine.model().device != ActiveDevice::Cpu,
+            ClassSrFrameGraphs::Auto => {
+                state.engine.model().device != ActiveDevice::Cpu && state.graphs_failed.is_none()
+            }
         };
         let graphs = graphs
             && !gap
@@ -1025,17 +1032,36 @@ impl VideoFilterImpl for ClassSr {
                 }
                 Err(why) => {
                     if state.graphs_skipped.as_ref() != Some(&why) {
-                        gst::warning!(CAT, imp = self, "frame-graphs not used for this frame: {why}");
+                        // (asked for: a warning; chosen by auto: for the log)
+                        if auto {
+                            gst::info!(CAT, imp = self, "frame-graphs not used for this frame: {why}");
+                        } else {
+                            gst::warning!(CAT, imp = self, "frame-graphs not used for this frame: {why}");
+                        }
                         state.graphs_skipped = Some(why);
                     }
                     false
                 }
             };
         let result = catch_unwind(AssertUnwindSafe(|| {
-            if graphs {
-                state.engine.process_graphs(&cfg, &input, &mut output)
-            } else {
-                state.engine.process(&cfg, &input, &mut output)
+            if !graphs {
+                return state.engine.process(&cfg, &input, &mut output);
+            }
+            match state.engine.process_graphs(&cfg, &input, &mut output) {
+                // chosen by auto, the graphs failing (a graph the provider cannot run, no
+                // memory for them) is no reason to stop: the usual path makes the frame, and
+                // the next ones until the element restarts
+                Err(e) if auto => {
+                    gst::warning!(CAT, imp = self, "frame-graphs failed, using the usual path until restarted: {e}");
+                    gst::element_imp_warning!(
+                        self,
+                        gst::CoreError::Failed,
+                        ("The frame graphs failed ({}); frames are made the usual way (slower on a GPU) until the element restarts", e)
+                    );
+                    state.graphs_failed = Some(e.to_string());
+                    state.engine.process(&cfg, &input, &mut output)
+                }
+                made => made,
             }
         }))
         .unwrap_or_else(|_| Err(Error::Runtime("frame processing panicked".into())));

@@ -289,17 +289,35 @@ fn load_branches<'g>(
             *g = Cow::Owned(half);
         }
     }
+    // errors of graphs rewritten to float16 say so (the graph as written may be fine)
+    let fp16 = |e: Error| {
+        if cfg.precision != Precision::Fp16 {
+            return e;
+        }
+        let note = |m: String| {
+            format!("{m} (with precision=fp16, which rewrites the branches to float16: precision=fp32 runs them as written)")
+        };
+        match e {
+            Error::Model(m) => Error::Model(note(m)),
+            Error::Runtime(m) => Error::Runtime(note(m)),
+            e => e,
+        }
+    };
     let mut branches = Vec::with_capacity(3);
     for (info, bytes) in m.branches.iter().zip(&graphs) {
-        branches.push(runtime::session_as_is(bytes, &what(&info.file), cfg, 1)?.0);
+        branches.push(
+            runtime::session_as_is(bytes, &what(&info.file), cfg, 1)
+                .map_err(fp16)?
+                .0,
+        );
     }
     let mut branches: [Session; 3] = branches.try_into().unwrap_or_else(|_| unreachable!());
     let (t, scale) = (m.tile_size as usize, m.scale as usize);
     let want = branch_output_shape(DRY_RUN_TILES, (t, t), scale, phases);
     let mut fixed_tile = false;
     for (session, info) in branches.iter_mut().zip(&m.branches) {
-        fixed_tile |= check_names(session, &info.input, &info.output, &what(&info.file), m.tile_size)?;
-        let shape = dry_run_shape(session, &info.output, m.value_range[0], t, &what(&info.file))?;
+        fixed_tile |= check_names(session, &info.input, &info.output, &what(&info.file), m.tile_size).map_err(fp16)?;
+        let shape = dry_run_shape(session, &info.output, m.value_range[0], t, &what(&info.file)).map_err(fp16)?;
         if shape != want {
             return Err(Error::Model(format!(
                 "{} returns shape {shape:?} for {DRY_RUN_TILES} tiles of {t}x{t} but the manifest says scale {} (expected {want:?})",

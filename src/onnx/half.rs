@@ -4,11 +4,14 @@
 // in, f32 out), so the engine and the frame graphs use it unchanged. GPUs run float16
 // convolutions on their tensor cores; ONNX Runtime's CPU runs them through casts to float.
 
+use std::collections::HashSet;
+
 use prost::Message;
 
 use super::builder::{attribute, Attr};
-use super::graphs::float_values;
-use super::proto::{ModelProto, TensorProto};
+use super::graphs::{float_tensor, float_values};
+use super::proto::attribute_proto::AttributeType;
+use super::proto::{AttributeProto, ModelProto, TensorProto};
 use super::rewrite::node;
 
 /// ONNX element types.
@@ -43,23 +46,48 @@ pub fn f16_bits(x: f32) -> u16 {
     sign | round(((e as u32) << 10) | (man >> 13), man & 0x1fff, 0x1000) as u16
 }
 
-/// `t` (a FLOAT tensor) as FLOAT16, or None for other tensors.
-fn to_half(t: &TensorProto) -> Option<TensorProto> {
-    let values = float_values(t)?;
-    Some(TensorProto {
+/// `t` (a FLOAT tensor) as FLOAT16 (None for other tensors), or an error naming a value beyond
+/// float16's range (±65504), which would become infinite.
+fn to_half(t: &TensorProto) -> Result<Option<TensorProto>, String> {
+    let Some(values) = float_values(t) else {
+        return Ok(None);
+    };
+    let mut raw = Vec::with_capacity(2 * values.len());
+    for &v in &values {
+        let h = f16_bits(v);
+        if v.is_finite() && h & 0x7fff == 0x7c00 {
+            let name = t.name.as_deref().unwrap_or("a constant");
+            return Err(format!("'{name}' holds {v}, beyond float16's range (±65504)"));
+        }
+        raw.extend_from_slice(&h.to_le_bytes());
+    }
+    Ok(Some(TensorProto {
         data_type: Some(FLOAT16),
-        raw_data: Some(values.iter().flat_map(|&v| f16_bits(v).to_le_bytes()).collect()),
+        raw_data: Some(raw),
         float_data: Vec::new(),
         ..t.clone()
-    })
+    }))
 }
 
+/// Operator inputs that stay float whatever the graph computes in: (operator, input index).
+const FLOAT_ONLY: [(&str, usize); 3] = [("Resize", 1), ("Resize", 2), ("Upsample", 1)];
+
 /// The serialised model computing in float16 (see the top of this file), or why it cannot be
-/// rewritten. Float initializers and the float tensors of Constant nodes become float16; shape
-/// annotations of intermediate values are dropped (ONNX Runtime infers them again).
+/// rewritten. Float initializers, the float constants of Constant and ConstantOfShape nodes and
+/// the Casts to float become float16, except what feeds an input that must stay float (Resize's
+/// roi and scales); shape annotations of intermediate values are dropped (ONNX Runtime infers
+/// them again). Initializers listed as graph inputs (which a caller may feed) stay float, and
+/// are cast where the graph starts. Graphs with subgraphs (If, Loop, Scan) are refused.
 pub fn half_precision(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let mut model = ModelProto::decode(bytes).map_err(|e| format!("not an ONNX model: {e}"))?;
     let graph = model.graph.as_mut().ok_or("the model has no graph")?;
+    if graph
+        .node
+        .iter()
+        .any(|n| n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty()))
+    {
+        return Err("it has subgraphs (If, Loop or Scan), which are not rewritten".into());
+    }
     let is_float = |v: &super::proto::ValueInfoProto| {
         v.r#type
             .as_ref()
@@ -81,26 +109,79 @@ pub fn half_precision(bytes: &[u8]) -> Result<Vec<u8>, String> {
     if let Some(both) = inputs.iter().find(|i| outputs.contains(i)) {
         return Err(format!("'{both}' is both an input and an output"));
     }
-    let fed: Vec<String> = graph.input.iter().filter_map(|v| v.name.clone()).collect();
+    let half_name = |n: &str| format!("{n}.fp16");
+    // the names the rewrite adds must be new
+    let taken: HashSet<&str> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().chain(&n.output))
+        .chain(graph.initializer.iter().filter_map(|t| t.name.as_ref()))
+        .map(String::as_str)
+        .collect();
+    if let Some(n) = inputs
+        .iter()
+        .chain(&outputs)
+        .find(|n| taken.contains(half_name(n).as_str()))
+    {
+        return Err(format!("it already has a value named '{}'", half_name(n)));
+    }
+    let keep_float: HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| {
+            FLOAT_ONLY
+                .iter()
+                .filter(|(op, _)| n.op_type.as_deref() == Some(*op))
+                .filter_map(|(_, k)| n.input.get(*k).cloned())
+        })
+        .collect();
+    let fed: HashSet<String> = graph.input.iter().filter_map(|v| v.name.clone()).collect();
     for t in graph.initializer.iter_mut() {
-        let constant = t.name.as_ref().is_some_and(|n| !fed.contains(n));
-        if let Some(h) = constant.then(|| to_half(t)).flatten() {
-            *t = h;
+        let name = t.name.clone().unwrap_or_default();
+        if !fed.contains(&name) && !keep_float.contains(&name) {
+            if let Some(h) = to_half(t)? {
+                *t = h;
+            }
         }
     }
-    let half_name = |n: &str| format!("{n}.fp16");
     for n in graph.node.iter_mut() {
+        let float_out = n.output.iter().any(|o| keep_float.contains(o));
         for i in n.input.iter_mut().chain(n.output.iter_mut()) {
             if inputs.contains(i) || outputs.contains(i) {
                 *i = half_name(i);
             }
         }
-        if n.op_type.as_deref() == Some("Constant") {
-            for a in n.attribute.iter_mut() {
-                if let Some(h) = a.t.as_ref().and_then(to_half) {
-                    a.t = Some(h);
+        if float_out {
+            continue;
+        }
+        match n.op_type.as_deref() {
+            Some("Constant" | "ConstantOfShape") => {
+                for a in n.attribute.iter_mut() {
+                    let values = match a.name.as_deref() {
+                        Some("value_float") => a.f.map(|f| (vec![], vec![f])),
+                        Some("value_floats") => Some((vec![a.floats.len() as i64], a.floats.clone())),
+                        _ => None,
+                    };
+                    if let Some((dims, values)) = values {
+                        *a = AttributeProto {
+                            name: Some("value".into()),
+                            r#type: Some(AttributeType::Tensor as i32),
+                            t: to_half(&float_tensor("value", dims, &values))?,
+                            ..Default::default()
+                        };
+                    } else if let Some(h) = a.t.as_ref().map(to_half).transpose()?.flatten() {
+                        a.t = Some(h);
+                    }
                 }
             }
+            Some("Cast") => {
+                for a in n.attribute.iter_mut() {
+                    if a.name.as_deref() == Some("to") && a.i == Some(FLOAT.into()) {
+                        a.i = Some(FLOAT16.into());
+                    }
+                }
+            }
+            _ => {}
         }
     }
     let cast = |from: String, to: String, elem: i32| super::proto::NodeProto {
