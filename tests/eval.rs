@@ -179,14 +179,19 @@ fn shapes(w: usize, h: usize) -> Vec<u8> {
     rgb
 }
 
-#[test]
-fn embedded_default_is_trained_and_sharper_than_bicubic() {
-    let dir = ScratchDir::new("default");
-    let (w, h) = (208, 200);
+/// A scratch folder `name` holding shapes.png, a `shapes` drawing of w×h.
+fn drawing(name: &str, w: usize, h: usize) -> ScratchDir {
+    let dir = ScratchDir::new(name);
     image::RgbImage::from_raw(w as u32, h as u32, shapes(w, h))
         .unwrap()
         .save(dir.join("shapes.png"))
         .unwrap();
+    dir
+}
+
+#[test]
+fn embedded_default_is_trained_and_sharper_than_bicubic() {
+    let dir = drawing("default", 208, 200);
     let out = Command::new(env!("CARGO_BIN_EXE_classsr"))
         .args([
             "eval",
@@ -431,24 +436,11 @@ fn eval_caps_the_psnr_of_exact_images_and_counts_only_the_classifier_for_classma
 fn precision_and_onnx_runtime_profiles_from_the_command_line() {
     // --precision fp16 scores within 0.02 dB of fp32 (the trained default, on a drawing), and
     // an unknown precision is a usage error.
-    let dir = ScratchDir::new("precision");
-    let (w, h) = (128, 96);
-    image::RgbImage::from_raw(w as u32, h as u32, shapes(w, h))
-        .unwrap()
-        .save(dir.join("shapes.png"))
-        .unwrap();
+    let dir = drawing("precision", 128, 96);
     let hr = dir.to_str().unwrap();
+    let scored = ["--hr", hr, "--modes", "classsr", "--device", "cpu"];
     let psnr = |precision: &str| {
-        let doc = eval_json(&[
-            "--hr",
-            hr,
-            "--modes",
-            "classsr",
-            "--device",
-            "cpu",
-            "--precision",
-            precision,
-        ]);
+        let doc = eval_json(&[&scored[..], &["--precision", precision]].concat());
         doc["results"][0]["psnr"].as_f64().unwrap()
     };
     let (full, half) = (psnr("fp32"), psnr("fp16"));
@@ -461,17 +453,9 @@ fn precision_and_onnx_runtime_profiles_from_the_command_line() {
     let prefix = dir.join("profile").join("p");
     std::fs::create_dir_all(prefix.parent().unwrap()).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_classsr"))
-        .args([
-            "eval",
-            "--hr",
-            hr,
-            "--modes",
-            "classsr",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-        ])
+        .arg("eval")
+        .args(scored)
+        .args(["--threads", "1"])
         .env(gstclasssr::runtime::PROFILE_ENV, &prefix)
         .output()
         .unwrap();

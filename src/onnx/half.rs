@@ -94,18 +94,14 @@ pub fn half_precision(bytes: &[u8]) -> Result<Vec<u8>, String> {
             .and_then(|t| t.value.as_ref())
             .is_some_and(|t| matches!(t, super::proto::type_proto::Value::TensorType(t) if t.elem_type == Some(FLOAT)))
     };
-    let inputs: Vec<String> = graph
-        .input
-        .iter()
-        .filter(|v| is_float(v))
-        .filter_map(|v| v.name.clone())
-        .collect();
-    let outputs: Vec<String> = graph
-        .output
-        .iter()
-        .filter(|v| is_float(v))
-        .filter_map(|v| v.name.clone())
-        .collect();
+    let float_names = |values: &[super::proto::ValueInfoProto]| -> Vec<String> {
+        values
+            .iter()
+            .filter(|v| is_float(v))
+            .filter_map(|v| v.name.clone())
+            .collect()
+    };
+    let (inputs, outputs) = (float_names(&graph.input), float_names(&graph.output));
     if let Some(both) = inputs.iter().find(|i| outputs.contains(i)) {
         return Err(format!("'{both}' is both an input and an output"));
     }
