@@ -22,6 +22,7 @@
 #       CONFIGS replace the lists of the same names below. With DEADLINE=S, no pipeline starts after S seconds
 #       (its row says failed, its log why).
 set -euo pipefail
+caller=$PWD
 cd "$(dirname "$0")/.."
 cmd=${1:-}
 
@@ -52,6 +53,8 @@ if [ "$cmd" != run ]; then
   exit 2
 fi
 out=${2:?OUT folder}
+# (relative to where the script was started)
+case $out in /*) ;; *) out=$caller/$out ;; esac
 frames=${3:-300}
 # DEVICE=cpu SIZE=192x108 PLUGIN=target/release: a quick check of this script without a GPU
 device=${DEVICE:-cuda}
@@ -60,15 +63,17 @@ w=${size%x*}
 h=${size#*x}
 mkdir -p "$out"
 if [ -d .gpu/ort ]; then
-  # (the bundles' scripts are not written for set -eu)
-  set +eu
+  # (the bundles' scripts are not written for set -euo pipefail)
+  set +euo pipefail
   # shellcheck disable=SC1091
   source .gpu/ort/unpack.sh
   # shellcheck disable=SC1091
   source .gpu/gst/env.sh
-  set -eu
+  set -euo pipefail
 fi
-export GST_PLUGIN_PATH="$PWD/${PLUGIN:-.gpu/plugin}"
+plugin=${PLUGIN:-.gpu/plugin}
+case $plugin in /*) ;; *) plugin=$PWD/$plugin ;; esac
+export GST_PLUGIN_PATH=$plugin
 gst-inspect-1.0 classsr >/dev/null
 
 q="queue max-size-buffers=4"
@@ -77,11 +82,15 @@ sources() {
     videotestsrc) echo "videotestsrc pattern=ball num-buffers=$2 ! video/x-raw,format=RGB,width=$w,height=$h ! $q" ;;
     clip) echo "multifilesrc location=.gpu/clip/%03d.rgb loop=true \
 caps=video/x-raw,format=RGB,width=960,height=540,framerate=30/1 \
-! videoconvert ! videoscale ! video/x-raw,format=RGB,width=$w,height=$h ! identity eos-after=$2 ! $q" ;;
+! videoconvert ! videoscale ! video/x-raw,format=RGB,width=$w,height=$h ! identity eos-after=$(($2 + 1)) ! $q" ;;
+    # (identity lets N - 1 of these frames through with eos-after=N)
   esac
 }
 logs="$out/logs"
 mkdir -p "$logs"
+raw=$(mktemp -d)
+# the logs are packed whatever happens to the runs
+trap 'rm -rf "$raw"; tar czf "$out/logs.tar.gz" -C "$out" logs && rm -rf "$logs"' EXIT
 # seconds SOURCE FRAMES NAME SINK PROPS...: wall time of one pipeline, or a failure (logged)
 seconds() {
   local src=$1 n=$2 name=$3 sink=$4 t0 t1 log
@@ -121,13 +130,9 @@ card=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,nohe
 for c in ${STAGES:-classsr:fp32 original:fp32 classsr:fp16}; do
   IFS=: read -r mode prec <<<"$c"
   name="stages-$mode-$prec"
-  # the first also writes ONNX Runtime's profiles: per operator, and where each ran
-  profile=""
-  [ "$c" = classsr:fp32 ] && profile="$out/profile/p"
-  mkdir -p "$out/profile"
-  if CLASSSR_ORT_PROFILE=$profile GST_FLAGS=-m seconds clip 60 "$name" "fakesink sync=false" cache=off mode="$mode" frame-graphs=on \
+  if GST_FLAGS=-m seconds clip 60 "$name" "fakesink sync=false" cache=off mode="$mode" frame-graphs=on \
     precision="$prec" stats=true >/dev/null; then
-    python3 - "$logs/clip-$name-60.txt" "$mode $prec" >>"$out/gpu-bench.md" <<'PY'
+    python3 - "$logs/clip-$name-60.txt" "$mode $prec" >>"$out/gpu-bench.md" <<'PY' || echo "| $mode $prec | failed |" >>"$out/gpu-bench.md"
 import re, statistics, sys
 keys = ["upload", "classify", "branch1", "branch2", "branch3", "merge", "download", "processing"]
 rows = []
@@ -149,12 +154,16 @@ PY
     echo "| $mode $prec | failed |" >>"$out/gpu-bench.md"
   fi
 done
+# ONNX Runtime's profiles (per operator, and where each ran) of one more, untimed run
+mkdir -p "$out/profile"
+CLASSSR_ORT_PROFILE="$out/profile/p" seconds clip 60 profile "fakesink sync=false" cache=off mode=classsr \
+  frame-graphs=on >/dev/null || true
 {
   echo
-  echo "ONNX Runtime's profile of the classsr fp32 run (all its sessions; \`scripts/ort_profile.py\`):"
+  echo "ONNX Runtime's profile of one more classsr fp32 run of 60 frames (all its sessions; \`scripts/ort_profile.py\`):"
   echo
   echo '```'
-  python3 scripts/ort_profile.py "$out/profile/p" 6 || echo "no profile"
+  python3 scripts/ort_profile.py "$out/profile/p" 6 || true
   echo '```'
 } >>"$out/gpu-bench.md"
 rm -rf "$out/profile"
@@ -167,22 +176,21 @@ rm -rf "$out/profile"
   echo "| run | max difference | values that differ | PSNR against the CPU (dB) |"
   echo "|---|---|---|---|"
 } >>"$out/gpu-bench.md"
-raw=$(mktemp -d)
-trap 'rm -rf "$raw"' EXIT
 runs=${COMPARE:-"cpu:cpu:off:fp32 $device:cuda-graphs:on:fp32 $device:cuda:off:fp32 $device:cuda-graphs-fp16:on:fp16"}
 for r in $runs; do
   IFS=: read -r dev name graphs prec <<<"$r"
+  # (a failed run's partial frames are not compared)
   device=$dev seconds clip 3 "compare-$name" "filesink location=$raw/$name.rgb" cache=off \
-    frame-graphs="$graphs" precision="$prec" >/dev/null || true
+    frame-graphs="$graphs" precision="$prec" >/dev/null || rm -f "$raw/$name.rgb"
 done
 # shellcheck disable=SC2046
 python3 - "$raw" $(for r in $runs; do IFS=: read -r _ name _ <<<"$r"; [ "$name" = cpu ] || echo "$name"; done) \
-  >>"$out/gpu-bench.md" <<'PY'
+  >>"$out/gpu-bench.md" <<'PY' || echo "| comparison | failed (see the output) | | |" >>"$out/gpu-bench.md"
 import os, sys
 import numpy as np
 d = sys.argv[1]
 ref_path = os.path.join(d, "cpu.rgb")
-if not os.path.exists(ref_path):
+if not os.path.exists(ref_path) or os.path.getsize(ref_path) == 0:
     print("| cpu | failed | | |")
     sys.exit()
 ref = np.fromfile(ref_path, np.uint8).astype(np.int16)
@@ -197,7 +205,6 @@ for name in sys.argv[2:]:
     psnr = "identical" if mse == 0 else "%.2f" % (10 * np.log10(255.0**2 / mse))
     print(f"| {name} | {int(diff.max())} | {100.0 * np.count_nonzero(diff) / diff.size:.3f} % | {psnr} |")
 PY
-rm -rf "$raw"
 {
   echo
   echo "## fps"
@@ -226,6 +233,5 @@ for src in ${SOURCES:-videotestsrc clip}; do
   done
 done
 
-tar czf "$out/logs.tar.gz" -C "$out" logs && rm -rf "$logs"
 cat "$out/gpu-bench.md"
 echo "wrote $out/gpu-bench.md"

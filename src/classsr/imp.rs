@@ -155,7 +155,7 @@ struct State {
     /// Why the frame graphs were last not used (logged once per reason).
     graphs_skipped: Option<String>,
     /// Why the frame graphs failed, when frame-graphs=auto chose them: the usual path makes
-    /// the frames from then on (until the element restarts).
+    /// the frames from then on (until the caps change or the element restarts).
     graphs_failed: Option<String>,
 }
 
@@ -419,7 +419,7 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("frame-graphs", ClassSrFrameGraphs::default())
                     .nick("Frame graphs")
-                    .blurb("Run the whole frame as ONNX graphs whose tensors stay in the execution provider's memory (upload the frame, download only the result): auto = on when the model runs on CUDA (where it is many times faster), off on the CPU (where it is slower). Covers modes classsr/original/branchN with cache off or class (the classifier then runs on every tile) and formats without alpha; other frames take the usual path")
+                    .blurb("Run the whole frame as ONNX graphs whose tensors stay in the execution provider's memory (upload the frame, download only the result): auto = on when the model runs on CUDA (where it is many times faster; should they fail, a warning and the usual path until the caps change), off on the CPU (where it is slower); on = an error if they fail. Covers modes classsr/original/branchN with cache off or class (the classifier then runs on every tile) and formats without alpha; other frames take the usual path")
                     .mutable_playing()
                     .build(),
                 glib::ParamSpecUInt64::builder("latency")
@@ -942,8 +942,10 @@ impl VideoFilterImpl for ClassSr {
         state.in_layout = layout_of(in_info.format());
         state.out_layout = layout_of(out_info.format());
         *self.infos.lock().unwrap() = Some((in_info.clone(), out_info.clone()));
-        // A new geometry is re-tiled on the next frame.
+        // A new geometry is re-tiled on the next frame, and the frame graphs are tried again
+        // (with auto, after a failure: it may have been this size's).
         state.engine.reset();
+        state.graphs_failed = None;
         gst::info!(
             CAT,
             imp = self,
@@ -1043,36 +1045,49 @@ impl VideoFilterImpl for ClassSr {
                     false
                 }
             };
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            if !graphs {
-                return state.engine.process(&cfg, &input, &mut output);
-            }
-            match state.engine.process_graphs(&cfg, &input, &mut output) {
-                // chosen by auto, the graphs failing (a graph the provider cannot run, no
-                // memory for them) is no reason to stop: the usual path makes the frame, and
-                // the next ones until the element restarts
-                Err(e) if auto => {
-                    gst::warning!(CAT, imp = self, "frame-graphs failed, using the usual path until restarted: {e}");
-                    gst::element_imp_warning!(
-                        self,
-                        gst::CoreError::Failed,
-                        ("The frame graphs failed ({}); frames are made the usual way (slower on a GPU) until the element restarts", e)
-                    );
+        let panicked = |_| Err(Error::Runtime("frame processing panicked".into()));
+        let mut fell_back = None;
+        let result = if graphs {
+            let made = catch_unwind(AssertUnwindSafe(|| {
+                state.engine.process_graphs(&cfg, &input, &mut output)
+            }))
+            .unwrap_or_else(panicked);
+            match made {
+                // chosen by auto, the graphs failing to run (a graph the provider cannot run,
+                // no device memory for them) is no reason to stop: the usual path makes the
+                // frame, and the next ones until the caps change or the element restarts. A
+                // bad frame or setting fails the usual path as well.
+                Err(e @ (Error::Runtime(_) | Error::Model(_))) if auto => {
+                    gst::warning!(CAT, imp = self, "frame-graphs failed, using the usual path: {e}");
                     state.graphs_failed = Some(e.to_string());
-                    state.engine.process(&cfg, &input, &mut output)
+                    fell_back = Some(e);
+                    catch_unwind(AssertUnwindSafe(|| state.engine.process(&cfg, &input, &mut output)))
+                        .unwrap_or_else(panicked)
                 }
                 made => made,
             }
-        }))
-        .unwrap_or_else(|_| Err(Error::Runtime("frame processing panicked".into())));
+        } else {
+            catch_unwind(AssertUnwindSafe(|| state.engine.process(&cfg, &input, &mut output))).unwrap_or_else(panicked)
+        };
         match result {
             Ok(stats) => {
                 state.frames += 1;
                 state.tiling = Some((cfg.tile, cfg.overlap));
                 gst::trace!(CAT, imp = self, "frame {}: {:?}", state.frames, stats);
+                let frame = state.frames;
+                // messages are posted without the state lock (a bus handler may call back)
+                drop(guard);
+                if let Some(e) = fell_back {
+                    gst::element_imp_warning!(
+                        self,
+                        gst::CoreError::Failed,
+                        (
+                            "The frame graphs failed ({}); frames are made the usual way (slower on a GPU) until the caps change or the element restarts",
+                            e
+                        )
+                    );
+                }
                 if want_stats {
-                    let frame = state.frames;
-                    drop(guard);
                     self.post_stats(frame, &stats);
                 }
                 Ok(gst::FlowSuccess::Ok)

@@ -111,13 +111,22 @@ pub fn bucket(m: usize, max_batch: usize) -> usize {
 
 impl Engine {
     /// Upscales `input` into `output` through the frame graphs (see the module comment), for
-    /// the frames [`supports`] accepts.
+    /// the frames [`supports`] accepts. After an error the graphs' sessions (and the device
+    /// memory they hold) are dropped, and made again for the next frame.
     pub fn process_graphs(
         &mut self,
         cfg: &FrameConfig,
         input: &Image,
         output: &mut ImageMut,
     ) -> Result<FrameStats, Error> {
+        let made = self.run_graphs(cfg, input, output);
+        if made.is_err() {
+            self.graphs = None;
+        }
+        made
+    }
+
+    fn run_graphs(&mut self, cfg: &FrameConfig, input: &Image, output: &mut ImageMut) -> Result<FrameStats, Error> {
         let cfg = &cfg.for_model(&self.model.manifest);
         let started = std::time::Instant::now();
         Self::check_config(cfg)?;
