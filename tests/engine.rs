@@ -1314,3 +1314,43 @@ fn half_precision_keeps_float_where_onnx_needs_it_and_refuses_what_it_cannot_wri
         .unwrap_err()
         .contains("already has a value named 'x.fp16'"));
 }
+
+#[test]
+fn bicubic_frames_are_the_same_on_one_core_and_shared_out() {
+    // The bicubic upscale (modes bicubic and classmap, and alpha) and the packing of its frame
+    // are shared out between the cores by bands of rows: the same bytes as on one thread, in
+    // RGB and RGBA (alpha upscaled too), at a size where the bands start (800x600 out).
+    let set = ModelSet::load(KA).unwrap();
+    let mut one = Engine::new(Model::load(&set, &SessionConfig { threads: 1, ..CPU }).unwrap());
+    let mut three = Engine::new(Model::load(&set, &SessionConfig { threads: 3, ..CPU }).unwrap());
+    let img = picture(200, 150, 9);
+    for layout in [PixelLayout::Rgb, PixelLayout::Rgba] {
+        let (data, stride) = pack(&img, layout, 0);
+        let input = Image {
+            data: &data,
+            width: 200,
+            height: 150,
+            stride,
+            layout,
+        };
+        for mode in [Mode::Bicubic, Mode::ClassMap] {
+            let cfg = FrameConfig {
+                mode,
+                ..Default::default()
+            };
+            let ostride = 800 * layout.bytes_per_pixel();
+            let (mut a, mut b) = (vec![0u8; ostride * 600], vec![1u8; ostride * 600]);
+            for (engine, out) in [(&mut one, &mut a), (&mut three, &mut b)] {
+                let mut output = ImageMut {
+                    data: out,
+                    width: 800,
+                    height: 600,
+                    stride: ostride,
+                    layout,
+                };
+                engine.process(&cfg, &input, &mut output).unwrap();
+            }
+            assert!(a == b, "{} {}", layout.name(), mode.name());
+        }
+    }
+}

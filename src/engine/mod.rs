@@ -535,13 +535,15 @@ impl Engine {
             ..Default::default()
         };
         let networks = !matches!(cfg.mode, Mode::Bicubic | Mode::ClassMap);
+        // the CPU passes over whole frames are shared out between the cores
+        let bands = self.model.config.cpu_workers();
         if !networks {
             let (hw, hh) = (pw * s, ph * s);
             work.acc.resize(work.hr_len(), 0.0);
             for c in 0..3 {
                 let plane = &work.lr[c * pw * ph..(c + 1) * pw * ph];
                 work.cubic
-                    .upscale(plane, pw, ph, &mut work.acc[c * hw * hh..(c + 1) * hw * hh]);
+                    .upscale_bands(plane, pw, ph, &mut work.acc[c * hw * hh..(c + 1) * hw * hh], bands);
             }
         }
         let mut corrected = false;
@@ -623,16 +625,16 @@ impl Engine {
                 *t = work.class_of.iter().filter(|&&k| k as usize == c).count();
             }
         }
-        let bands = self.model.config.cpu_workers();
         let work = self.work.as_mut().expect("prepared");
         if with_alpha {
-            work.cubic.upscale(&work.alpha_lr, pw, ph, &mut work.alpha_hr);
+            work.cubic
+                .upscale_bands(&work.alpha_lr, pw, ph, &mut work.alpha_hr, bands);
         }
         if networks {
             Self::pack_fx(work, cfg, output, with_alpha, bands, corrected);
         } else {
             let alpha = with_alpha.then_some(&work.alpha_hr[..]);
-            pixels::pack_planar(&work.acc, pw * s, ph * s, lo, hi, alpha, output);
+            pixels::pack_planar_bands(&work.acc, pw * s, ph * s, lo, hi, alpha, output, bands);
             work.fx_complete = false;
             work.last_out_key = None;
         }

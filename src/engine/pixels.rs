@@ -207,6 +207,24 @@ pub fn pack_planar(rgb: &[f32], pw: usize, ph: usize, lo: f32, hi: f32, alpha: O
     pack_region(rgb, pw, ph, all, alpha, out, |v| to_u8((v - lo) * k));
 }
 
+/// [`pack_planar`] in `bands` bands of rows in parallel ([`in_bands`]).
+#[allow(clippy::too_many_arguments)]
+pub fn pack_planar_bands(
+    rgb: &[f32],
+    pw: usize,
+    ph: usize,
+    lo: f32,
+    hi: f32,
+    alpha: Option<&[f32]>,
+    out: &mut ImageMut,
+    bands: usize,
+) {
+    in_bands(out, bands, |y0, img| {
+        // the planes and alpha seen from row y0 (plane offsets stay those of the frame)
+        pack_planar(&rgb[y0 * pw..], pw, ph, lo, hi, alpha.map(|a| &a[y0 * pw..]), img);
+    });
+}
+
 /// Writes three rows of bytes (`bytes`: r, then g, then b) into the pixels of `row`, `B` bytes
 /// per pixel, at the colour offsets `offs`.
 fn interleave<const B: usize>(row: &mut [u8], bytes: &[u8], offs: [usize; 3]) {
