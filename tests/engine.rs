@@ -1246,8 +1246,9 @@ fn half_precision_keeps_the_interface_and_computes_in_float16() {
 #[test]
 fn half_precision_keeps_float_where_onnx_needs_it_and_refuses_what_it_cannot_write() {
     // A graph with the float sources the rewrite must handle: a Constant given as value_float,
-    // a Cast to float inside the graph (both become float16, else they would meet float16
-    // operands) and Resize's scales (which must stay float). Values exact in float16, so the
+    // a Cast to float inside the graph and a ConstantOfShape without a value (all become
+    // float16, else they would meet float16 operands) and Resize's scales (which must stay
+    // float). Values exact in float16, so the
     // rewritten graph gives the same numbers.
     use gstclasssr::onnx::half::half_precision;
     use gstclasssr::onnx::proto::{attribute_proto::AttributeType, AttributeProto, GraphProto, ModelProto};
@@ -1263,6 +1264,10 @@ fn half_precision_keeps_float_where_onnx_needs_it_and_refuses_what_it_cannot_wri
         let y = g.op("Cast", &[&y], &[("to", Attr::Int(1))]);
         let w = g.weight("w", &[1], &[weight]);
         let y = g.op("Add", &[&y, &w], &[]);
+        // float zeros from a ConstantOfShape without a value
+        let one = g.int64s("one", &[1]);
+        let zeros = g.op("ConstantOfShape", &[&one], &[]);
+        let y = g.op("Add", &[&y, &zeros], &[]);
         g.output("y", &y, &[Dim::Fixed(1), Dim::Fixed(1), Dim::Fixed(4), Dim::Fixed(4)]);
         g.finish("half test", &[])
     };
@@ -1325,7 +1330,14 @@ fn bicubic_frames_are_the_same_on_one_core_and_shared_out() {
     let mut three = Engine::new(Model::load(&set, &SessionConfig { threads: 3, ..CPU }).unwrap());
     let img = picture(200, 150, 9);
     for layout in [PixelLayout::Rgb, PixelLayout::Rgba] {
-        let (data, stride) = pack(&img, layout, 0);
+        let (mut data, stride) = pack(&img, layout, 0);
+        // an alpha that changes along both axes, so a band reading another band's rows shows
+        if let Some(a) = layout.alpha_offset() {
+            for (i, px) in data.chunks_exact_mut(4).enumerate() {
+                let (x, y) = (i % 200, i / 200);
+                px[a] = ((x * 7 + y * 13) % 256) as u8;
+            }
+        }
         let input = Image {
             data: &data,
             width: 200,

@@ -994,10 +994,14 @@ impl VideoFilterImpl for ClassSr {
         let (Some(in_layout), Some(out_layout)) = (state.in_layout, state.out_layout) else {
             return Err(gst::FlowError::NotNegotiated);
         };
-        (cfg.tile, cfg.overlap) = self.tiling(state, &cfg).map_err(|e| {
-            self.post_error(&e);
-            gst::FlowError::Error
-        })?;
+        (cfg.tile, cfg.overlap) = match self.tiling(state, &cfg) {
+            Ok(tiling) => tiling,
+            Err(e) => {
+                drop(guard);
+                self.post_error(&e);
+                return Err(gst::FlowError::Error);
+            }
+        };
         let input = Image {
             data: inframe.plane_data(0).map_err(|_| gst::FlowError::Error)?,
             width: inframe.width() as usize,
@@ -1059,6 +1063,8 @@ impl VideoFilterImpl for ClassSr {
                 // bad frame or setting fails the usual path as well.
                 Err(e @ (Error::Runtime(_) | Error::Model(_))) if auto => {
                     gst::warning!(CAT, imp = self, "frame-graphs failed, using the usual path: {e}");
+                    // (after a panic they may still be there)
+                    state.engine.drop_graphs();
                     state.graphs_failed = Some(e.to_string());
                     fell_back = Some(e);
                     catch_unwind(AssertUnwindSafe(|| state.engine.process(&cfg, &input, &mut output)))
@@ -1094,8 +1100,11 @@ impl VideoFilterImpl for ClassSr {
             }
             Err(e) => {
                 // A failed run may leave buffers half-written. The engine resets itself after
-                // an error it returns; after a panic it could not, so reset here too.
+                // an error it returns; after a panic it could not, so reset here too (and
+                // drop the frame graphs, which a panic leaves in place).
                 state.engine.reset();
+                state.engine.drop_graphs();
+                drop(guard);
                 self.post_error(&e);
                 Err(gst::FlowError::Error)
             }

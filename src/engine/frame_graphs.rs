@@ -121,9 +121,15 @@ impl Engine {
     ) -> Result<FrameStats, Error> {
         let made = self.run_graphs(cfg, input, output);
         if made.is_err() {
-            self.graphs = None;
+            self.drop_graphs();
         }
         made
+    }
+
+    /// Drops the frame graphs' sessions (and the device memory they hold): after a failure
+    /// (a panic too), or when the frames go another way. They are made again when needed.
+    pub fn drop_graphs(&mut self) {
+        self.graphs = None;
     }
 
     fn run_graphs(&mut self, cfg: &FrameConfig, input: &Image, output: &mut ImageMut) -> Result<FrameStats, Error> {

@@ -319,11 +319,11 @@ fn load_branches<'g>(
         fixed_tile |= check_names(session, &info.input, &info.output, &what(&info.file), m.tile_size).map_err(fp16)?;
         let shape = dry_run_shape(session, &info.output, m.value_range[0], t, &what(&info.file)).map_err(fp16)?;
         if shape != want {
-            return Err(Error::Model(format!(
+            return Err(fp16(Error::Model(format!(
                 "{} returns shape {shape:?} for {DRY_RUN_TILES} tiles of {t}x{t} but the manifest says scale {} (expected {want:?})",
                 what(&info.file),
                 m.scale,
-            )));
+            ))));
         }
     }
     Ok((branches, graphs, fixed_tile))

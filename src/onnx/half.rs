@@ -152,6 +152,17 @@ pub fn half_precision(bytes: &[u8]) -> Result<Vec<u8>, String> {
         }
         match n.op_type.as_deref() {
             Some("Constant" | "ConstantOfShape") => {
+                // (ConstantOfShape without a value makes float zeros)
+                if n.op_type.as_deref() == Some("ConstantOfShape")
+                    && !n.attribute.iter().any(|a| a.name.as_deref() == Some("value"))
+                {
+                    n.attribute.push(AttributeProto {
+                        name: Some("value".into()),
+                        r#type: Some(AttributeType::Tensor as i32),
+                        t: to_half(&float_tensor("value", vec![1], &[0.0]))?,
+                        ..Default::default()
+                    });
+                }
                 for a in n.attribute.iter_mut() {
                     let values = match a.name.as_deref() {
                         Some("value_float") => a.f.map(|f| (vec![], vec![f])),
