@@ -342,7 +342,7 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("precision", ClassSrPrecision::default())
                     .nick("Precision")
-                    .blurb("Arithmetic of the branches: fp32, or fp16 (float16 weights and activations, for the tensor cores of a GPU with device=cuda; on the CPU it runs through casts, slower). The classifier always runs in float")
+                    .blurb("Arithmetic of the branches: fp32, or fp16 (float16 weights and activations, for the tensor cores of a GPU with device=cuda; on the CPU ONNX Runtime runs it through casts). The classifier always runs in float")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("active-device")
