@@ -205,6 +205,12 @@ impl Default for ClassSr {
     }
 }
 
+/// Runs `work`, a panic in it becoming an error saying that `what` panicked (the element and
+/// its streaming thread go on).
+fn guarded<T>(what: &str, work: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|_| Err(Error::Runtime(format!("{what} panicked"))))
+}
+
 fn layout_of(format: gst_video::VideoFormat) -> Option<PixelLayout> {
     use gst_video::VideoFormat as F;
     Some(match format {
@@ -242,11 +248,10 @@ impl ClassSr {
 
     /// Loads the model of `settings` and makes the streaming state (see `start`).
     fn start_with(&self, settings: Settings) -> Result<(), gst::ErrorMessage> {
-        let loaded = catch_unwind(AssertUnwindSafe(|| {
+        let loaded = guarded("loading the model", || {
             let set = ModelSet::load(&settings.model)?;
             Model::load(&set, &settings.session_config())
-        }))
-        .unwrap_or_else(|_| Err(Error::Runtime("loading the model panicked".into())));
+        });
         let model = loaded.map_err(|e| Self::error_message(&e))?;
         if let Some(why) = &model.fallback {
             gst::warning!(CAT, imp = self, "device=auto falls back to CPU: {why}");
@@ -1049,32 +1054,25 @@ impl VideoFilterImpl for ClassSr {
                     false
                 }
             };
-        let panicked = |_| Err(Error::Runtime("frame processing panicked".into()));
-        let mut fell_back = None;
-        let result = if graphs {
-            let made = catch_unwind(AssertUnwindSafe(|| {
+        let mut made = graphs.then(|| {
+            guarded("frame processing", || {
                 state.engine.process_graphs(&cfg, &input, &mut output)
-            }))
-            .unwrap_or_else(panicked);
-            match made {
-                // chosen by auto, the graphs failing to run (a graph the provider cannot run,
-                // no device memory for them) is no reason to stop: the usual path makes the
-                // frame, and the next ones until the caps change or the element restarts. A
-                // bad frame or setting fails the usual path as well.
-                Err(e @ (Error::Runtime(_) | Error::Model(_))) if auto => {
-                    gst::warning!(CAT, imp = self, "frame-graphs failed, using the usual path: {e}");
-                    // (after a panic they may still be there)
-                    state.engine.drop_graphs();
-                    state.graphs_failed = Some(e.to_string());
-                    fell_back = Some(e);
-                    catch_unwind(AssertUnwindSafe(|| state.engine.process(&cfg, &input, &mut output)))
-                        .unwrap_or_else(panicked)
-                }
-                made => made,
-            }
-        } else {
-            catch_unwind(AssertUnwindSafe(|| state.engine.process(&cfg, &input, &mut output))).unwrap_or_else(panicked)
-        };
+            })
+        });
+        // Chosen by auto, the graphs failing to run (a graph the provider cannot run, no
+        // device memory for them) is no reason to stop: the usual path makes the frame, and
+        // the next ones until the caps change or the element restarts. A bad frame or setting
+        // fails the usual path as well.
+        let fell_back = made.take_if(|r| auto && matches!(r, Err(Error::Runtime(_) | Error::Model(_))));
+        let fell_back = fell_back.and_then(Result::err);
+        if let Some(e) = &fell_back {
+            gst::warning!(CAT, imp = self, "frame-graphs failed, using the usual path: {e}");
+            // (after a panic they may still be there)
+            state.engine.drop_graphs();
+            state.graphs_failed = Some(e.to_string());
+        }
+        let result =
+            made.unwrap_or_else(|| guarded("frame processing", || state.engine.process(&cfg, &input, &mut output)));
         match result {
             Ok(stats) => {
                 state.frames += 1;

@@ -277,18 +277,6 @@ fn load_branches<'g>(
 ) -> Result<LoadedBranches<'g>, Error> {
     let m = &set.manifest;
     let what = |file: &str| format!("{} ({})", file, set.origin);
-    let mut graphs: Vec<Cow<[u8]>> = graphs.map(|g| runtime::rewritten(g, cfg.device)).collect();
-    if cfg.precision == Precision::Fp16 {
-        for (g, info) in graphs.iter_mut().zip(&m.branches) {
-            let half = half_precision(g).map_err(|e| {
-                Error::Model(format!(
-                    "{} cannot run in float16 (precision=fp16): {e}",
-                    what(&info.file)
-                ))
-            })?;
-            *g = Cow::Owned(half);
-        }
-    }
     // errors of graphs rewritten to float16 say so (the graph as written may be fine)
     let fp16 = |e: Error| {
         if cfg.precision != Precision::Fp16 {
@@ -303,6 +291,18 @@ fn load_branches<'g>(
             e => e,
         }
     };
+    let mut graphs: Vec<Cow<[u8]>> = graphs.map(|g| runtime::rewritten(g, cfg.device)).collect();
+    if cfg.precision == Precision::Fp16 {
+        for (g, info) in graphs.iter_mut().zip(&m.branches) {
+            let half = half_precision(g).map_err(|e| {
+                fp16(Error::Model(format!(
+                    "{} cannot be rewritten to float16: {e}",
+                    what(&info.file)
+                )))
+            })?;
+            *g = Cow::Owned(half);
+        }
+    }
     let mut branches = Vec::with_capacity(3);
     for (info, bytes) in m.branches.iter().zip(&graphs) {
         branches.push(

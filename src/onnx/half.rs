@@ -69,6 +69,16 @@ fn to_half(t: &TensorProto) -> Result<Option<TensorProto>, String> {
     }))
 }
 
+/// The `value` attribute of a Constant or ConstantOfShape: `values` of shape `dims` in float16.
+fn half_value(dims: Vec<i64>, values: &[f32]) -> Result<AttributeProto, String> {
+    Ok(AttributeProto {
+        name: Some("value".into()),
+        r#type: Some(AttributeType::Tensor as i32),
+        t: to_half(&float_tensor("value", dims, values))?,
+        ..Default::default()
+    })
+}
+
 /// Operator inputs that stay float whatever the graph computes in: (operator, input index).
 const FLOAT_ONLY: [(&str, usize); 3] = [("Resize", 1), ("Resize", 2), ("Upsample", 1)];
 
@@ -156,12 +166,7 @@ pub fn half_precision(bytes: &[u8]) -> Result<Vec<u8>, String> {
                 if n.op_type.as_deref() == Some("ConstantOfShape")
                     && !n.attribute.iter().any(|a| a.name.as_deref() == Some("value"))
                 {
-                    n.attribute.push(AttributeProto {
-                        name: Some("value".into()),
-                        r#type: Some(AttributeType::Tensor as i32),
-                        t: to_half(&float_tensor("value", vec![1], &[0.0]))?,
-                        ..Default::default()
-                    });
+                    n.attribute.push(half_value(vec![1], &[0.0])?);
                 }
                 for a in n.attribute.iter_mut() {
                     let values = match a.name.as_deref() {
@@ -170,12 +175,7 @@ pub fn half_precision(bytes: &[u8]) -> Result<Vec<u8>, String> {
                         _ => None,
                     };
                     if let Some((dims, values)) = values {
-                        *a = AttributeProto {
-                            name: Some("value".into()),
-                            r#type: Some(AttributeType::Tensor as i32),
-                            t: to_half(&float_tensor("value", dims, &values))?,
-                            ..Default::default()
-                        };
+                        *a = half_value(dims, &values)?;
                     } else if let Some(h) = a.t.as_ref().map(to_half).transpose()?.flatten() {
                         a.t = Some(h);
                     }
