@@ -1,5 +1,6 @@
 // Benchmarks through the real element (used by scripts/bench.sh to write BENCHMARKS.md):
 // fps of cache off/class/full on a static-camera clip with each run's PSNR against cache=off,
+// cache=class against cache=off frame by frame (two elements, each frame pushed to both),
 // fps of classsr/original/bicubic on the clip, on videotestsrc and on photographs (--photos), and branch tiles/s batched
 // against one tile per ONNX Runtime call (the official test code's way). The clip is decoded
 // and scaled once to raw RGB first, so the decoder's time is not counted as the element's.
@@ -116,6 +117,114 @@ fn psnr(a: &[Vec<u8>], b: &[Vec<u8>]) -> f64 {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
+}
+
+/// Frame-by-frame timings of two `classsr` elements, cache=off and cache=class.
+struct Paired {
+    /// Seconds per frame: [off, class].
+    secs: Vec<[f64; 2]>,
+    /// Class-cache hits and tiles of the class element.
+    hits: (u64, u64),
+}
+
+impl Paired {
+    fn row(&self, w: u32, h: u32) -> String {
+        let n = self.secs.len();
+        let total = |s: &[[f64; 2]]| {
+            let (off, class) = s.iter().fold((0.0, 0.0), |(a, b), p| (a + p[0], b + p[1]));
+            off / class
+        };
+        // 95 % interval of the total ratio: frames drawn with replacement (a fixed LCG, so the
+        // interval is the same for the same timings)
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut draws: Vec<f64> = (0..2000)
+            .map(|_| {
+                let sample: Vec<[f64; 2]> = (0..n)
+                    .map(|_| {
+                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                        self.secs[((seed >> 33) as usize) % n]
+                    })
+                    .collect();
+                total(&sample)
+            })
+            .collect();
+        draws.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let mut per: Vec<f64> = self.secs.iter().map(|p| p[0] / p[1]).collect();
+        per.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let faster = per.iter().filter(|&&r| r > 1.0).count();
+        let ms = |k: usize| median(self.secs.iter().map(|p| p[k] * 1e3).collect());
+        format!(
+            "| {w}x{h} | {n} | {:.0}% | {faster} ({:.0}%) | {:.4} | {:.4} – {:.4} | {:.4} ({:.4}, {:.4}) | {:.2} / {:.2} |",
+            100.0 * self.hits.0 as f64 / self.hits.1.max(1) as f64,
+            100.0 * faster as f64 / n as f64,
+            total(&self.secs),
+            draws[draws.len() * 25 / 1000],
+            draws[draws.len() * 975 / 1000],
+            per[n / 2],
+            per[n / 4],
+            per[3 * n / 4],
+            ms(0),
+            ms(1),
+        )
+    }
+}
+
+/// Pushes each RGB frame of `frames` (`w`x`h`, one after the other) through a cache=off and a
+/// cache=class element in turn (which goes first alternates from frame to frame) and times
+/// each push to its output buffer; `rounds` times, with new elements each round, leaving out
+/// each round's first frame.
+fn paired_frames(frames: &[u8], (w, h): (usize, usize), model: &str, rounds: usize) -> Result<Paired, String> {
+    let caps = format!("video/x-raw,format=RGB,width={w},height={h},framerate=25/1");
+    let mut secs = Vec::new();
+    let mut hits = (0u64, 0u64);
+    for round in 0..rounds {
+        let mut elements = Vec::new();
+        for cache in ["off", "class"] {
+            let mut b = gst::ElementFactory::make("classsr")
+                .property_from_str("device", "cpu")
+                .property_from_str("cache", cache)
+                .property_from_str("stats", "true");
+            if !model.is_empty() {
+                b = b.property_from_str("model", model);
+            }
+            let element = b.build().map_err(|e| e.to_string())?;
+            let bus = gst::Bus::new();
+            element.set_bus(Some(&bus));
+            let mut harness = gst_check::Harness::with_element(&element, Some("sink"), Some("src"));
+            harness.set_src_caps_str(&caps);
+            elements.push((harness, bus));
+        }
+        for (k, frame) in frames.chunks_exact(w * h * 3).enumerate() {
+            let mut t = [0.0; 2];
+            let first = (k + round) % 2;
+            for e in [first, 1 - first] {
+                let harness = &mut elements[e].0;
+                let buffer = gst::Buffer::from_slice(frame.to_vec());
+                let started = Instant::now();
+                harness.push(buffer).map_err(|e| format!("push: {e:?}"))?;
+                harness.pull().map_err(|e| format!("pull: {e}"))?;
+                t[e] = started.elapsed().as_secs_f64();
+            }
+            if k > 0 {
+                secs.push(t);
+            }
+        }
+        while let Some(m) = elements[1].1.pop_filtered(&[gst::MessageType::Element]) {
+            if let Some(st) = m.structure().filter(|s| s.name() == "classsr-stats") {
+                hits.0 += st.get::<u32>("class-cache-hits").unwrap_or(0) as u64;
+                hits.1 += st.get::<u32>("tiles").unwrap_or(0) as u64;
+            }
+        }
+        for (harness, _) in &elements {
+            if let Some(e) = harness.element() {
+                let _ = e.set_state(gst::State::Null);
+            }
+        }
+    }
+    if secs.is_empty() {
+        return Err("no frames to pair: the clip has one frame".into());
+    }
+    Ok(Paired { secs, hits })
 }
 
 /// Sizes the clip is scaled to (192x144 gives the 768x576 output).
@@ -267,46 +376,27 @@ fn main() -> Result<(), String> {
         }
     }
     // cache=class against cache=off: what class skips (the classifier on unchanged tiles) is
-    // a few % of a frame, within the noise of a few rounds, so many short pairs of runs
-    let pairs = 4 * reps;
+    // a small part of a frame, within the noise of whole runs on a shared machine, so the two
+    // are compared frame by frame (see `paired_frames`)
     let (w, h) = CLIP_SIZES[0];
-    let mut ratios = Vec::new();
-    for pair in 0..pairs {
-        let mut fps = [0.0; 2];
-        // off first in even pairs, class first in odd ones
-        for k in [pair % 2, 1 - pair % 2] {
-            let cache = ["off", "class"][k];
-            let desc = format!(
-                "{} ! classsr {model_prop} device=cpu cache={cache} ! appsink name=s sync=false",
-                clip_src(w, h)
-            );
-            let out = run(&desc, false)?;
-            fps[k] = out.frames.len() as f64 / out.seconds;
-        }
-        ratios.push(fps[1] / fps[0]);
-    }
-    ratios.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let faster = ratios.iter().filter(|&&r| r > 1.0).count();
-    println!("\n### cache=class against cache=off\n");
+    let frames_rgb = std::fs::read(&raw[&(w, h)]).map_err(|e| e.to_string())?;
+    let rounds = 2 * reps;
+    let paired = paired_frames(&frames_rgb, (w as usize, h as usize), &model, rounds)?;
+    let set = gstclasssr::manifest::ModelSet::load(&model).map_err(|e| e.to_string())?;
+    let of_o = |macs: u64| 100.0 * macs as f64 / set.manifest.branches[2].macs_per_tile as f64;
+    println!("\n### cache=class against cache=off, frame by frame\n");
     println!(
-        "`cache=class` reuses the class of a tile that did not change and leaves it out of the classifier's batch: the classifier costs a few % of a frame, within the noise of the rounds above. So {pairs} pairs of runs at {w}x{h} (one of each, in turn first), and each pair's fps ratio (class over off):\n"
+        "`cache=class` reuses the class of a tile that did not change and leaves it out of the classifier's batch; its output is the same as cache=off's (PSNR \"identical\" above). The classifier is a small part of a frame's work ({:.1} % of the MACs of -O per tile against {:.0} % for branch1, plus a cost per run that does not depend on the tiles), so whole runs, as above, cannot tell the two apart on this machine. Here each frame of the clip at {w}x{h} goes through two elements in the same process, one with cache=off and one with cache=class (gst_check Harness, device=cpu, stats=true on both), in turn, the first of the two alternating from frame to frame; each push is timed to its output buffer. {rounds} rounds of the {frames} frames, each round with new elements, without each round's first frame (every tile is computed). Time ratio: the total time of cache=off over that of cache=class (above 1: class faster), with a 95 % interval from 2000 bootstrap resamplings of the frames; per frame: the same ratio frame by frame.\n",
+        of_o(set.manifest.classifier.macs_per_tile),
+        of_o(set.manifest.branches[0].macs_per_tile)
     );
-    println!("| pairs | class faster in | ratio: median | lowest / quartiles / highest |");
-    println!("|---|---|---|---|");
-    let q = |f: f64| ratios[((ratios.len() - 1) as f64 * f).round() as usize];
-    println!(
-        "| {pairs} | {faster} | {:.3} | {:.3} / {:.3}, {:.3} / {:.3} |",
-        median(ratios.clone()),
-        q(0.0),
-        q(0.25),
-        q(0.75),
-        q(1.0)
-    );
+    println!("| input | frames paired | class-cache hits | class faster in | time ratio off / class | 95 % interval | per frame: median (quartiles) | ms per frame: off / class (medians) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!("{}", paired.row(w, h));
     if cache_only {
         let _ = std::fs::remove_dir_all(&tmp);
         return Ok(());
     }
-    let set = gstclasssr::manifest::ModelSet::load(&model).map_err(|e| e.to_string())?;
     // the any-time knob three QoS steps towards the cheaper branches (see the bias table)
     let bias = -3.0 * set.manifest.qos_step();
     println!("\n## Modes (cache off)\n");

@@ -4,6 +4,8 @@
 # `classsr eval` on the held-out photographs. Not a test: numbers depend on the machine.
 #   bash scripts/bench.sh [--frames N] [--reps R] [--model DIR]
 #   BIASES="-1 0 1" bash scripts/bench.sh     # the bias values of the bias table
+#   bash scripts/bench.sh --cache-only ...    # reruns only the per-tile cache section and
+#                                             # puts it in place of the one in BENCHMARKS.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SKIP_BUILD=1 bash scripts/setup.sh >/dev/null
@@ -14,10 +16,33 @@ args=("$@")
 model_arg=()
 for ((i = 0; i < ${#args[@]}; i++)); do
   if [ "${args[$i]}" = "--model" ]; then
-    [ $((i + 1)) -lt ${#args[@]} ] || { echo "usage: bash scripts/bench.sh [--frames N] [--reps R] [--model DIR]" >&2; exit 2; }
+    [ $((i + 1)) -lt ${#args[@]} ] || { echo "usage: bash scripts/bench.sh [--frames N] [--reps R] [--model DIR] [--cache-only]" >&2; exit 2; }
     model_arg=(--model "${args[$((i + 1))]}")
   fi
 done
+machine="$(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GB RAM"
+if [[ " ${args[*]} " == *" --cache-only "* ]]; then
+  [ -f BENCHMARKS.md ] || { echo "--cache-only replaces a section of BENCHMARKS.md: run bash scripts/bench.sh first" >&2; exit 2; }
+  out=$(mktemp)
+  ./target/release/examples/bench "$clip" "${args[@]}" > "$out"
+  # the new section, headed by where it comes from, in place of the old one (up to the next
+  # top-level section)
+  python3 - "$out" "bash scripts/bench.sh ${args[*]}" "$(date -u +%Y-%m-%d)" "$machine" <<'PY'
+import re, sys
+new = open(sys.argv[1]).read().rstrip("\n").split("\n")
+head, body = new[0], new[1:]
+note = ["", "*This section alone was rerun by `%s` on %s (%s): its numbers are not comparable with the rest of the file's, only with each other.*" % (sys.argv[2], sys.argv[3], sys.argv[4])]
+doc = open("BENCHMARKS.md").read()
+m = re.search(r"^## Per-tile cache.*?(?=^## (?!#))", doc, flags=re.S | re.M)
+if not m:
+    sys.exit("BENCHMARKS.md has no per-tile cache section to replace")
+doc = doc[:m.start()] + "\n".join([head] + note + body) + "\n\n" + doc[m.end():]
+open("BENCHMARKS.md", "w").write(doc)
+PY
+  rm -f "$out"
+  echo "replaced the per-tile cache section of BENCHMARKS.md"
+  exit 0
+fi
 eval_json() { ./target/release/classsr eval --hr data/val --device cpu "${model_arg[@]}" --json "$@"; }
 model=$(eval_json --modes bicubic | python3 -c '
 import json, sys
@@ -81,7 +106,7 @@ print("| %s | %.0f%% / %.0f%% / %.0f%% | %.1f | %.3f |" % (sys.argv[1], 100*s[0]
   echo
   echo "Produced by \`bash scripts/bench.sh ${args[*]}\` on $(date -u +%Y-%m-%d)."
   echo
-  echo "* machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(free -g | awk '/Mem:/{print $2}') GB RAM; every run on the CPU (device=cpu)"
+  echo "* machine: $machine; every run on the CPU (device=cpu)"
   echo "* ONNX Runtime 1.31.1 (CPU), GStreamer $(gst-launch-1.0 --version | head -1 | awk '{print $NF}'), release build"
   echo "* model: $model"
   echo "* The machine is shared and noisy: compare the ratios within one run, not absolute fps across runs."
