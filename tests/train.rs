@@ -628,9 +628,15 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
     assert!(work.join("classifier.done.ckpt").exists());
     let (ok, log) = run("stage3", &data.join("."), &["--force"]);
     assert!(ok, "{log}");
-    // stage1 does not put a new split under branches trained on the old one.
-    let (ok, log) = run("stage1", &small, &["--resume"]);
+    // stage1 does not put a new split under branches trained on the old one, nor build on a
+    // -O model trained on other data.
+    let (ok, log) = run("stage1", &data, &["--resume", "--global-split"]);
     assert!(!ok && log.contains("were trained on it"), "{log}");
+    let (ok, log) = run("stage1", &small, &["--resume"]);
+    assert!(
+        !ok && log.contains("step 'original' was trained on other data"),
+        "{log}"
+    );
     // `all` over an existing model is refused before any training.
     let (ok, log) = run("all", &data, &[]);
     assert!(
@@ -663,6 +669,24 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
     let model = root.join("model").display().to_string();
     let (ok, log) = run("export", &data, &["--work", &model]);
     assert!(!ok && log.contains("--work must not be --out"), "{log}");
+    // A finished -O model is not built on with other data: as if stage1 had been stopped
+    // right after it (no split, no branches yet), then run again on other images.
+    make_images(&root.join("other"), 2, 200, 9);
+    for entry in std::fs::read_dir(&work).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if (name.ends_with(".ckpt") && name != "original.done.ckpt") || name == "split.json" {
+            std::fs::remove_file(&path).unwrap();
+        }
+    }
+    let (ok, log) = run("stage1", &root.join("other"), &["--resume"]);
+    assert!(
+        !ok && log.contains("step 'original' was trained on other data") && log.contains("`stage1 --force`"),
+        "{log}"
+    );
+    assert!(!work.join("split.json").exists(), "no split of the other images");
+    let (ok, log) = run("stage1", &data, &["--resume"]);
+    assert!(ok && log.contains("original: finished earlier, reusing it"), "{log}");
 }
 
 #[test]

@@ -108,6 +108,59 @@ fn positions(len: usize, size: usize, stride: usize) -> Vec<usize> {
     p
 }
 
+/// Bytes the HR/LR pairs of images of `sizes` take at the scale factors `aug` (×`scale` LR),
+/// after the shrink to [`MAX_SIDE`].
+pub fn memory_needed(sizes: &[(usize, usize)], scale: usize, aug: &[f64]) -> u64 {
+    let lr = 1.0 + 1.0 / (scale * scale) as f64;
+    let bytes: f64 = sizes
+        .iter()
+        .map(|&(w, h)| {
+            let k = (MAX_SIDE as f64 / w.max(h) as f64).min(1.0);
+            let area = w as f64 * k * h as f64 * k;
+            aug.iter().map(|s| area * s * s * 3.0 * lr).sum::<f64>()
+        })
+        .sum();
+    bytes as u64
+}
+
+/// The memory available to this process now (Linux: MemAvailable), if known.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuses data whose pairs (see [`memory_needed`]) would not fit in `available` bytes,
+/// naming what would.
+pub fn check_memory(
+    sizes: &[(usize, usize)],
+    scale: usize,
+    aug: &[f64],
+    available: Option<u64>,
+    dir: &Path,
+) -> Result<(), String> {
+    let need = memory_needed(sizes, scale, aug);
+    match available {
+        Some(have) if need > have => {
+            let gb = |b: u64| b as f64 / (1u64 << 30) as f64;
+            let one = memory_needed(sizes, scale, &[1.0]);
+            Err(format!(
+                "the training data in '{}' would take about {:.1} GB in memory ({} images at the {} scales of --aug \
+                 {aug:?}, each kept with its LR), more than the {:.1} GB available: use fewer scales (--aug 1.0 \
+                 takes {:.1} GB) or fewer or smaller images",
+                dir.display(),
+                gb(need),
+                sizes.len(),
+                aug.len(),
+                gb(have),
+                gb(one)
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 impl Dataset {
     /// Loads `dir` with the given augmentation scales. Unreadable, corrupt or too-small images
     /// are skipped and reported through `warn`; no usable image at all is an error.
@@ -116,6 +169,15 @@ impl Dataset {
         if files.is_empty() {
             return Err(format!("data folder '{}' has no PNG or JPEG images", dir.display()));
         }
+        // Every scale of every image is kept in memory: a folder too big for it is refused now,
+        // not killed for want of memory after minutes of loading (sizes from the files' headers;
+        // one that cannot be read is skipped below with its reason).
+        let sizes: Vec<(usize, usize)> = files
+            .iter()
+            .filter_map(|f| image::image_dimensions(f).ok())
+            .map(|(w, h)| (w as usize, h as usize))
+            .collect();
+        check_memory(&sizes, scale, aug, available_memory(), dir)?;
         let hr_size = LR_SIZE * scale;
         let lr_stride = (HR_STRIDE / scale).max(1);
         let mut ds = Dataset {
@@ -254,5 +316,36 @@ impl Dataset {
             );
         }
         (lr, hr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_too_big_for_memory_is_refused_with_what_would_fit() {
+        // a 2040x1356 photograph (DIV2K's size) at the five official scales, x4: HR + LR
+        let div2k = [(2040, 1356)];
+        let need = memory_needed(&div2k, 4, &AUG_SCALES);
+        let area = 2040.0 * 1356.0 * 3.0 * (1.0 + 1.0 / 16.0);
+        let sum_sq: f64 = AUG_SCALES.iter().map(|s| s * s).sum();
+        assert!((need as f64 - area * sum_sq).abs() < 10.0, "{need}");
+        // larger photographs are counted after the shrink to MAX_SIDE
+        assert_eq!(
+            memory_needed(&[(2 * MAX_SIDE, MAX_SIDE)], 4, &[1.0]),
+            memory_needed(&[(MAX_SIDE, MAX_SIDE / 2)], 4, &[1.0])
+        );
+        // 800 of them do not fit in 16 GB; with --aug 1.0 they would
+        let set = vec![div2k[0]; 800];
+        let dir = Path::new("DIV2K_train_HR");
+        let e = check_memory(&set, 4, &AUG_SCALES, Some(16 << 30), dir).unwrap_err();
+        assert!(
+            e.contains("DIV2K_train_HR") && e.contains("--aug 1.0 takes 6.6 GB"),
+            "{e}"
+        );
+        assert!(check_memory(&set, 4, &[1.0], Some(16 << 30), dir).is_ok());
+        // unknown memory: no check
+        assert!(check_memory(&set, 4, &AUG_SCALES, None, dir).is_ok());
     }
 }

@@ -235,6 +235,8 @@ pub struct Trainer<B: AutodiffBackend> {
     val_ids: Vec<usize>,
     /// The training images' byte sizes (recorded in checkpoints; set with the data).
     data_files: serde_json::Value,
+    /// Finished steps this run reuses without the data loaded, checked against it once it is.
+    reused: Vec<String>,
     log: TrainLog,
     started: Instant,
     /// Held while this run uses the work folder (see [`lock_work`]).
@@ -305,6 +307,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             device,
             train: None,
             data_files: serde_json::Value::Null,
+            reused: Vec::new(),
             val: None,
             val_ids: Vec::new(),
             log,
@@ -425,6 +428,27 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// An interrupted step resumes only with the options it started with.
+    /// Refuses to build on finished step `step` when it was trained on other data than this
+    /// run's (later steps would mix the two: a split of these images by a model of others).
+    fn check_data(&self, step: &str) -> Result<(), String> {
+        let meta = checkpoint::meta(&self.ckpt(step, true))?;
+        if self.other_data(&meta) {
+            return Err(format!(
+                "step '{step}' was trained on other data (other --data images or --aug) than this run's; run with \
+                 the data that made it, or redo it with `{} --force`",
+                stage_of(step)
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a checkpoint's `meta` records other training data than this run's (checkpoints
+    /// written before the data was recorded are not compared).
+    fn other_data(&self, meta: &serde_json::Value) -> bool {
+        let other = |key: &str, now: serde_json::Value| !meta[key].is_null() && meta[key] != now;
+        other("data", self.data_key()) || other("data_files", self.data_files.clone())
+    }
+
     fn check_resume(&self, step: &str, meta: &serde_json::Value, iters: usize) -> Result<(), String> {
         let own = self.run_options();
         let mut changed: Vec<String> = resume_keys(step)
@@ -441,9 +465,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         if let Some(was) = meta["iters"].as_u64().filter(|&n| n != iters as u64) {
             changed.push(format!("iterations {was} (now {iters})"));
         }
-        // (checkpoints written before the data was recorded are not compared)
-        let other = |key: &str, now: serde_json::Value| !meta[key].is_null() && meta[key] != now;
-        if other("data", self.data_key()) || other("data_files", self.data_files.clone()) {
+        if self.other_data(meta) {
             changed.push("the training data (other --data images or --aug)".to_string());
         }
         if changed.is_empty() {
@@ -542,6 +564,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             .into();
         self.train = Some(train);
         self.val = Some(val);
+        // finished steps reused before the data was loaded were trained on it (or are refused)
+        for step in std::mem::take(&mut self.reused) {
+            self.check_data(&step)?;
+        }
         let scale = self.opts.scale;
         eprintln!(
             "val: bicubic x{scale} scores {:.2} dB on the validation crops",
@@ -683,6 +709,11 @@ impl<B: AutodiffBackend> Trainer<B> {
                      nothing for it; --force trains it again)"
                 ),
                 _ => eprintln!("{step}: finished earlier, reusing it"),
+            }
+            if self.train.is_some() {
+                self.check_data(step)?;
+            } else {
+                self.reused.push(step.to_string());
             }
             return self.finished(step, archs);
         }
