@@ -450,6 +450,36 @@ fn full_cache_updates_only_changed_tiles_and_stays_exact() {
     }
 }
 
+#[test]
+fn full_cache_follows_cache_off_again_after_a_qos_step() {
+    // A QoS step (qos_bias) keeps the cache: a still picture made while QoS sent every tile to
+    // branch1 keeps those outputs only while the routing still picks branch1. Once QoS
+    // recovers, the tiles its logits send to a costlier branch are made again, and cache=full
+    // (threshold 0) gives cache=off's frames byte for byte again.
+    let img = picture(200, 120, 5);
+    let cfg = FrameConfig {
+        bias: 4.0,
+        ..FrameConfig::default()
+    };
+    let late = FrameConfig { qos_bias: -40.0, ..cfg };
+    let frames = [(&img, late), (&img, cfg), (&img, cfg)];
+    let stats = full_cache_against_off(&frames);
+    let n: usize = stats[0].tiles.iter().sum();
+    assert_eq!(stats[0].tiles[0], n, "the late frame sends every tile to branch1");
+    let costlier = n - stats[1].tiles[0];
+    assert!(
+        costlier > 0,
+        "on time, some tiles go to costlier branches: {:?}",
+        stats[1].tiles
+    );
+    assert_eq!(
+        stats[1].full_cache_hits,
+        n - costlier,
+        "those are made again, the rest reused"
+    );
+    assert_eq!(stats[2].full_cache_hits, n, "then every tile is reused");
+}
+
 /// A 12x12 patch moving across a still 200x120 picture, 6 frames.
 fn moving_patch() -> Vec<Rgba> {
     let base = picture(200, 120, 9);

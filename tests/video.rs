@@ -838,8 +838,9 @@ fn qos_steps_keep_the_cache_and_reroute_cached_tiles() {
     assert_eq!(u(&st[1], "class-cache-hits"), u(&st[1], "tiles"), "{:?}", st[1]);
     assert_eq!(u(&st[1], "tiles-class3"), 4, "{:?}", st[1]);
     // cache=full from level 4 back to 0: the bicubic stand-ins (strips 0-2) are redone by
-    // their branch at the restored bias, and the stats then count each reused tile by the
-    // branch that made its output (strip 3 keeps level 4's branch2 output).
+    // their branch at the restored bias, and so is strip 3, whose level-4 output came from
+    // branch2 while its logits pick branch3 again: then the frame is cache=off's, and the
+    // stats count each reused tile by the branch that made its output.
     let (mut h, bus) = start("full");
     for k in 1..=4 {
         assert!(h.push_upstream_event(late(gst::QOSType::Overflow, 33 * k)));
@@ -855,9 +856,11 @@ fn qos_steps_keep_the_cache_and_reroute_cached_tiles() {
     let st = stats(&bus);
     let classes = |s: &gst::Structure| [1, 2, 3].map(|c| u(s, &format!("tiles-class{c}")));
     assert_eq!(classes(&st[0]), [3, 1, 2], "level 4: {:?}", st[0]);
-    assert_eq!(u(&st[1], "full-cache-hits"), 3, "strips 3-5 keep their outputs");
+    assert_eq!(u(&st[1], "full-cache-hits"), 2, "strips 4-5 keep their outputs");
     assert_eq!(u(&st[2], "full-cache-hits"), u(&st[2], "tiles"));
-    assert_eq!(classes(&st[2]), [1, 1, 4], "{:?}", st[2]);
+    assert_eq!(classes(&st[2]), [1, 0, 5], "{:?}", st[2]);
+    let off = cache_off(&img, &[("model", model.as_str()), ("overlap", "0")]);
+    assert!(push(&mut h, &img) == off, "cache=off's frame");
 }
 
 /// `img` as a buffer at frame `n` of a 30 fps stream.
@@ -1093,4 +1096,20 @@ fn gap_buffers_stay_gaps_skip_the_networks_and_leave_the_cache_alone() {
     let (_, warnings) = stats_and_warnings(&bus);
     assert_eq!(warnings, 0);
     assert!(push(&mut h, &a) == first, "and the stream goes on");
+    // With alpha (and padding bytes) the black is opaque, as the element writes them.
+    for (format, full) in [(VideoFormat::Rgba, 3), (VideoFormat::Xrgb, 0)] {
+        let (mut h, _) = element(&[]);
+        h.set_src_caps_str(&caps_str(format, 96, 64));
+        let mut empty = gst::Buffer::new();
+        empty.get_mut().unwrap().set_flags(gst::BufferFlags::GAP);
+        h.push(empty).unwrap();
+        let out = h.pull().unwrap();
+        let map = out.map_readable().unwrap();
+        assert_eq!(map.len(), 96 * 4 * 64 * 4 * 4);
+        assert!(
+            map.chunks_exact(4)
+                .all(|px| (0..4).all(|k| px[k] == if k == full { 255 } else { 0 })),
+            "{format:?}: opaque black"
+        );
+    }
 }

@@ -16,8 +16,8 @@ use gst_video::subclass::prelude::*;
 use super::{caps, ClassSrCache, ClassSrDevice, ClassSrFrameGraphs, ClassSrMode, ClassSrPrecision};
 use crate::engine::tiling::{check_tiling, TILE_SIDES};
 use crate::engine::{
-    frame_graphs, size_bands, CacheMode, Engine, FrameConfig, FrameStats, Image, ImageMut, Mode, Model, PixelLayout,
-    MAX_SIDE, UHD,
+    frame_graphs, pixels, size_bands, CacheMode, Engine, FrameConfig, FrameStats, Image, ImageMut, Mode, Model,
+    PixelLayout, MAX_SIDE, UHD,
 };
 use crate::manifest::ModelSet;
 use crate::runtime::{ActiveDevice, DeviceRequest, Precision, SessionConfig};
@@ -699,13 +699,22 @@ impl BaseTransformImpl for ClassSr {
 
     fn transform(&self, inbuf: &gst::Buffer, outbuf: &mut gst::BufferRef) -> Result<gst::FlowSuccess, gst::FlowError> {
         // A GAP buffer may come without memory (or too little for a frame): there is nothing
-        // to map, so it comes out as a black frame (a GAP still) instead of the video base
-        // class's mapping error and an unwritten buffer.
+        // to map, so it comes out as an opaque black frame (a GAP still) instead of the video
+        // base class's mapping error and an unwritten buffer.
         if inbuf.flags().contains(gst::BufferFlags::GAP) {
-            let need = self.infos.lock().unwrap().as_ref().map(|(i, _)| i.size());
-            if need.is_some_and(|n| inbuf.size() < n) {
+            let infos = self.infos.lock().unwrap().clone();
+            if let Some((_, out)) = infos.filter(|(i, _)| inbuf.size() < i.size()) {
                 let mut map = outbuf.map_writable().map_err(|_| gst::FlowError::Error)?;
-                map.fill(0);
+                match layout_of(out.format()) {
+                    Some(layout) => pixels::fill_black(&mut ImageMut {
+                        data: &mut map,
+                        width: out.width() as usize,
+                        height: out.height() as usize,
+                        stride: out.stride()[0] as usize,
+                        layout,
+                    }),
+                    None => map.fill(0),
+                }
                 return Ok(gst::FlowSuccess::Ok);
             }
         }
@@ -866,9 +875,17 @@ impl ClassSr {
         level
     }
 
+    /// Posts the warning [`Self::tiling`] gave, if any (without the state lock held).
+    fn warn_tiling(&self, warning: Option<String>) {
+        if let Some(w) = warning {
+            gst::element_imp_warning!(self, gst::LibraryError::Settings, ("{}", w));
+        }
+    }
+
     /// The (tile-size, overlap) to make this frame with: the settings when they can tile a
-    /// frame, else (changed while playing) the last good pair, with a warning once.
-    fn tiling(&self, state: &mut State, cfg: &FrameConfig) -> Result<(usize, usize), Error> {
+    /// frame, else (changed while playing) the last good pair, with the text of a warning to
+    /// post (once per refused pair).
+    fn tiling(&self, state: &mut State, cfg: &FrameConfig) -> Result<((usize, usize), Option<String>), Error> {
         let tile = cfg.for_model(&state.engine.model().manifest).tile;
         let want = (tile, cfg.overlap);
         // (a model whose graphs take one tile size only takes that one)
@@ -888,26 +905,18 @@ impl ClassSr {
         match (usable, state.tiling) {
             (Ok(()), _) => {
                 state.refused_tiling = None;
-                Ok(want)
+                Ok((want, None))
             }
             (Err(e), None) => Err(Error::Settings(e)),
             (Err(e), Some(last)) => {
-                if state.refused_tiling != Some(want) {
+                let warning = (state.refused_tiling != Some(want)).then(|| {
                     state.refused_tiling = Some(want);
-                    gst::element_imp_warning!(
-                        self,
-                        gst::LibraryError::Settings,
-                        (
-                            "Ignoring tile-size {} with overlap {}: {}; keeping {} and {}",
-                            want.0,
-                            want.1,
-                            e,
-                            last.0,
-                            last.1
-                        )
-                    );
-                }
-                Ok(last)
+                    format!(
+                        "Ignoring tile-size {} with overlap {}: {e}; keeping {} and {}",
+                        want.0, want.1, last.0, last.1
+                    )
+                });
+                Ok((last, warning))
             }
         }
     }
@@ -928,6 +937,8 @@ impl VideoFilterImpl for ClassSr {
         let (w, h) = (in_info.width() as usize, in_info.height() as usize);
         // (and the output of a model of another scale than 4: before its buffers are made)
         if let Err(e) = Engine::check_frame_size(w, h, state.engine.scale()) {
+            // (messages are posted without the state lock: a bus handler may call back)
+            drop(guard);
             if !self.size_error_posted.swap(true, Ordering::SeqCst) {
                 self.post_error(&e);
             }
@@ -941,6 +952,7 @@ impl VideoFilterImpl for ClassSr {
                 out_info.width(),
                 out_info.height()
             ));
+            drop(guard);
             self.post_error(&e);
             return Err(gst::loggable_error!(CAT, "{}", e));
         }
@@ -948,8 +960,10 @@ impl VideoFilterImpl for ClassSr {
         state.out_layout = layout_of(out_info.format());
         *self.infos.lock().unwrap() = Some((in_info.clone(), out_info.clone()));
         // A new geometry is re-tiled on the next frame, and the frame graphs are tried again
-        // (with auto, after a failure: it may have been this size's).
+        // (with auto, after a failure: it may have been this size's). The old size's graphs
+        // go now, so their device memory is free before the new ones are made.
         state.engine.reset();
+        state.engine.drop_graphs();
         state.graphs_failed = None;
         gst::info!(
             CAT,
@@ -999,7 +1013,9 @@ impl VideoFilterImpl for ClassSr {
         let (Some(in_layout), Some(out_layout)) = (state.in_layout, state.out_layout) else {
             return Err(gst::FlowError::NotNegotiated);
         };
-        (cfg.tile, cfg.overlap) = match self.tiling(state, &cfg) {
+        // (a warning that a new tiling is refused: posted once the state lock is let go)
+        let tiling_warning;
+        ((cfg.tile, cfg.overlap), tiling_warning) = match self.tiling(state, &cfg) {
             Ok(tiling) => tiling,
             Err(e) => {
                 drop(guard);
@@ -1054,6 +1070,11 @@ impl VideoFilterImpl for ClassSr {
                     false
                 }
             };
+        if !graphs && !gap {
+            // frames made the usual way (settings changed, frame-graphs=off): the graphs'
+            // sessions and the device memory they hold are let go (made again when needed)
+            state.engine.drop_graphs();
+        }
         let mut made = graphs.then(|| {
             guarded("frame processing", || {
                 state.engine.process_graphs(&cfg, &input, &mut output)
@@ -1081,6 +1102,7 @@ impl VideoFilterImpl for ClassSr {
                 let frame = state.frames;
                 // messages are posted without the state lock (a bus handler may call back)
                 drop(guard);
+                self.warn_tiling(tiling_warning);
                 if let Some(e) = fell_back {
                     gst::element_imp_warning!(
                         self,
@@ -1103,6 +1125,7 @@ impl VideoFilterImpl for ClassSr {
                 state.engine.reset();
                 state.engine.drop_graphs();
                 drop(guard);
+                self.warn_tiling(tiling_warning);
                 self.post_error(&e);
                 Err(gst::FlowError::Error)
             }

@@ -212,6 +212,12 @@ impl TileCache {
         self.hr_valid[i] = reusable;
     }
 
+    /// Marks tile `i`'s kept output as not to be reused (it stays, to be taken out of the
+    /// accumulator when the tile is made again).
+    pub fn drop_hr(&mut self, i: usize) {
+        self.hr_valid[i] = false;
+    }
+
     pub fn hr_of(&self, i: usize) -> &[f32] {
         &self.hr[i * self.out_item..(i + 1) * self.out_item]
     }

@@ -205,7 +205,8 @@ pub struct FrameStats {
     pub original_macs: u64,
     /// ONNX Runtime calls made for this frame.
     pub runs: usize,
-    /// Tiles whose class came from the cache (left out of the classifier batch).
+    /// Tiles found unchanged, whose class came from the cache (in the modes that route, they
+    /// are left out of the classifier batch; the fixed modes have no classifier to skip).
     pub class_cache_hits: usize,
     /// Tiles whose HR output came from the cache (no branch run).
     pub full_cache_hits: usize,
@@ -759,6 +760,16 @@ impl Engine {
         let bias = cfg.bias + cfg.qos_bias;
         for i in 0..n {
             if !work.fresh[i] {
+                // An output made by a cheaper branch than the tile's logits pick now was made
+                // under a QoS step since recovered from (a QoS step is not in the cache key):
+                // the tile is made again, so that cache=full follows cache=off once on time.
+                if full
+                    && fixed.is_none()
+                    && work.reuses_hr(i)
+                    && route(work.cache.logits(i), bias) > work.cache.classes[i]
+                {
+                    work.cache.drop_hr(i);
+                }
                 // A tile that keeps its output keeps the class that made it; the others are
                 // routed again from their logits (the bias may have moved by a QoS step).
                 work.class_of[i] = match fixed {

@@ -95,6 +95,19 @@ pub struct ImageMut<'a> {
     pub layout: PixelLayout,
 }
 
+/// Fills `img` with opaque black: colour bytes 0, alpha and padding bytes 255 (as the
+/// engine writes them).
+pub fn fill_black(img: &mut ImageMut) {
+    let bpp = img.layout.bytes_per_pixel();
+    img.data.fill(0);
+    if let Some(o) = img.layout.alpha_offset().or(img.layout.pad_offset()) {
+        for row in img.data.chunks_mut(img.stride).take(img.height) {
+            let len = (img.width * bpp).min(row.len());
+            row[..len].chunks_exact_mut(bpp).for_each(|px| px[o] = 255);
+        }
+    }
+}
+
 impl Image<'_> {
     /// Checks that `data` holds `height` rows of `stride` bytes with `width` pixels each.
     pub fn check(&self) -> Result<(), String> {
