@@ -275,6 +275,29 @@ fn a_mode_or_bias_change_mid_stream_invalidates_the_full_cache() {
             "{prop} {from} -> {to} changes the frame"
         );
     }
+    // Changes that leave every tile's output as it was keep the cache: `original` runs branch3
+    // as `branch3` does, and the bias routes nothing in a mode of one branch.
+    for (prop, to) in [("mode", "branch3"), ("bias", "1")] {
+        let props = [
+            ("cache", "full"),
+            ("cache-threshold", "0"),
+            ("cache-refresh", "0"),
+            ("mode", "original"),
+        ];
+        let (mut h, bus) = element(&props);
+        h.set_src_caps_str(&caps_str(VideoFormat::Rgb, 96, 64));
+        push(&mut h, &img);
+        h.element().unwrap().set_property_from_str(prop, to);
+        let got = push(&mut h, &img);
+        let st = stats(&bus);
+        assert_eq!(
+            u(&st[1], "full-cache-hits"),
+            u(&st[1], "tiles"),
+            "{prop} -> {to} keeps the cache"
+        );
+        let want = cache_off(&img, &[("mode", "original"), (prop, to)]);
+        assert!(got == want, "{prop} -> {to}: the frame equals cache=off's");
+    }
 }
 
 /// `img` with ±1 level on the colours of about one pixel in `every` (a change under a cache

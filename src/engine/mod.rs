@@ -102,13 +102,20 @@ impl Mode {
         }
     }
 
+    /// What the cache's results depend on in this mode: the routing modes share one key, and
+    /// `original` runs branch3 as `branch3` does.
     fn key(self) -> u8 {
         match self {
             Mode::ClassSR | Mode::ClassMap => 0,
-            Mode::Original => 1,
             Mode::Bicubic => 2,
+            Mode::Original => 5,
             Mode::Branch(b) => 3 + b.min(2) as u8,
         }
+    }
+
+    /// Whether the classifier's logits choose each tile's branch (and `bias` moves them).
+    fn routes(self) -> bool {
+        matches!(self, Mode::ClassSR | Mode::ClassMap)
     }
 }
 
@@ -720,7 +727,8 @@ impl Engine {
         }
         let key = (
             cfg.mode.key(),
-            cfg.bias.to_bits(),
+            // (the bias routes nothing in the other modes: changing it there keeps the cache)
+            if cfg.mode.routes() { cfg.bias.to_bits() } else { 0 },
             cfg.cache_correction,
             threshold == 0.0,
         );
