@@ -11,8 +11,10 @@
 #       onnxruntime-gpu library (ORT_DYLIB_PATH) installed.
 #   bash scripts/gpu-bench.sh run OUT [FRAMES]
 #       on the GPU host (carrying .gpu/): in OUT/gpu-bench.md, the card and driver, then
-#       1. where a frame's time goes with frame-graphs (medians of the stats' per-step times),
-#          and ONNX Runtime's per-operator profile of one run (scripts/ort_profile.py);
+#       1. where a frame's time goes with frame-graphs (medians of the stats' per-step times;
+#          one classsr run with the branches' PRelu as written, CLASSSR_PRELU=as-written, not
+#          in the Max form used on CUDA), and ONNX Runtime's per-operator profile of one run
+#          (scripts/ort_profile.py);
 #       2. the first frames of the clip on the GPU against the CPU's (8-bit levels, PSNR);
 #       3. fps of modes classsr / original / bicubic, with and without frame-graphs, and with
 #          precision=fp16, on videotestsrc and the clip. fps = (N − 10) / (time of an N-frame
@@ -127,12 +129,14 @@ card=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,nohe
   echo "| run | upload | classify | branch1 | branch2 | branch3 | merge | download | total | tiles per class |"
   echo "|---|---|---|---|---|---|---|---|---|---|"
 } >>"$out/gpu-bench.md"
-for c in ${STAGES:-classsr:fp32 original:fp32 classsr:fp16}; do
-  IFS=: read -r mode prec <<<"$c"
-  name="stages-$mode-$prec"
-  if GST_FLAGS=-m seconds clip 60 "$name" "fakesink sync=false" cache=off mode="$mode" frame-graphs=on \
-    precision="$prec" stats=true >/dev/null; then
-    python3 - "$logs/clip-$name-60.txt" "$mode $prec" >>"$out/gpu-bench.md" <<'PY' || echo "| $mode $prec | failed |" >>"$out/gpu-bench.md"
+# mode:precision[:PRelu form] (CLASSSR_PRELU: as-written, max, relu-sum; the usual form without)
+for c in ${STAGES:-classsr:fp32 original:fp32 classsr:fp16 classsr:fp32:as-written}; do
+  IFS=: read -r mode prec prelu <<<"$c"
+  name="stages-$mode-$prec${prelu:+-$prelu}"
+  label="$mode $prec${prelu:+ prelu=$prelu}"
+  if CLASSSR_PRELU="${prelu:-}" GST_FLAGS=-m seconds clip 60 "$name" "fakesink sync=false" cache=off mode="$mode" \
+    frame-graphs=on precision="$prec" stats=true >/dev/null; then
+    python3 - "$logs/clip-$name-60.txt" "$label" >>"$out/gpu-bench.md" <<'PY' || echo "| $label | failed |" >>"$out/gpu-bench.md"
 import re, statistics, sys
 keys = ["upload", "classify", "branch1", "branch2", "branch3", "merge", "download", "processing"]
 rows = []
@@ -151,7 +155,7 @@ tiles = [statistics.median(r[1][i] for r in rows) for i in range(3)] if all(len(
 print("| " + sys.argv[2] + " | " + " | ".join("%.2f" % med[k] for k in keys) + f" | {tiles} |")
 PY
   else
-    echo "| $mode $prec | failed |" >>"$out/gpu-bench.md"
+    echo "| $label | failed |" >>"$out/gpu-bench.md"
   fi
 done
 # ONNX Runtime's profiles (per operator, and where each ran) of one more, untimed run

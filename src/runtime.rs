@@ -178,11 +178,42 @@ pub fn cpu_blocked_layout() -> bool {
 /// several times is rewritten once.
 pub fn rewritten(bytes: &[u8], device: DeviceRequest) -> Cow<'_, [u8]> {
     use crate::onnx::rewrite::{prelu, PreluForm};
-    let form = match device {
+    let usual = match device {
         DeviceRequest::Cpu if cpu_blocked_layout() => PreluForm::ReluSum,
         _ => PreluForm::Max,
     };
-    prelu(bytes, form).map_or(Cow::Borrowed(bytes), Cow::Owned)
+    let chosen = std::env::var(PRELU_ENV).ok();
+    let form = prelu_form(chosen.as_deref(), usual).unwrap_or_else(|e| {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| eprintln!("warning: {e}"));
+        Some(usual)
+    });
+    match form {
+        Some(form) => prelu(bytes, form).map_or(Cow::Borrowed(bytes), Cow::Owned),
+        None => Cow::Borrowed(bytes),
+    }
+}
+
+/// Environment variable that chooses the form PRelu nodes run in, to compare them on a device
+/// (see [`prelu_form`]); unset, the device's usual form.
+pub const PRELU_ENV: &str = "CLASSSR_PRELU";
+
+/// The PRelu form [`PRELU_ENV`]'s value `chosen` asks for: `as-written` (None: no rewrite),
+/// `max`, `relu-sum`, or `usual` when unset or empty; another value is an error that names them.
+pub fn prelu_form(
+    chosen: Option<&str>,
+    usual: crate::onnx::rewrite::PreluForm,
+) -> Result<Option<crate::onnx::rewrite::PreluForm>, String> {
+    use crate::onnx::rewrite::PreluForm;
+    match chosen.unwrap_or("") {
+        "" => Ok(Some(usual)),
+        "as-written" => Ok(None),
+        "max" => Ok(Some(PreluForm::Max)),
+        "relu-sum" => Ok(Some(PreluForm::ReluSum)),
+        other => Err(format!(
+            "{PRELU_ENV}={other} is not as-written, max or relu-sum: PRelu runs in the device's usual form"
+        )),
+    }
 }
 
 fn commit_as_is(mut b: ort::session::builder::SessionBuilder, bytes: &[u8], what: &str) -> Result<Session, Error> {
@@ -258,5 +289,29 @@ pub fn session_as_is(
                 e.to_string().trim_end_matches('.')
             )))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::rewrite::PreluForm;
+
+    #[test]
+    fn the_prelu_form_is_chosen_by_name_and_a_wrong_name_is_named() {
+        let usual = PreluForm::ReluSum;
+        assert_eq!(prelu_form(None, usual), Ok(Some(usual)));
+        assert_eq!(prelu_form(Some(""), usual), Ok(Some(usual)));
+        assert_eq!(prelu_form(Some("as-written"), usual), Ok(None));
+        assert_eq!(prelu_form(Some("max"), usual), Ok(Some(PreluForm::Max)));
+        assert_eq!(
+            prelu_form(Some("relu-sum"), PreluForm::Max),
+            Ok(Some(PreluForm::ReluSum))
+        );
+        let e = prelu_form(Some("prelu"), usual).unwrap_err();
+        assert!(
+            e.contains("CLASSSR_PRELU=prelu") && e.contains("as-written, max or relu-sum"),
+            "{e}"
+        );
     }
 }
