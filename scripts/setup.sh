@@ -46,13 +46,27 @@ if ! python3 -c "import numpy" 2>/dev/null; then
     || { need_root "installing python3-numpy"; $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-numpy; }
 fi
 
+# the wheel of this machine's architecture (and its ELF machine number, to tell a library
+# installed for another one, e.g. a copied /usr/local, which is then replaced)
+case "$(uname -m)" in
+  x86_64 | amd64) arch=x86_64 elf_machine=62 ;;
+  aarch64 | arm64) arch=aarch64 elf_machine=183 ;;
+  *)
+    echo "error: PyPI has no onnxruntime wheel for $(uname -m): build ONNX Runtime $ORT_VERSION for it and point ORT_DYLIB_PATH at its libonnxruntime.so" >&2
+    exit 1
+    ;;
+esac
 lib="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
-if [ ! -f "$lib" ]; then
-  echo ">> fetching onnxruntime==$ORT_VERSION from PyPI"
+elf_of() { python3 -c 'import sys; print(int.from_bytes(open(sys.argv[1], "rb").read(20)[18:20], "little"))' "$1" 2>/dev/null || echo 0; }
+if [ -f "$lib" ] && [ "$(elf_of "$lib")" != "$elf_machine" ]; then
+  echo ">> $lib is not built for $arch: fetching the $arch one"
+fi
+if [ ! -f "$lib" ] || [ "$(elf_of "$lib")" != "$elf_machine" ]; then
+  echo ">> fetching onnxruntime==$ORT_VERSION ($arch) from PyPI"
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.11 \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform "manylinux_2_28_$arch" --platform "manylinux_2_27_$arch" --platform "manylinux_2_17_$arch" \
     "onnxruntime==$ORT_VERSION" -d "$tmp"
   (cd "$tmp" && python3 -m zipfile -e onnxruntime-*.whl x)
   # (sudo only where this user cannot write, e.g. not for ORT_DIR=$HOME/...)

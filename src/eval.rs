@@ -37,7 +37,7 @@ impl EvalImage {
                 img.height()
             )));
         }
-        Engine::check_size(w / scale, h / scale)
+        Engine::check_frame_size(w / scale, h / scale, scale)
             .map_err(|e| Error::Input(format!("'{}': its x1/{scale} LR version: {e}", path.display())))?;
         let raw = img.into_raw();
         let mut hr = Vec::with_capacity(w * h * 3);

@@ -128,6 +128,9 @@ impl Manifest {
                     g.file
                 ));
             }
+            if g.file == "manifest.json" {
+                return bad("a graph file cannot be named manifest.json, the manifest's own name".to_string());
+            }
         }
         Ok(())
     }

@@ -258,6 +258,12 @@ fn graphs_the_engine_cannot_feed_are_reported_at_load() {
             "\"macs_per_tile\": 18446744073709551615",
             "MACs per",
         ),
+        // (a graph named as the manifest would be overwritten by it when the model is saved)
+        (
+            "\"file\": \"branch1.onnx\"",
+            "\"file\": \"manifest.json\"",
+            "named manifest.json",
+        ),
     ] {
         let dir = copy_ka("bad-numbers");
         let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();

@@ -207,6 +207,7 @@ fn embedded_default_is_trained_and_sharper_than_bicubic() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["provenance"], "trained", "{doc}");
+    assert_eq!(doc["device"], "cpu", "where it ran is said: {doc}");
     let psnr = |k: usize| doc["results"][k]["psnr"].as_f64().unwrap();
     let (bicubic, original, classsr, branch2) = (psnr(0), psnr(1), psnr(2), psnr(3));
     println!("bicubic {bicubic:.3}, original {original:.3}, classsr {classsr:.3}, branch2 {branch2:.3} dB");

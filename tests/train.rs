@@ -595,6 +595,15 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
     // A batch that would fill the machine's memory is refused up front.
     let (ok, log) = run("stage1", &data, &["--batch", "100000"]);
     assert!(!ok && log.contains("--batch 100000: at most 256"), "{log}");
+    // Validation images that are also training images are said (allowed: a smoke test may).
+    let same = root.join("same").display().to_string();
+    let mut args = vec!["prepare"];
+    args.extend(io_args(&data, &data, &same));
+    let (ok, log) = train_cmd(&args);
+    assert!(
+        ok && log.contains("--val: 2 of its 2 images are also training images"),
+        "{log}"
+    );
     // Each stage on its own, no --resume needed for the next one.
     for stage in ["stage1", "stage2", "stage3"] {
         let (ok, log) = run(stage, &data, &[]);
@@ -628,15 +637,12 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
     assert!(work.join("classifier.done.ckpt").exists());
     let (ok, log) = run("stage3", &data.join("."), &["--force"]);
     assert!(ok, "{log}");
-    // stage1 does not put a new split under branches trained on the old one, nor build on a
-    // -O model trained on other data.
+    // stage1 does not put a new split under branches trained on the old one; data that cannot
+    // be split is refused before anything runs, also beside a split of other data.
     let (ok, log) = run("stage1", &data, &["--resume", "--global-split"]);
     assert!(!ok && log.contains("were trained on it"), "{log}");
     let (ok, log) = run("stage1", &small, &["--resume"]);
-    assert!(
-        !ok && log.contains("step 'original' was trained on other data"),
-        "{log}"
-    );
+    assert!(!ok && log.contains("leaves class"), "{log}");
     // `all` over an existing model is refused before any training.
     let (ok, log) = run("all", &data, &[]);
     assert!(

@@ -231,7 +231,9 @@ fn eval(a: &Args) -> Result<String, String> {
         return Err(format!("no usable PNG/JPEG images in '{}'", a.hr));
     }
     let model = Model::load(&set, &a.session).map_err(|e| e.to_string())?;
+    note_fallback(&model);
     let manifest = model.manifest.clone();
+    let device = model.device;
     let mut engine = Engine::new(model);
     if let Some(d) = &save_dir {
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create '{}': {e}", d.display()))?;
@@ -299,13 +301,13 @@ fn eval(a: &Args) -> Result<String, String> {
             .collect();
         let doc = serde_json::json!({
             "model": set.origin, "family": manifest.family, "provenance": manifest.provenance.kind,
-            "qos_bias_step": manifest.qos_step(),
+            "device": device.to_string(), "qos_bias_step": manifest.qos_step(),
             "images": images.iter().map(|i| i.name.clone()).collect::<Vec<_>>(), "results": v,
         });
         return Ok(serde_json::to_string_pretty(&doc).expect("json"));
     }
     let mut t = format!(
-        "{} images of {}, model {} ({}, {}); PSNR on RGB and SSIM on Y, {scale}-pixel border shaved\n\n",
+        "{} images of {}, model {} ({}, {}) on {device}; PSNR on RGB and SSIM on Y, {scale}-pixel border shaved\n\n",
         images.len(),
         a.hr,
         set.origin,
@@ -390,9 +392,7 @@ fn upscale(a: &Args) -> Result<String, String> {
     let set = ModelSet::load(&a.model).map_err(|e| e.to_string())?;
     Engine::check_output(w, h, set.manifest.scale as usize).map_err(|e| format!("{}: {e}", a.input))?;
     let model = Model::load(&set, &a.session).map_err(|e| e.to_string())?;
-    if model.fallback.is_some() {
-        eprintln!("note: no CUDA here, running on the CPU (--device cuda says why, --device cpu skips the check)");
-    }
+    note_fallback(&model);
     let device = model.device;
     let mut engine = Engine::new(model);
     let s = engine.scale();
@@ -536,5 +536,13 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Says when `--device auto` fell back to the CPU, and why (no CUDA here, or a GPU that could
+/// not take the model).
+fn note_fallback(model: &Model) {
+    if let Some(why) = &model.fallback {
+        eprintln!("note: running on the CPU, not CUDA: {why} (--device cpu skips the check)");
     }
 }

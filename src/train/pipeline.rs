@@ -352,9 +352,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.datasets()?;
         if matches!(cmd, "stage1" | "all") {
             self.check_init_from()?;
-            // (a split already made is kept, unless --force redoes stage 1)
+            // (a split already made of this data is kept, unless --force redoes stage 1; one of
+            // other data will be made again, so this data must split too)
             let redo = self.opts.force && !self.opts.resume;
-            if redo || !self.opts.work.join("split.json").exists() {
+            if redo || self.read_split().is_err() {
                 self.check_split_sizes()?;
             }
         }
@@ -541,6 +542,17 @@ impl<B: AutodiffBackend> Trainer<B> {
             .map_err(|e| format!("--data: {e}"))?;
         let val =
             Dataset::load(&self.opts.val, self.opts.scale, &[1.0], &mut warn).map_err(|e| format!("--val: {e}"))?;
+        // (validation on training images scores what the model saw: allowed, but said)
+        let canon = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        let trained: std::collections::HashSet<PathBuf> = train.images.iter().map(canon).collect();
+        let shared = val.images.iter().filter(|p| trained.contains(&canon(p))).count();
+        if shared > 0 {
+            warn(format!(
+                "--val: {shared} of its {} images are also training images (--data): their validation scores \
+                 are measured on images the model trains on",
+                val.images.len()
+            ));
+        }
         let stride = (val.subs.len() / VAL_CROPS).max(1);
         self.val_ids = (0..val.subs.len()).step_by(stride).take(VAL_CROPS).collect();
         eprintln!(
