@@ -66,6 +66,12 @@ pub fn read_image(path: &Path) -> Result<image::DynamicImage, String> {
 
 /// [`read_image`], and whether its EXIF orientation turned or flipped it.
 pub fn read_image_upright(path: &Path) -> Result<(image::DynamicImage, bool), String> {
+    read_image_with_profile(path).map(|(img, turned, _)| (img, turned))
+}
+
+/// [`read_image_upright`], with the image's colour profile (ICC), if it has one (a profile
+/// that cannot be read counts as none).
+pub fn read_image_with_profile(path: &Path) -> Result<(image::DynamicImage, bool, Option<Vec<u8>>), String> {
     let fail = |e: &dyn std::fmt::Display| format!("cannot read '{}': {e}", path.display());
     let mut decoder = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
@@ -75,9 +81,10 @@ pub fn read_image_upright(path: &Path) -> Result<(image::DynamicImage, bool), St
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let profile = decoder.icc_profile().ok().flatten();
     let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| fail(&e))?;
     img.apply_orientation(orientation);
-    Ok((img, orientation != image::metadata::Orientation::NoTransforms))
+    Ok((img, orientation != image::metadata::Orientation::NoTransforms, profile))
 }
 
 /// PSNR of identical images: a cap, so that one exactly reproduced image does not make a

@@ -409,6 +409,37 @@ fn upscale_reads_images_as_viewers_show_them_and_writes_where_it_can() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.join("-out.png").exists());
+    // The input's colour profile (ICC) goes with the upscaled pixels, into PNG and JPEG alike
+    // (a made-up profile: only its bytes are compared).
+    let icc: Vec<u8> = (0..300u32).map(|k| (k * 7 % 251) as u8).collect();
+    let mut png = Vec::new();
+    {
+        use image::ImageEncoder;
+        let mut enc = image::codecs::png::PngEncoder::new(&mut png);
+        enc.set_icc_profile(icc.clone()).unwrap();
+        let rgb: Vec<u8> = picture(40, 32, 7).px.iter().flat_map(|p| [p[0], p[1], p[2]]).collect();
+        enc.write_image(&rgb, 40, 32, image::ExtendedColorType::Rgb8).unwrap();
+    }
+    std::fs::write(dir.join("tagged.png"), png).unwrap();
+    let profile_of = |name: &str| {
+        use image::ImageDecoder;
+        let mut d = image::ImageReader::open(dir.join(name))
+            .unwrap()
+            .with_guessed_format()
+            .unwrap()
+            .into_decoder()
+            .unwrap();
+        d.icc_profile().unwrap()
+    };
+    assert_eq!(profile_of("tagged.png").as_ref(), Some(&icc));
+    for out in ["tagged-up.png", "tagged-up.jpg"] {
+        let (ok, err) = classsr(&["upscale", &p("tagged.png"), &p(out), "--model", ka]);
+        assert!(ok, "{err}");
+        assert_eq!(profile_of(out).as_ref(), Some(&icc), "{out}");
+    }
+    let (ok, err) = classsr(&["upscale", &p("png-inside.jpg"), &p("untagged.png"), "--model", ka]);
+    assert!(ok, "{err}");
+    assert_eq!(profile_of("untagged.png"), None, "no profile made up");
 }
 
 #[test]

@@ -379,7 +379,9 @@ fn upscale(a: &Args) -> Result<String, String> {
             out_path.join("out.png").display()
         ));
     }
-    let img = gstclasssr::eval::read_image(std::path::Path::new(&a.input))?;
+    // (the colour profile goes with the pixels: without it a wide-gamut photograph would be
+    // shown with other colours)
+    let (img, _, profile) = gstclasssr::eval::read_image_with_profile(std::path::Path::new(&a.input))?;
     let has_alpha = img.color().has_alpha();
     let (w, h) = (img.width() as usize, img.height() as usize);
     // before the model loads and the output (16 times larger) is allocated
@@ -427,12 +429,13 @@ fn upscale(a: &Args) -> Result<String, String> {
     }
     // encoded in memory first: a format that cannot take the image fails before any file
     let mut bytes = std::io::Cursor::new(Vec::new());
+    let profile = profile.as_deref();
     let encoded = if format == image::ImageFormat::Jpeg {
         // quality 95: the encoder's default (75) blurs away detail the upscale just made
         let jpeg = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, JPEG_QUALITY);
-        result.write_with_encoder(jpeg)
+        encode(&result, jpeg, profile)
     } else {
-        result.write_to(&mut bytes, format)
+        encode(&result, image::codecs::png::PngEncoder::new(&mut bytes), profile)
     };
     encoded.map_err(|e| format!("cannot write '{}' as {format:?}: {e}", a.output))?;
     write_bytes_atomically(out_path, bytes.get_ref()).map_err(|e| format!("cannot write '{}': {e}", a.output))?;
@@ -545,4 +548,18 @@ fn note_fallback(model: &Model) {
     if let Some(why) = &model.fallback {
         eprintln!("note: running on the CPU, not CUDA: {why} (--device cpu skips the check)");
     }
+}
+
+/// Encodes `img` with `encoder`, keeping the colour `profile` (ICC) of the input if it has one.
+fn encode(
+    img: &image::DynamicImage,
+    mut encoder: impl image::ImageEncoder,
+    profile: Option<&[u8]>,
+) -> image::ImageResult<()> {
+    if let Some(icc) = profile {
+        if encoder.set_icc_profile(icc.to_vec()).is_err() {
+            eprintln!("note: the output format cannot keep the input's colour profile");
+        }
+    }
+    img.write_with_encoder(encoder)
 }
