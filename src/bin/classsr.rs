@@ -546,7 +546,11 @@ fn main() -> ExitCode {
 /// not take the model).
 fn note_fallback(model: &Model) {
     if let Some(why) = &model.fallback {
-        eprintln!("note: running on the CPU, not CUDA: {why} (--device cpu skips the check)");
+        // (its first sentence: the rest, what CUDA needs, is for --device cuda to say)
+        let first = why.split(". ").next().unwrap_or(why);
+        eprintln!(
+            "note: running on the CPU, not CUDA: {first} (--device cuda says more, --device cpu skips the check)"
+        );
     }
 }
 
