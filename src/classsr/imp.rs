@@ -231,7 +231,8 @@ impl ClassSr {
     fn post_error(&self, e: &Error) {
         match e {
             Error::Model(m) => gst::element_imp_error!(self, gst::ResourceError::Settings, ("{}", m)),
-            Error::Runtime(m) => gst::element_imp_error!(self, gst::LibraryError::Init, ("{}", m)),
+            // (while streaming: ONNX Runtime failed a run; at start, `error_message` says Init)
+            Error::Runtime(m) => gst::element_imp_error!(self, gst::LibraryError::Failed, ("{}", m)),
             Error::Input(m) => gst::element_imp_error!(self, gst::StreamError::Format, ("{}", m)),
             Error::Settings(m) => gst::element_imp_error!(self, gst::LibraryError::Settings, ("{}", m)),
         }
