@@ -748,6 +748,28 @@ fn prelu_cpu_form_only_where_it_is_close() {
     assert!(want.iter().any(|v| *v < 0.0) && want.iter().any(|v| *v > 0.0));
     let diff = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(diff <= 1e-5, "{diff}");
+    // A name the rewrite would make that the graph already holds (here as unused
+    // initializers): that PRelu is left as it is, and the graph still loads and computes.
+    let mut clash = model.clone();
+    let g = clash.graph.as_mut().unwrap();
+    let extra = g.initializer[0].clone();
+    for name in [format!("{p0}.prelu_scaled"), format!("{p1}.relu")] {
+        g.initializer.push(gstclasssr::onnx::proto::TensorProto {
+            name: Some(name),
+            ..extra.clone()
+        });
+    }
+    let clash = clash.encode_to_vec();
+    let sum = prelu(&clash, PreluForm::ReluSum).expect("the one-slope PRelu to rewrite");
+    let graph = ModelProto::decode(&sum[..]).unwrap().graph.unwrap();
+    let count = |op: &str| graph.node.iter().filter(|n| n.op_type.as_deref() == Some(op)).count();
+    assert_eq!(
+        [count("PRelu"), count("Max"), count("Relu"), count("LeakyRelu")],
+        [3, 0, 0, 1]
+    );
+    let got = run(&sum);
+    let diff = want.iter().zip(&got).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff <= 1e-5, "{diff}");
 }
 
 #[test]

@@ -94,6 +94,16 @@ pub fn prelu(bytes: &[u8], form: PreluForm) -> Option<Vec<u8>> {
         })
         .map(|n| n.output[0].clone())
         .collect();
+    // every tensor name in the graph: a rewrite whose new names would meet one is not made
+    // (the node stays PRelu) rather than giving a graph ONNX Runtime refuses
+    let taken: HashSet<String> = graph
+        .node
+        .iter()
+        .flat_map(|n| n.input.iter().chain(&n.output).cloned())
+        .chain(graph.initializer.iter().filter_map(|t| t.name.clone()))
+        .chain(graph.input.iter().chain(&graph.output).filter_map(|v| v.name.clone()))
+        .collect();
+    let free = |names: &[&str]| names.iter().all(|n| !taken.contains(*n));
     let mut added: Vec<TensorProto> = Vec::new();
     let mut changed = false;
     let mut nodes = Vec::with_capacity(graph.node.len() + 16);
@@ -115,6 +125,19 @@ pub fn prelu(bytes: &[u8], form: PreluForm) -> Option<Vec<u8>> {
         let per_channel = matches!(dims.as_slice(), [c, 1, 1] if *c > 1)
             && nchw.contains(&x)
             && a.iter().all(|v| (-1.0..=1.0).contains(v));
+        let t = |suffix: &str| format!("{name}.{suffix}");
+        let new_names: Vec<String> = match form {
+            PreluForm::ReluSum if a.len() == 1 => Vec::new(),
+            PreluForm::ReluSum if per_channel => ["kept", "slope", "zeros", "ones", "relu", "kept_part", "slope_part"]
+                .iter()
+                .map(|s| t(s))
+                .collect(),
+            _ => vec![format!("{y}.prelu_scaled")],
+        };
+        if !free(&new_names.iter().map(String::as_str).collect::<Vec<_>>()) {
+            nodes.push(n);
+            continue;
+        }
         match form {
             PreluForm::ReluSum if a.len() == 1 => {
                 nodes.push(NodeProto {
@@ -124,7 +147,6 @@ pub fn prelu(bytes: &[u8], form: PreluForm) -> Option<Vec<u8>> {
             }
             PreluForm::ReluSum if per_channel => {
                 let c = a.len() as i64;
-                let t = |suffix: &str| format!("{name}.{suffix}");
                 let one_minus: Vec<f32> = a.iter().map(|v| 1.0 - v).collect();
                 added.push(float_tensor(&t("kept"), vec![c], &one_minus));
                 added.push(float_tensor(&t("slope"), vec![c], a));
