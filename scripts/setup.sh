@@ -57,11 +57,13 @@ case "$(uname -m)" in
     ;;
 esac
 lib="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
-elf_of() { python3 -c 'import sys; print(int.from_bytes(open(sys.argv[1], "rb").read(20)[18:20], "little"))' "$1" 2>/dev/null || echo 0; }
-if [ -f "$lib" ] && [ "$(elf_of "$lib")" != "$elf_machine" ]; then
-  echo ">> $lib is not built for $arch: fetching the $arch one"
+# the installed library's ELF machine number (none: not installed)
+have=none
+if [ -f "$lib" ]; then
+  have=$(python3 -c 'import sys; print(int.from_bytes(open(sys.argv[1], "rb").read(20)[18:20], "little"))' "$lib" 2>/dev/null || echo 0)
+  [ "$have" = "$elf_machine" ] || echo ">> $lib is not built for $arch: fetching the $arch one"
 fi
-if [ ! -f "$lib" ] || [ "$(elf_of "$lib")" != "$elf_machine" ]; then
+if [ "$have" != "$elf_machine" ]; then
   echo ">> fetching onnxruntime==$ORT_VERSION ($arch) from PyPI"
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT

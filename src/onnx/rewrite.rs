@@ -103,7 +103,6 @@ pub fn prelu(bytes: &[u8], form: PreluForm) -> Option<Vec<u8>> {
         .chain(graph.initializer.iter().filter_map(|t| t.name.clone()))
         .chain(graph.input.iter().chain(&graph.output).filter_map(|v| v.name.clone()))
         .collect();
-    let free = |names: &[&str]| names.iter().all(|n| !taken.contains(*n));
     let mut added: Vec<TensorProto> = Vec::new();
     let mut changed = false;
     let mut nodes = Vec::with_capacity(graph.node.len() + 16);
@@ -125,37 +124,28 @@ pub fn prelu(bytes: &[u8], form: PreluForm) -> Option<Vec<u8>> {
         let per_channel = matches!(dims.as_slice(), [c, 1, 1] if *c > 1)
             && nchw.contains(&x)
             && a.iter().all(|v| (-1.0..=1.0).contains(v));
-        let t = |suffix: &str| format!("{name}.{suffix}");
-        let new_names: Vec<String> = match form {
-            PreluForm::ReluSum if a.len() == 1 => Vec::new(),
-            PreluForm::ReluSum if per_channel => ["kept", "slope", "zeros", "ones", "relu", "kept_part", "slope_part"]
-                .iter()
-                .map(|s| t(s))
-                .collect(),
-            _ => vec![format!("{y}.prelu_scaled")],
-        };
-        if !free(&new_names.iter().map(String::as_str).collect::<Vec<_>>()) {
-            nodes.push(n);
-            continue;
-        }
+        // the nodes and constants that replace this PRelu
+        let mut new_nodes = Vec::new();
+        let mut new_consts = Vec::new();
         match form {
             PreluForm::ReluSum if a.len() == 1 => {
-                nodes.push(NodeProto {
+                new_nodes.push(NodeProto {
                     attribute: vec![attribute("alpha", &Attr::Float(a[0]))],
-                    ..node("LeakyRelu", format!("{name}.leaky"), vec![x], y)
+                    ..node("LeakyRelu", format!("{name}.leaky"), vec![x], y.clone())
                 });
             }
             PreluForm::ReluSum if per_channel => {
                 let c = a.len() as i64;
+                let t = |suffix: &str| format!("{name}.{suffix}");
                 let one_minus: Vec<f32> = a.iter().map(|v| 1.0 - v).collect();
-                added.push(float_tensor(&t("kept"), vec![c], &one_minus));
-                added.push(float_tensor(&t("slope"), vec![c], a));
-                added.push(float_tensor(&t("zeros"), vec![c], &vec![0.0; a.len()]));
-                added.push(float_tensor(&t("ones"), vec![c], &vec![1.0; a.len()]));
-                nodes.push(node("Relu", t("relu"), vec![x.clone()], t("relu")));
-                nodes.push(scale_by(&name, &t("relu"), t("kept"), t("kept_part")));
-                nodes.push(scale_by(&name, &x, t("slope"), t("slope_part")));
-                nodes.push(node("Add", t("sum"), vec![t("kept_part"), t("slope_part")], y));
+                new_consts.push(float_tensor(&t("kept"), vec![c], &one_minus));
+                new_consts.push(float_tensor(&t("slope"), vec![c], a));
+                new_consts.push(float_tensor(&t("zeros"), vec![c], &vec![0.0; a.len()]));
+                new_consts.push(float_tensor(&t("ones"), vec![c], &vec![1.0; a.len()]));
+                new_nodes.push(node("Relu", t("relu"), vec![x.clone()], t("relu")));
+                new_nodes.push(scale_by(&name, &t("relu"), t("kept"), t("kept_part")));
+                new_nodes.push(scale_by(&name, &x, t("slope"), t("slope_part")));
+                new_nodes.push(node("Add", t("sum"), vec![t("kept_part"), t("slope_part")], y.clone()));
             }
             _ => {
                 let op = if a.iter().all(|&v| v <= 1.0) {
@@ -168,15 +158,32 @@ pub fn prelu(bytes: &[u8], form: PreluForm) -> Option<Vec<u8>> {
                     continue;
                 };
                 let scaled = format!("{y}.prelu_scaled");
-                nodes.push(node(
+                new_nodes.push(node(
                     "Mul",
                     format!("{name}.mul"),
                     vec![x.clone(), n.input[1].clone()],
                     scaled.clone(),
                 ));
-                nodes.push(node(op, format!("{name}.{}", op.to_lowercase()), vec![x, scaled], y));
+                new_nodes.push(node(
+                    op,
+                    format!("{name}.{}", op.to_lowercase()),
+                    vec![x, scaled],
+                    y.clone(),
+                ));
             }
         }
+        // the tensors the rewrite adds (its last node writes the PRelu's own output)
+        let clash = new_consts
+            .iter()
+            .filter_map(|t| t.name.as_ref())
+            .chain(new_nodes.iter().flat_map(|m| &m.output).filter(|o| **o != y))
+            .any(|t| taken.contains(t));
+        if clash {
+            nodes.push(n);
+            continue;
+        }
+        nodes.extend(new_nodes);
+        added.extend(new_consts);
         changed = true;
     }
     graph.node = nodes;

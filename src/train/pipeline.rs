@@ -235,8 +235,6 @@ pub struct Trainer<B: AutodiffBackend> {
     val_ids: Vec<usize>,
     /// The training images' byte sizes (recorded in checkpoints; set with the data).
     data_files: serde_json::Value,
-    /// Finished steps this run reuses without the data loaded, checked against it once it is.
-    reused: Vec<String>,
     log: TrainLog,
     started: Instant,
     /// Held while this run uses the work folder (see [`lock_work`]).
@@ -307,7 +305,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             device,
             train: None,
             data_files: serde_json::Value::Null,
-            reused: Vec::new(),
             val: None,
             val_ids: Vec::new(),
             log,
@@ -428,7 +425,6 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(())
     }
 
-    /// An interrupted step resumes only with the options it started with.
     /// Refuses to build on finished step `step` when it was trained on other data than this
     /// run's (later steps would mix the two: a split of these images by a model of others).
     fn check_data(&self, step: &str) -> Result<(), String> {
@@ -450,6 +446,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         other("data", self.data_key()) || other("data_files", self.data_files.clone())
     }
 
+    /// An interrupted step resumes only with the options it started with.
     fn check_resume(&self, step: &str, meta: &serde_json::Value, iters: usize) -> Result<(), String> {
         let own = self.run_options();
         let mut changed: Vec<String> = resume_keys(step)
@@ -576,10 +573,6 @@ impl<B: AutodiffBackend> Trainer<B> {
             .into();
         self.train = Some(train);
         self.val = Some(val);
-        // finished steps reused before the data was loaded were trained on it (or are refused)
-        for step in std::mem::take(&mut self.reused) {
-            self.check_data(&step)?;
-        }
         let scale = self.opts.scale;
         eprintln!(
             "val: bicubic x{scale} scores {:.2} dB on the validation crops",
@@ -722,11 +715,8 @@ impl<B: AutodiffBackend> Trainer<B> {
                 ),
                 _ => eprintln!("{step}: finished earlier, reusing it"),
             }
-            if self.train.is_some() {
-                self.check_data(step)?;
-            } else {
-                self.reused.push(step.to_string());
-            }
+            self.datasets()?;
+            self.check_data(step)?;
             return self.finished(step, archs);
         }
         self.datasets()?;
