@@ -7,7 +7,7 @@
 // Runs are alternated and the median of several repetitions is reported, with ratios from the
 // same run.
 //
-//   cargo run --release --example bench -- CLIP [--frames N] [--reps R] [--model DIR] [--photos DIR] [--cache-only]
+//   cargo run --release --example bench -- CLIP [--frames N] [--reps R] [--model DIR] [--photos DIR] [--cache-only] [--paired-rounds N]
 
 use std::time::Instant;
 
@@ -134,38 +134,43 @@ impl Paired {
             let (off, class) = s.iter().fold((0.0, 0.0), |(a, b), p| (a + p[0], b + p[1]));
             off / class
         };
-        // 95 % interval of the total ratio: frames drawn with replacement (a fixed LCG, so the
-        // interval is the same for the same timings)
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut draws: Vec<f64> = (0..2000)
-            .map(|_| {
-                let sample: Vec<[f64; 2]> = (0..n)
-                    .map(|_| {
-                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                        self.secs[((seed >> 33) as usize) % n]
-                    })
-                    .collect();
-                total(&sample)
-            })
-            .collect();
-        draws.sort_by(|a, b| a.partial_cmp(b).unwrap());
         let mut per: Vec<f64> = self.secs.iter().map(|p| p[0] / p[1]).collect();
         per.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let median_per = |s: &[[f64; 2]]| median(s.iter().map(|p| p[0] / p[1]).collect());
+        let (lo, hi) = self.interval(total);
+        let (mlo, mhi) = self.interval(median_per);
         let faster = per.iter().filter(|&&r| r > 1.0).count();
         let ms = |k: usize| median(self.secs.iter().map(|p| p[k] * 1e3).collect());
         format!(
-            "| {w}x{h} | {n} | {:.0}% | {faster} ({:.0}%) | {:.4} | {:.4} – {:.4} | {:.4} ({:.4}, {:.4}) | {:.2} / {:.2} |",
+            "| {w}x{h} | {n} | {:.0}% | {faster} ({:.0}%) | {:.4} ({lo:.4} – {hi:.4}) | {:.4} ({mlo:.4} – {mhi:.4}) | {:.4}, {:.4} | {:.2} / {:.2} |",
             100.0 * self.hits.0 as f64 / self.hits.1.max(1) as f64,
             100.0 * faster as f64 / n as f64,
             total(&self.secs),
-            draws[draws.len() * 25 / 1000],
-            draws[draws.len() * 975 / 1000],
-            per[n / 2],
+            median_per(&self.secs),
             per[n / 4],
             per[3 * n / 4],
             ms(0),
             ms(1),
         )
+    }
+
+    /// 95 % interval of `stat` over the frames: 2000 resamplings of the frames with
+    /// replacement (a fixed LCG, so the interval is the same for the same timings).
+    fn interval(&self, stat: impl Fn(&[[f64; 2]]) -> f64) -> (f64, f64) {
+        let n = self.secs.len();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut sample = vec![[0.0; 2]; n];
+        let mut draws: Vec<f64> = (0..2000)
+            .map(|_| {
+                for s in sample.iter_mut() {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    *s = self.secs[((seed >> 33) as usize) % n];
+                }
+                stat(&sample)
+            })
+            .collect();
+        draws.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        (draws[draws.len() * 25 / 1000], draws[draws.len() * 975 / 1000])
     }
 }
 
@@ -236,7 +241,9 @@ fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let clip = args
         .first()
-        .ok_or("usage: bench CLIP [--frames N] [--reps R] [--model DIR] [--photos DIR] [--cache-only]")?
+        .ok_or(
+            "usage: bench CLIP [--frames N] [--reps R] [--model DIR] [--photos DIR] [--cache-only] [--paired-rounds N]",
+        )?
         .clone();
     let opt = |name: &str, default: &str| -> String {
         args.iter()
@@ -380,17 +387,19 @@ fn main() -> Result<(), String> {
     // are compared frame by frame (see `paired_frames`)
     let (w, h) = CLIP_SIZES[0];
     let frames_rgb = std::fs::read(&raw[&(w, h)]).map_err(|e| e.to_string())?;
-    let rounds = 2 * reps;
+    let rounds: usize = opt("--paired-rounds", &(2 * reps).to_string())
+        .parse()
+        .map_err(|_| "--paired-rounds")?;
     let paired = paired_frames(&frames_rgb, (w as usize, h as usize), &model, rounds)?;
     let set = gstclasssr::manifest::ModelSet::load(&model).map_err(|e| e.to_string())?;
     let of_o = |macs: u64| 100.0 * macs as f64 / set.manifest.branches[2].macs_per_tile as f64;
     println!("\n### cache=class against cache=off, frame by frame\n");
     println!(
-        "`cache=class` reuses the class of a tile that did not change and leaves it out of the classifier's batch; its output is the same as cache=off's (PSNR \"identical\" above). The classifier is a small part of a frame's work ({:.1} % of the MACs of -O per tile against {:.0} % for branch1, plus a cost per run that does not depend on the tiles), so whole runs, as above, cannot tell the two apart on this machine. Here each frame of the clip at {w}x{h} goes through two elements in the same process, one with cache=off and one with cache=class (gst_check Harness, device=cpu, stats=true on both), in turn, the first of the two alternating from frame to frame; each push is timed to its output buffer. {rounds} rounds of the {frames} frames, each round with new elements, without each round's first frame (every tile is computed). Time ratio: the total time of cache=off over that of cache=class (above 1: class faster), with a 95 % interval from 2000 bootstrap resamplings of the frames; per frame: the same ratio frame by frame.\n",
+        "`cache=class` reuses the class of a tile that did not change and leaves it out of the classifier's batch; its output is the same as cache=off's (PSNR \"identical\" above). The classifier is a small part of a frame's work ({:.1} % of the MACs of -O per tile against {:.0} % for branch1, plus a cost per run that does not depend on the tiles), so whole runs, as above, cannot tell the two apart on this machine. Here each frame of the clip at {w}x{h} goes through two elements in the same process, one with cache=off and one with cache=class (gst_check Harness, device=cpu, stats=true on both), in turn, the first of the two alternating from frame to frame; each push is timed to its output buffer. {rounds} rounds of the {frames} frames, each round with new elements, without each round's first frame (every tile is computed). Time ratio: the total time of cache=off over that of cache=class (above 1: class faster), and per frame: the median of the same ratio frame by frame (less swayed by the frames another process on the machine slowed down), each with its 95 % interval from 2000 bootstrap resamplings of the frames; quartiles of the ratio frame by frame.\n",
         of_o(set.manifest.classifier.macs_per_tile),
         of_o(set.manifest.branches[0].macs_per_tile)
     );
-    println!("| input | frames paired | class-cache hits | class faster in | time ratio off / class | 95 % interval | per frame: median (quartiles) | ms per frame: off / class (medians) |");
+    println!("| input | frames paired | class-cache hits | class faster in | time ratio off / class (95 % interval) | per frame: median ratio (95 % interval) | per frame: quartiles | ms per frame: off / class (medians) |");
     println!("|---|---|---|---|---|---|---|---|");
     println!("{}", paired.row(w, h));
     if cache_only {

@@ -2,7 +2,9 @@
 # Regenerates BENCHMARKS.md: machine, commands and results of the element benchmarks
 # (examples/bench.rs) on vtest.avi and videotestsrc, and the quality / bias tables of
 # `classsr eval` on the held-out photographs. Not a test: numbers depend on the machine.
-#   bash scripts/bench.sh [--frames N] [--reps R] [--model DIR]
+#   bash scripts/bench.sh [--frames N] [--reps R] [--model DIR] [--paired-rounds N]
+#                                             # (--paired-rounds: rounds of the cache=class
+#                                             # against cache=off pairs, 2 x reps unless set)
 #   BIASES="-1 0 1" bash scripts/bench.sh     # the bias values of the bias table
 #   bash scripts/bench.sh --cache-only ...    # reruns only the per-tile cache section and
 #                                             # puts it in place of the one in BENCHMARKS.md
@@ -16,7 +18,7 @@ args=("$@")
 model_arg=()
 for ((i = 0; i < ${#args[@]}; i++)); do
   if [ "${args[$i]}" = "--model" ]; then
-    [ $((i + 1)) -lt ${#args[@]} ] || { echo "usage: bash scripts/bench.sh [--frames N] [--reps R] [--model DIR] [--cache-only]" >&2; exit 2; }
+    [ $((i + 1)) -lt ${#args[@]} ] || { echo "usage: bash scripts/bench.sh [--frames N] [--reps R] [--model DIR] [--paired-rounds N] [--cache-only]" >&2; exit 2; }
     model_arg=(--model "${args[$((i + 1))]}")
   fi
 done

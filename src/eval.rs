@@ -72,19 +72,38 @@ pub fn read_image_upright(path: &Path) -> Result<(image::DynamicImage, bool), St
 /// [`read_image_upright`], with the image's colour profile (ICC), if it has one (a profile
 /// that cannot be read counts as none).
 pub fn read_image_with_profile(path: &Path) -> Result<(image::DynamicImage, bool, Option<Vec<u8>>), String> {
+    read_image_checked(path, |_, _| Ok(()))
+}
+
+/// [`read_image_with_profile`], with `check` called on the upright image's width and height
+/// before its pixels are decoded (a size the caller refuses costs no decoding and no memory).
+pub fn read_image_checked(
+    path: &Path,
+    check: impl FnOnce(u32, u32) -> Result<(), String>,
+) -> Result<(image::DynamicImage, bool, Option<Vec<u8>>), String> {
+    use image::metadata::Orientation;
+    use image::ImageDecoder;
     let fail = |e: &dyn std::fmt::Display| format!("cannot read '{}': {e}", path.display());
     let mut decoder = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| fail(&e))?
         .into_decoder()
         .map_err(|e| fail(&e))?;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let (w, h) = decoder.dimensions();
+    let turned = matches!(
+        orientation,
+        Orientation::Rotate90 | Orientation::Rotate270 | Orientation::Rotate90FlipH | Orientation::Rotate270FlipH
+    );
+    if turned {
+        check(h, w)?;
+    } else {
+        check(w, h)?;
+    }
     let profile = decoder.icc_profile().ok().flatten();
     let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| fail(&e))?;
     img.apply_orientation(orientation);
-    Ok((img, orientation != image::metadata::Orientation::NoTransforms, profile))
+    Ok((img, orientation != Orientation::NoTransforms, profile))
 }
 
 /// PSNR of identical images: a cap, so that one exactly reproduced image does not make a

@@ -277,6 +277,28 @@ fn the_command_line_never_loses_a_file_and_names_what_it_skips() {
     image::RgbImage::new(4100, 8).save(&wide).unwrap();
     let (ok, err) = classsr(&["upscale", wide.to_str().unwrap(), &p("w.png"), "--model", ka]);
     assert!(!ok && err.contains("4100x8 is too large"), "{err}");
+    // ... by the size in its header, before its pixels are decoded: a PNG whose header says
+    // 20000x20000 but whose pixel data is a 1x1 image's is refused for its size, not as a
+    // broken file (decoding would fail on the missing rows).
+    let mut png = Vec::new();
+    image::RgbImage::new(1, 1)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    // IHDR: length (4), "IHDR" (4), width (4), height (4), 5 more bytes, CRC (4)
+    assert_eq!(&png[12..16], b"IHDR");
+    png[16..20].copy_from_slice(&20000u32.to_be_bytes());
+    png[20..24].copy_from_slice(&20000u32.to_be_bytes());
+    let crc = crc32(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    let huge = hr.with_file_name("huge.png");
+    std::fs::write(&huge, &png).unwrap();
+    let (ok, err) = classsr(&["upscale", huge.to_str().unwrap(), &p("h.png"), "--model", ka]);
+    assert!(!ok && err.contains("20000x20000 is too large"), "{err}");
+    // An output name of 255 bytes (the most a file system takes) is written.
+    let long = format!("{}.png", "n".repeat(251));
+    let (ok, err) = classsr(&["upscale", &input, &p(&long), "--model", ka, "--device", "cpu"]);
+    assert!(ok, "{err}");
+    assert_eq!(image::open(dir.join(&long)).unwrap().width(), 160);
     // After `--`, -h is a file name, not a request for help.
     let (ok, err) = classsr(&["upscale", "--", "-h", &p("h.png")]);
     assert!(!ok && err.contains("-h") && !err.contains("usage"), "{err}");
@@ -503,4 +525,20 @@ fn precision_and_onnx_runtime_profiles_from_the_command_line() {
     assert!(summary.status.success(), "{}", String::from_utf8_lossy(&summary.stderr));
     assert!(text.contains("classifier: ") && text.contains("branch: "), "{text}");
     assert!(text.contains(" Conv ") && text.contains(" CPU "), "{text}");
+}
+
+/// CRC-32 (IEEE, as PNG's chunks use it).
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
 }

@@ -381,18 +381,20 @@ fn upscale(a: &Args) -> Result<String, String> {
     }
     // (the colour profile goes with the pixels: without it a wide-gamut photograph would be
     // shown with other colours)
-    let (img, _, profile) = gstclasssr::eval::read_image_with_profile(std::path::Path::new(&a.input))?;
+    let set = ModelSet::load(&a.model).map_err(|e| e.to_string())?;
+    // the size from the file's header, before the pixels are decoded, the model's sessions
+    // made and the output (16 times larger) allocated
+    let (img, _, profile) = gstclasssr::eval::read_image_checked(std::path::Path::new(&a.input), |w, h| {
+        Engine::check_frame_size(w as usize, h as usize, set.manifest.scale as usize)
+            .map_err(|e| format!("{}: {e}", a.input))
+    })?;
     let has_alpha = img.color().has_alpha();
     let (w, h) = (img.width() as usize, img.height() as usize);
-    // before the model loads and the output (16 times larger) is allocated
-    Engine::check_size(w, h).map_err(|e| format!("{}: {e}", a.input))?;
     let (data, layout) = if has_alpha {
         (img.to_rgba8().into_raw(), PixelLayout::Rgba)
     } else {
         (img.to_rgb8().into_raw(), PixelLayout::Rgb)
     };
-    let set = ModelSet::load(&a.model).map_err(|e| e.to_string())?;
-    Engine::check_output(w, h, set.manifest.scale as usize).map_err(|e| format!("{}: {e}", a.input))?;
     let model = Model::load(&set, &a.session).map_err(|e| e.to_string())?;
     note_fallback(&model);
     let device = model.device;
