@@ -82,7 +82,6 @@ pub fn read_image_checked(
     check: impl FnOnce(u32, u32) -> Result<(), String>,
 ) -> Result<(image::DynamicImage, bool, Option<Vec<u8>>), String> {
     use image::metadata::Orientation;
-    use image::ImageDecoder;
     let fail = |e: &dyn std::fmt::Display| format!("cannot read '{}': {e}", path.display());
     let mut decoder = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
