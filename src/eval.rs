@@ -83,11 +83,20 @@ pub fn read_image_checked(
 ) -> Result<(image::DynamicImage, bool, Option<Vec<u8>>), String> {
     use image::metadata::Orientation;
     let fail = |e: &dyn std::fmt::Display| format!("cannot read '{}': {e}", path.display());
-    let mut decoder = image::ImageReader::open(path)
+    let reader = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
-        .map_err(|e| fail(&e))?
-        .into_decoder()
         .map_err(|e| fail(&e))?;
+    // (the JPEG decoder fills what a cut-short file lacks with grey, without a word)
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        let bytes = std::fs::read(path).map_err(|e| fail(&e))?;
+        if !jpeg_complete(&bytes) {
+            return Err(fail(
+                &"the JPEG data ends before its end marker: the file was cut short (an interrupted download or copy?); \
+                  use the whole file",
+            ));
+        }
+    }
+    let mut decoder = reader.into_decoder().map_err(|e| fail(&e))?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let (w, h) = decoder.dimensions();
     let turned = matches!(
@@ -103,6 +112,56 @@ pub fn read_image_checked(
     let mut img = image::DynamicImage::from_decoder(decoder).map_err(|e| fail(&e))?;
     img.apply_orientation(orientation);
     Ok((img, orientation != Orientation::NoTransforms, profile))
+}
+
+/// Whether a JPEG file's markers lead to its end-of-image marker (EOI) within `data`: false
+/// for a file cut short. Segments are skipped by their lengths and entropy-coded data up to
+/// its next marker, so an embedded thumbnail's EOI (inside a segment) does not count.
+pub fn jpeg_complete(data: &[u8]) -> bool {
+    let n = data.len();
+    if !data.starts_with(&[0xff, 0xd8]) {
+        return false;
+    }
+    let mut i = 2;
+    let length = |i: usize| (i + 2 <= n).then(|| u16::from_be_bytes([data[i], data[i + 1]]) as usize);
+    loop {
+        // a marker: 0xff (and any fill bytes of 0xff), then its code
+        if i >= n || data[i] != 0xff {
+            return false;
+        }
+        while i < n && data[i] == 0xff {
+            i += 1;
+        }
+        if i >= n {
+            return false;
+        }
+        let code = data[i];
+        i += 1;
+        match code {
+            0xd9 => return true,
+            // markers without a segment
+            0x01 | 0xd0..=0xd7 => {}
+            _ => {
+                let Some(len) = length(i).filter(|&l| l >= 2) else {
+                    return false;
+                };
+                i += len;
+                if code == 0xda {
+                    // entropy-coded data: up to a 0xff that is not stuffing (0xff 0x00) or a
+                    // restart marker
+                    loop {
+                        if i + 1 >= n {
+                            return false;
+                        }
+                        if data[i] == 0xff && !matches!(data[i + 1], 0x00 | 0xd0..=0xd7) {
+                            break;
+                        }
+                        i += 1;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// PSNR of identical images: a cap, so that one exactly reproduced image does not make a

@@ -27,10 +27,28 @@ fn tmp_stem(name: &str) -> String {
     format!(".{}~{hash:016x}.", &name[..cut])
 }
 
+/// The file `path` names (through a symbolic link, the file it points to), the stem of its
+/// temporary files and this process's temporary file.
+fn temporary(path: &Path) -> (PathBuf, String, PathBuf) {
+    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = tmp_stem(&name);
+    let tmp = target.with_file_name(format!("{stem}{}.tmp", std::process::id()));
+    (target, stem, tmp)
+}
+
+/// How long a temporary file must have gone unchanged before it counts as left behind: a
+/// writer fills its file in one go, so a file this old is not being written.
+const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Removes the temporary files of `stem` (see [`tmp_stem`]) in `folder` that processes no
-/// longer running left behind (a crash, a kill), so they do not pile up over interrupted runs.
-/// Only where /proc tells which processes run (Linux); a file whose process is running (or may
-/// be: another PID namespace's files look like this one's) is left alone.
+/// longer running left behind (a crash, a kill), so they do not pile up over interrupted runs:
+/// those whose process is not running (in /proc; Linux only) and that have not changed for
+/// [`LEFTOVER_AGE`] (another PID namespace's writer, a container's on a shared folder, looks
+/// ended in /proc: its file is left alone while it is being written).
 fn remove_leftovers(folder: &Path, stem: &str) {
     if !Path::new("/proc/self").exists() {
         return;
@@ -48,7 +66,13 @@ fn remove_leftovers(folder: &Path, stem: &str) {
         else {
             continue;
         };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= LEFTOVER_AGE);
+        if old && pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -64,13 +88,7 @@ pub fn write_atomically(
     path: &Path,
     fill: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stem = tmp_stem(&name);
-    let tmp: PathBuf = target.with_file_name(format!("{stem}{}.tmp", std::process::id()));
+    let (target, stem, tmp) = temporary(path);
     if let Some(folder) = tmp.parent() {
         remove_leftovers(
             if folder.as_os_str().is_empty() {
@@ -97,6 +115,14 @@ pub fn write_atomically(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Whether `path` can be written by [`write_atomically`]: its temporary file is made and
+/// removed again (before long work whose result would otherwise be lost at the end).
+pub fn check_writable(path: &Path) -> std::io::Result<()> {
+    let (_, _, tmp) = temporary(path);
+    File::create(&tmp)?;
+    std::fs::remove_file(&tmp)
 }
 
 /// [`write_atomically`] with `bytes` as the whole content.
@@ -148,13 +174,21 @@ mod tests {
         // PID 1 runs as long as the system does
         let running = dir.join(".model.ckpt.1.tmp");
         let other = dir.join(format!(".other.ckpt.{ended}.tmp"));
-        for f in [&dead, &running, &other] {
+        // a file of an ended process changed a moment ago (another PID namespace's writer)
+        let recent = dir.join(format!(".model.ckpt.{}.tmp", ended.wrapping_add(1_000_000)));
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for f in [&dead, &running, &other, &recent] {
             std::fs::write(f, b"half").unwrap();
+            if f != &recent {
+                let file = std::fs::File::options().write(true).open(f).unwrap();
+                file.set_modified(hour_ago).unwrap();
+            }
         }
         write_bytes_atomically(&path, b"whole").unwrap();
         assert!(!dead.exists(), "the ended process's leftover is removed");
         assert!(running.exists(), "a running process's temporary file is left alone");
         assert!(other.exists(), "another file's temporary files are not touched");
+        assert!(recent.exists(), "a file changed lately may be being written");
         assert_eq!(std::fs::read(&path).unwrap(), b"whole");
         std::fs::remove_dir_all(&dir).unwrap();
     }

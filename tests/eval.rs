@@ -299,6 +299,60 @@ fn the_command_line_never_loses_a_file_and_names_what_it_skips() {
     let (ok, err) = classsr(&["upscale", &input, &p(&long), "--model", ka, "--device", "cpu"]);
     assert!(ok, "{err}");
     assert_eq!(image::open(dir.join(&long)).unwrap().width(), 160);
+    // A folder that cannot be written to fails before the input is even read (/proc takes no
+    // new files, even from root; the input is not an image, which the work would say).
+    std::fs::write(dir.join("not-an-image.png"), b"text").unwrap();
+    let (ok, err) = classsr(&[
+        "upscale",
+        &p("not-an-image.png"),
+        "/proc/classsr-out.png",
+        "--model",
+        ka,
+    ]);
+    assert!(!ok && err.contains("cannot write '/proc/classsr-out.png'"), "{err}");
+    // A JPEG cut short is refused (its decoder would fill the rest with grey); whole, with
+    // the bytes a camera may add after its end, it is read.
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(image::RgbImage::from_fn(64, 48, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x * y) % 256) as u8])
+    }))
+    .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+    .unwrap();
+    assert!(gstclasssr::eval::jpeg_complete(&jpeg));
+    for cut in [jpeg.len() - 2, jpeg.len() / 2, 700] {
+        assert!(!gstclasssr::eval::jpeg_complete(&jpeg[..cut]), "cut at {cut}");
+    }
+    std::fs::write(dir.join("cut.jpg"), &jpeg[..jpeg.len() / 2]).unwrap();
+    let (ok, err) = classsr(&["upscale", &p("cut.jpg"), &p("cut.png"), "--model", ka]);
+    assert!(!ok && err.contains("was cut short"), "{err}");
+    assert!(!dir.join("cut.png").exists());
+    let mut padded = jpeg.clone();
+    padded.extend_from_slice(&[0; 16]);
+    std::fs::write(dir.join("padded.jpg"), &padded).unwrap();
+    let (ok, err) = classsr(&[
+        "upscale",
+        &p("padded.jpg"),
+        &p("padded.png"),
+        "--model",
+        ka,
+        "--device",
+        "cpu",
+    ]);
+    assert!(ok, "{err}");
+    // A name that is not UTF-8 is a usage error that says so, not a panic.
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let latin1 = dir.join(std::ffi::OsStr::from_bytes(b"caf\xe9.png"));
+        let out = Command::new(env!("CARGO_BIN_EXE_classsr"))
+            .arg("upscale")
+            .arg(&latin1)
+            .arg(p("o.png"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("is not valid UTF-8") && !err.contains("panicked"), "{err}");
+    }
     // After `--`, -h is a file name, not a request for help.
     let (ok, err) = classsr(&["upscale", "--", "-h", &p("h.png")]);
     assert!(!ok && err.contains("-h") && !err.contains("usage"), "{err}");
@@ -432,17 +486,24 @@ fn upscale_reads_images_as_viewers_show_them_and_writes_where_it_can() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dir.join("-out.png").exists());
     // The input's colour profile (ICC) goes with the upscaled pixels, into PNG and JPEG alike
-    // (a made-up profile: only its bytes are compared).
-    let icc: Vec<u8> = (0..300u32).map(|k| (k * 7 % 251) as u8).collect();
-    let mut png = Vec::new();
-    {
+    // (a made-up profile of an RGB colour space: only its bytes are compared).
+    let mut icc: Vec<u8> = (0..300u32).map(|k| (k * 7 % 251) as u8).collect();
+    icc[16..20].copy_from_slice(b"RGB ");
+    let tagged = |name: &str, icc: &[u8], gray: bool| {
         use image::ImageEncoder;
+        let mut png = Vec::new();
         let mut enc = image::codecs::png::PngEncoder::new(&mut png);
-        enc.set_icc_profile(icc.clone()).unwrap();
+        enc.set_icc_profile(icc.to_vec()).unwrap();
         let rgb: Vec<u8> = picture(40, 32, 7).px.iter().flat_map(|p| [p[0], p[1], p[2]]).collect();
-        enc.write_image(&rgb, 40, 32, image::ExtendedColorType::Rgb8).unwrap();
-    }
-    std::fs::write(dir.join("tagged.png"), png).unwrap();
+        if gray {
+            let luma: Vec<u8> = rgb.chunks(3).map(|p| p[1]).collect();
+            enc.write_image(&luma, 40, 32, image::ExtendedColorType::L8).unwrap();
+        } else {
+            enc.write_image(&rgb, 40, 32, image::ExtendedColorType::Rgb8).unwrap();
+        }
+        std::fs::write(dir.join(name), png).unwrap();
+    };
+    tagged("tagged.png", &icc, false);
     let profile_of = |name: &str| {
         use image::ImageDecoder;
         let mut d = image::ImageReader::open(dir.join(name))
@@ -462,6 +523,15 @@ fn upscale_reads_images_as_viewers_show_them_and_writes_where_it_can() {
     let (ok, err) = classsr(&["upscale", &p("png-inside.jpg"), &p("untagged.png"), "--model", ka]);
     assert!(ok, "{err}");
     assert_eq!(profile_of("untagged.png"), None, "no profile made up");
+    // A grey image's profile (of the GRAY colour space) does not fit the RGB pixels the
+    // upscale writes: it is left out, with a note.
+    let mut gray_icc = icc.clone();
+    gray_icc[16..20].copy_from_slice(b"GRAY");
+    tagged("gray.png", &gray_icc, true);
+    assert_eq!(profile_of("gray.png").as_ref(), Some(&gray_icc));
+    let (ok, err) = classsr(&["upscale", &p("gray.png"), &p("gray-up.png"), "--model", ka]);
+    assert!(ok && err.contains("profile is for GRAY"), "{err}");
+    assert_eq!(profile_of("gray-up.png"), None);
 }
 
 #[test]

@@ -381,6 +381,8 @@ fn upscale(a: &Args) -> Result<String, String> {
     }
     // (the colour profile goes with the pixels: without it a wide-gamut photograph would be
     // shown with other colours)
+    // (a folder this user cannot write to fails now, not after the work)
+    gstclasssr::files::check_writable(out_path).map_err(|e| format!("cannot write '{}': {e}", a.output))?;
     let set = ModelSet::load(&a.model).map_err(|e| e.to_string())?;
     // the size from the file's header, before the pixels are decoded, the model's sessions
     // made and the output (16 times larger) allocated
@@ -388,6 +390,20 @@ fn upscale(a: &Args) -> Result<String, String> {
         Engine::check_frame_size(w as usize, h as usize, set.manifest.scale as usize)
             .map_err(|e| format!("{}: {e}", a.input))
     })?;
+    // (the pixels are written as RGB: a profile of another colour space, a grey image's or a
+    // CMYK JPEG's, would make viewers show other colours or refuse the file)
+    let profile = profile.filter(|icc| match icc.get(16..20) {
+        Some(b"RGB ") => true,
+        space => {
+            let space = space.map(|s| String::from_utf8_lossy(s).trim_end().to_string());
+            eprintln!(
+                "note: the input's colour profile is for {}, not RGB: '{}' is written without it",
+                space.as_deref().unwrap_or("an unknown colour space"),
+                a.output
+            );
+            false
+        }
+    });
     let has_alpha = img.color().has_alpha();
     let (w, h) = (img.width() as usize, img.height() as usize);
     let (data, layout) = if has_alpha {
@@ -503,11 +519,20 @@ fn print_out(text: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
     // usage errors (no or unknown command, bad arguments) exit 2, failures of the work 1
     let usage = |e: String| {
         eprintln!("error: {e}");
         ExitCode::from(2)
+    };
+    let args: Vec<String> = match std::env::args_os().skip(1).map(|a| a.into_string()).collect() {
+        Ok(args) => args,
+        Err(bad) => {
+            return usage(format!(
+                "'{}' is not valid UTF-8: classsr takes names in UTF-8; rename the file, or link to it \
+                 under a UTF-8 name (ln -s)",
+                bad.to_string_lossy()
+            ))
+        }
     };
     let (cmd, run): (&str, Subcommand) = match args.first().map(String::as_str) {
         // (an argument after `--` is a file name, even one called -h)
