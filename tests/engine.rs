@@ -1418,3 +1418,53 @@ fn bicubic_frames_are_the_same_on_one_core_and_shared_out() {
         }
     }
 }
+
+#[test]
+fn transparent_surroundings_leave_no_fringe() {
+    // A white shape on fully transparent black, as logos and sprites come: the upscale mixes
+    // the colours of neighbouring pixels, and the black of the transparent ones gave the
+    // visible edge a dark (with the trained branches, blue-tinted) fringe. Every pixel of the
+    // output that shows (alpha above 0) keeps the shape's white; a frame without transparent
+    // pixels is unchanged by this (the other tests).
+    let (w, h) = (40, 30);
+    let img = Rgba::new(w, h, |x, y| {
+        if x < 20 && (8..22).contains(&y) {
+            [255, 255, 255, 255]
+        } else {
+            [0, 0, 0, 0]
+        }
+    });
+    let mut engine = Engine::new(Model::load(&ModelSet::embedded(), &CPU).unwrap());
+    let layout = PixelLayout::Rgba;
+    let (data, stride) = pack(&img, layout, 0);
+    let mut data = data;
+    for (i, px) in data.chunks_exact_mut(4).enumerate() {
+        px[3] = img.px[i][3];
+    }
+    let input = Image {
+        data: &data,
+        width: w,
+        height: h,
+        stride,
+        layout,
+    };
+    for mode in [Mode::Bicubic, Mode::ClassSR, Mode::Original] {
+        let cfg = FrameConfig {
+            mode,
+            ..Default::default()
+        };
+        let mut out = vec![0u8; w * 4 * h * 4 * 4];
+        let mut output = ImageMut {
+            data: &mut out,
+            width: w * 4,
+            height: h * 4,
+            stride: w * 4 * 4,
+            layout,
+        };
+        engine.process(&cfg, &input, &mut output).unwrap();
+        let shown: Vec<&[u8]> = out.chunks_exact(4).filter(|p| p[3] > 0).collect();
+        assert!(shown.len() > 80 * 56, "{}: the shape and its soft edge", mode.name());
+        let darkest = shown.iter().map(|p| p[0].min(p[1]).min(p[2])).min().unwrap();
+        assert!(darkest >= 245, "{}: a visible pixel as dark as {darkest}", mode.name());
+    }
+}

@@ -144,7 +144,8 @@ fn check_dims(len: usize, width: usize, height: usize, stride: usize, layout: Pi
 
 /// Unpacks `img` into planar f32 planes of `pw`×`ph` (≥ the image), replicating the last row
 /// and column into the padding. Colour values map 0..255 → lo..hi. The alpha plane, when
-/// given and the layout has alpha, is filled the same way.
+/// given and the layout has alpha, is filled the same way (0..1), and the colour of fully
+/// transparent pixels near visible ones is replaced by theirs ([`bleed_into_transparent`]).
 pub fn unpack_planar(img: &Image, pw: usize, ph: usize, lo: f32, hi: f32, rgb: &mut [f32], alpha: Option<&mut [f32]>) {
     let plane = pw * ph;
     debug_assert!(rgb.len() >= 3 * plane);
@@ -177,6 +178,79 @@ pub fn unpack_planar(img: &Image, pw: usize, ph: usize, lo: f32, hi: f32, rgb: &
             let last = alpha[o + img.width - 1];
             alpha[o + img.width..o + pw].fill(last);
         }
+        bleed_into_transparent(rgb, alpha, pw, ph);
+    }
+}
+
+/// How far (in pixels) [`bleed_into_transparent`] carries colours into transparent areas: past
+/// the reach of a branch network's layers and of the bicubic kernel, so no visible output
+/// pixel is made from the colour of a transparent one.
+pub const BLEED: usize = 16;
+
+/// Gives the fully transparent pixels within [`BLEED`] pixels of a visible one (alpha above
+/// 0) the mean colour of their nearest visible (or already given) neighbours, ring after ring.
+/// Their colour is not seen, but upscaling mixes it into the visible pixels at the edge: the
+/// black of a logo's transparent surroundings would give it a dark fringe (straight, not
+/// premultiplied, alpha is what the formats carry). A frame without transparent pixels, or
+/// without visible ones, is left as it is.
+pub fn bleed_into_transparent(rgb: &mut [f32], alpha: &[f32], pw: usize, ph: usize) {
+    let plane = pw * ph;
+    let alpha = &alpha[..plane];
+    if !alpha.contains(&0.0) || alpha.iter().all(|&a| a == 0.0) {
+        return;
+    }
+    // 1: visible or given a colour; 2: in the ring being given one
+    let mut known: Vec<u8> = alpha.iter().map(|&a| u8::from(a > 0.0)).collect();
+    let neighbours = |i: usize| {
+        let (x, y) = (i % pw, i / pw);
+        [
+            (x > 0).then(|| i - 1),
+            (x + 1 < pw).then(|| i + 1),
+            (y > 0).then(|| i - pw),
+            (y + 1 < ph).then(|| i + pw),
+        ]
+        .into_iter()
+        .flatten()
+    };
+    let mut ring: Vec<usize> = (0..plane)
+        .filter(|&i| known[i] == 0 && neighbours(i).any(|j| known[j] == 1))
+        .collect();
+    for i in &ring {
+        known[*i] = 2;
+    }
+    let mut colours = Vec::new();
+    for _ in 0..BLEED {
+        if ring.is_empty() {
+            break;
+        }
+        colours.clear();
+        for &i in &ring {
+            let mut sum = [0f32; 3];
+            let mut n = 0f32;
+            for j in neighbours(i).filter(|&j| known[j] == 1) {
+                for (c, s) in sum.iter_mut().enumerate() {
+                    *s += rgb[c * plane + j];
+                }
+                n += 1.0;
+            }
+            colours.push(sum.map(|s| s / n));
+        }
+        let mut next = Vec::new();
+        for (&i, colour) in ring.iter().zip(&colours) {
+            for (c, v) in colour.iter().enumerate() {
+                rgb[c * plane + i] = *v;
+            }
+            known[i] = 1;
+        }
+        for &i in &ring {
+            for j in neighbours(i) {
+                if known[j] == 0 {
+                    known[j] = 2;
+                    next.push(j);
+                }
+            }
+        }
+        ring = next;
     }
 }
 
