@@ -1,5 +1,5 @@
 // gst-classsr: ClassSR ×4 super-resolution for GStreamer on ONNX Runtime.
-// The plugin entry point, the crate's error type and its modules.
+// The plugin entry point, the crate's error type, its modules and how much memory is free.
 
 pub mod classsr;
 pub mod engine;
@@ -36,6 +36,15 @@ impl std::fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// The memory available to this process now (Linux: MemAvailable), if known: what the
+/// trainer's data and cache=full's kept outputs are checked against before they are made.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     classsr::register(plugin)

@@ -174,14 +174,7 @@ impl ModelSet {
             let p = dir.join(name);
             std::fs::read(&p).map_err(|e| Error::Model(format!("cannot read '{}': {e}; {fix}", p.display())))
         };
-        let text = read(MANIFEST_FILE)?;
-        let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| {
-            Error::Model(format!(
-                "'{}' is not a valid manifest: {e}",
-                dir.join(MANIFEST_FILE).display()
-            ))
-        })?;
-        manifest.validate()?;
+        let manifest = Self::read_manifest(dir, read)?;
         let classifier = read(&manifest.classifier.file)?;
         let branches = [
             read(&manifest.branches[0].file)?,
@@ -193,6 +186,32 @@ impl ModelSet {
             classifier,
             branches,
             origin: dir.display().to_string(),
+        })
+    }
+
+    /// The manifest of the model directory `dir` (read with `read`), validated.
+    fn read_manifest(dir: &Path, read: impl Fn(&str) -> Result<Vec<u8>, Error>) -> Result<Manifest, Error> {
+        let text = read(MANIFEST_FILE)?;
+        let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| {
+            Error::Model(format!(
+                "'{}' is not a valid manifest: {e}",
+                dir.join(MANIFEST_FILE).display()
+            ))
+        })?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// The manifest alone of what [`Self::load`] would load (the element's caps need the
+    /// model's scale before the model loads).
+    pub fn manifest_of(dir: &str) -> Result<Manifest, Error> {
+        if dir.is_empty() {
+            return Ok(embedded_manifest());
+        }
+        let dir = Path::new(dir);
+        Self::read_manifest(dir, |name| {
+            let p = dir.join(name);
+            std::fs::read(&p).map_err(|e| Error::Model(format!("cannot read '{}': {e}", p.display())))
         })
     }
 
@@ -228,10 +247,8 @@ impl ModelSet {
 
     /// The model set compiled into the plugin: the trained FSRCNN-family ClassSR in models/fsrcnn.
     pub fn embedded() -> ModelSet {
-        let manifest: Manifest = serde_json::from_slice(include_bytes!("../models/fsrcnn/manifest.json"))
-            .expect("embedded manifest is valid JSON");
         ModelSet {
-            manifest,
+            manifest: embedded_manifest(),
             classifier: include_bytes!("../models/fsrcnn/classifier.onnx").to_vec(),
             branches: [
                 include_bytes!("../models/fsrcnn/branch1.onnx").to_vec(),
@@ -250,4 +267,9 @@ impl ModelSet {
             ModelSet::load_dir(Path::new(dir))
         }
     }
+}
+
+/// The embedded default's manifest.
+fn embedded_manifest() -> Manifest {
+    serde_json::from_slice(include_bytes!("../models/fsrcnn/manifest.json")).expect("embedded manifest is valid JSON")
 }

@@ -880,3 +880,28 @@ fn the_default_tile_size_is_the_models() {
         "the model's tile_size 4 is outside 8..256: set tile-size",
     );
 }
+
+#[test]
+fn caps_follow_the_models_scale_before_it_loads() {
+    // Links are made, and checked against the caps, before the element starts and loads its
+    // model: the caps must already be those of the model set. A x2 manifest (only the
+    // manifest is read for this: this one's graphs are x4 and would fail to load).
+    init();
+    let dir = model_copy(KA, "test-x2-caps");
+    let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    std::fs::write(dir.join("manifest.json"), text.replace("\"scale\": 4", "\"scale\": 2")).unwrap();
+    let link = |model: &str, (w, h): (u32, u32)| {
+        gst::parse::launch(&format!(
+            "videotestsrc ! video/x-raw,width=32,height=24 ! classsr model=\"{model}\" ! \
+             video/x-raw,width={w},height={h} ! fakesink"
+        ))
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    let x2 = dir.display().to_string();
+    assert!(link(&x2, (64, 48)).is_ok(), "{:?}", link(&x2, (64, 48)));
+    assert!(link(&x2, (128, 96)).is_err());
+    // the embedded default (x4) again
+    assert!(link("", (128, 96)).is_ok(), "{:?}", link("", (128, 96)));
+    assert!(link("", (64, 48)).is_err());
+}

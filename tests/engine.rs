@@ -591,6 +591,40 @@ fn a_tile_made_bicubically_under_qos_is_classified_again_when_it_drifts() {
 }
 
 #[test]
+fn a_tile_made_again_is_classified_on_the_pixels_it_is_made_from() {
+    // cache=class keeps the classes of tiles under the threshold but no outputs. Switched to
+    // cache=full (the same cache), such a tile is made from this frame's pixels, which become
+    // its reference: it is classified on them too (its class came from pixels up to the
+    // threshold away, and a drift could otherwise go on under the threshold from there).
+    let set = ModelSet::load(KA).unwrap();
+    let mut engine = Engine::new(Model::load(&set, &CPU).unwrap());
+    let class = FrameConfig {
+        cache: CacheMode::Class,
+        cache_threshold: 8.0,
+        cache_refresh: 0,
+        ..FrameConfig::default()
+    };
+    let full = FrameConfig {
+        cache: CacheMode::Full,
+        ..class
+    };
+    let frame = |k: u8| Rgba::new(96, 64, |_, _| [100 + k, 100 + k, 100 + k, 255]);
+    let (_, first) = run_engine(&mut engine, &frame(0), &class);
+    let n: usize = first.tiles.iter().sum();
+    let (_, st) = run_engine(&mut engine, &frame(5), &class);
+    assert_eq!(st.class_cache_hits, n, "5 levels: under the threshold");
+    let (_, st) = run_engine(&mut engine, &frame(5), &full);
+    assert_eq!(st.class_cache_hits, 0, "made again, so classified again");
+    assert_eq!(st.full_cache_hits, 0);
+    // 5 levels from where they were made and classified: all kept now
+    let (_, st) = run_engine(&mut engine, &frame(10), &full);
+    assert_eq!((st.class_cache_hits, st.full_cache_hits), (n, n));
+    // 9 levels from there: over the threshold, made and classified again
+    let (_, st) = run_engine(&mut engine, &frame(14), &full);
+    assert_eq!((st.class_cache_hits, st.full_cache_hits), (0, 0));
+}
+
+#[test]
 fn a_branch_that_looks_at_the_whole_tile_is_never_run_on_parts() {
     // A branch whose output depends on the whole tile (its mean) fails the load-time probe:
     // cache=full then recomputes whole tiles, whatever the threshold.

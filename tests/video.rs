@@ -821,6 +821,18 @@ fn qos_lateness_degrades_with_a_warning_and_recovers() {
     assert!(h.push_upstream_event(late));
     assert_eq!(e.property::<u32>("qos-level"), 1);
     assert_eq!(stats_and_warnings(&bus).1, 0, "warnings are rate-limited");
+    // On time, but at a proportion the sink's running average still holds above 1.05 after
+    // the late spell: the level holds (neither lateness nor recovery), however many come.
+    let behind = gst::event::Qos::new(
+        gst::QOSType::Underflow,
+        1.2,
+        -10_000_000,
+        gst::ClockTime::from_mseconds(99),
+    );
+    for _ in 0..12 {
+        assert!(h.push_upstream_event(behind.clone()));
+    }
+    assert_eq!(e.property::<u32>("qos-level"), 1, "held, not raised nor lowered");
 }
 
 #[test]

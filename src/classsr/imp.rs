@@ -182,7 +182,8 @@ pub struct ClassSr {
     /// caps it took (basetransform tries the same caps again for every buffer).
     size_error_posted: AtomicBool,
     qos: Mutex<Qos>,
-    /// The loaded model's scale (4 until a model is loaded), used for caps.
+    /// The model's scale (from its manifest when `model` is set, and again when it loads),
+    /// used for caps.
     scale: AtomicU32,
     active_device: Mutex<String>,
     /// Input and output video info of the negotiated caps (for scaling metas).
@@ -461,7 +462,14 @@ impl ObjectImpl for ClassSr {
             return;
         }
         match name {
-            "model" => s.model = value.get::<Option<String>>().expect("type checked").unwrap_or_default(),
+            "model" => {
+                s.model = value.get::<Option<String>>().expect("type checked").unwrap_or_default();
+                // the caps follow the model's scale from now, not from when it loads: links
+                // are made (and checked against the caps) before the element starts
+                if let Ok(m) = ModelSet::manifest_of(&s.model) {
+                    self.scale.store(m.scale, Ordering::SeqCst);
+                }
+            }
             "mode" => s.mode = value.get().expect("type checked"),
             "device" => s.device = value.get().expect("type checked"),
             "device-id" => s.device_id = value.get().expect("type checked"),
@@ -705,16 +713,21 @@ impl BaseTransformImpl for ClassSr {
         if inbuf.flags().contains(gst::BufferFlags::GAP) {
             let infos = self.infos.lock().unwrap().clone();
             if let Some((_, out)) = infos.filter(|(i, _)| inbuf.size() < i.size()) {
-                let mut map = outbuf.map_writable().map_err(|_| gst::FlowError::Error)?;
+                // (mapped as a frame: a downstream pool's buffers may have other strides and
+                // offsets than the caps', in their video meta)
+                let mut frame = gst_video::VideoFrameRef::from_buffer_ref_writable(outbuf, &out)
+                    .map_err(|_| gst::FlowError::Error)?;
+                let stride = frame.plane_stride()[0] as usize;
+                let data = frame.plane_data_mut(0).map_err(|_| gst::FlowError::Error)?;
                 match layout_of(out.format()) {
                     Some(layout) => pixels::fill_black(&mut ImageMut {
-                        data: &mut map,
+                        data,
                         width: out.width() as usize,
                         height: out.height() as usize,
-                        stride: out.stride()[0] as usize,
+                        stride,
                         layout,
                     }),
-                    None => map.fill(0),
+                    None => data.fill(0),
                 }
                 return Ok(gst::FlowSuccess::Ok);
             }
@@ -824,12 +837,17 @@ impl ClassSr {
     /// Adjusts the degradation level from a downstream QoS report (lateness `diff`, running
     /// `proportion` of the real-time rate) and returns the new level: one level up per late
     /// report, one down when well ahead (proportion < 0.9) or after a run of on-time reports.
+    /// An on-time report of a proportion above 1.05 holds the level: the sink's proportion is
+    /// a running average that falls slowly after a late spell, and taking it for lateness
+    /// would climb to the last level (where frames are dropped) after a mere hiccup.
     fn handle_qos(&self, diff: i64, proportion: f64) -> u32 {
         let mut q = self.qos.lock().unwrap();
         let before = q.level;
-        if diff > 0 || proportion > 1.05 {
+        if diff > 0 {
             q.on_time = 0;
             q.level = (q.level + 1).min(QOS_MAX_LEVEL);
+        } else if proportion > 1.05 {
+            q.on_time = 0;
         } else {
             q.on_time += 1;
             if q.level > 0 && (proportion < 0.9 || q.on_time >= QOS_RECOVER_REPORTS) {

@@ -43,7 +43,8 @@ pub struct TileCache {
     tile: usize,
     item: usize,
     out_item: usize,
-    /// Per tile: the LR tile (NCHW item) the cached class/output were computed from.
+    /// Per tile: the LR tile (NCHW item) the cached class/output were computed from (made at
+    /// the first store: nothing is kept with the cache off).
     reference: Vec<f32>,
     /// Per tile: the class its cached output was made by (or its routing was decided as).
     pub classes: Vec<u8>,
@@ -69,7 +70,7 @@ impl TileCache {
             tile,
             item,
             out_item,
-            reference: vec![0.0; tiles * item],
+            reference: Vec::new(),
             classes: vec![0; tiles],
             logits: vec![[0.0; 3]; tiles],
             valid: vec![false; tiles],
@@ -164,7 +165,7 @@ impl TileCache {
 
     /// Records a freshly computed tile, its class and (modes that route) its logits.
     pub fn store(&mut self, i: usize, tile: &[f32], class: u8, logits: Option<[f32; 3]>) {
-        self.reference[i * self.item..(i + 1) * self.item].copy_from_slice(tile);
+        self.reference_mut(i).copy_from_slice(tile);
         self.classes[i] = class;
         self.logits[i] = logits.unwrap_or_default();
         self.valid[i] = true;
@@ -176,7 +177,7 @@ impl TileCache {
     /// change elsewhere in the tile still adds up against the pixels its output came from.
     pub fn store_region(&mut self, i: usize, tile: &[f32], region: &Rect, logits: Option<[f32; 3]>) {
         let t = self.tile;
-        let r = &mut self.reference[i * self.item..(i + 1) * self.item];
+        let r = self.reference_mut(i);
         for c in 0..3 {
             for y in region.y0..region.y1 {
                 let at = (c * t + y) * t;
@@ -185,6 +186,30 @@ impl TileCache {
         }
         if let Some(l) = logits {
             self.logits[i] = l;
+        }
+    }
+
+    fn reference_mut(&mut self, i: usize) -> &mut [f32] {
+        if self.reference.is_empty() {
+            self.reference = vec![0.0; self.valid.len() * self.item];
+        }
+        &mut self.reference[i * self.item..(i + 1) * self.item]
+    }
+
+    /// Refuses to make the store of kept outputs (cache=full) when it would not fit in the
+    /// `available` memory (a failed allocation aborts the process; a large one that does not
+    /// fit gets it killed): at 3840x2160 with the default tiling it takes 2 GB, with 8-pixel
+    /// tiles 6 GB.
+    pub fn check_hr_memory(&self, available: Option<u64>) -> Result<(), crate::Error> {
+        let need = (self.valid.len() * self.out_item * std::mem::size_of::<f32>()) as u64;
+        match available {
+            Some(a) if self.hr.is_empty() && need > a => Err(crate::Error::Settings(format!(
+                "cache=full keeps every tile's output: {:.1} GB at this frame size and tiling, more than the {:.1} GB \
+                 of memory available; use cache=class (the default), a larger tile-size or a smaller input",
+                need as f64 / 1e9,
+                a as f64 / 1e9
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -225,5 +250,26 @@ impl TileCache {
     /// The HR output kept for tile `i`, to patch in place (full mode).
     pub fn hr_mut(&mut self, i: usize) -> &mut [f32] {
         &mut self.hr[i * self.out_item..(i + 1) * self.out_item]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_outputs_that_would_not_fit_are_refused_before_they_are_made() {
+        // 10 tiles of 32x32, x4: 10 x 3 x 128 x 128 floats = 1966080 bytes
+        let mut cache = TileCache::new(10, 32, 3 * 128 * 128);
+        assert!(cache.check_hr_memory(None).is_ok(), "unknown: not refused");
+        assert!(cache.check_hr_memory(Some(1_966_080)).is_ok());
+        let err = cache.check_hr_memory(Some(1_000_000)).unwrap_err().to_string();
+        assert!(
+            err.contains("cache=full keeps") && err.contains("use cache=class"),
+            "{err}"
+        );
+        // once made, it is not checked again
+        cache.store_hr(0, &vec![0.0; 3 * 128 * 128], true);
+        assert!(cache.check_hr_memory(Some(0)).is_ok());
     }
 }

@@ -565,6 +565,9 @@ impl Engine {
                 && cfg.tile == self.model.manifest.tile_size as usize
                 && cfg.cache == CacheMode::Full
                 && threshold > 0.0;
+            if networks && cfg.cache == CacheMode::Full && work.cache.hr.is_empty() {
+                work.cache.check_hr_memory(crate::available_memory())?;
+            }
             Self::find_fresh(work, cfg, threshold, crops);
             self.classify(cfg, &mut stats, classifier_macs)?;
             let work = self.work.as_mut().expect("prepared");
@@ -761,23 +764,36 @@ impl Engine {
             Mode::Branch(b) => Some(b.min(2)),
             _ => None,
         };
-        work.fresh_ids.clear();
-        work.fresh_ids.extend((0..n as u32).filter(|&i| work.fresh[i as usize]));
         let cached = cfg.cache != CacheMode::Off;
         let full = cfg.cache == CacheMode::Full;
         let bias = cfg.bias + cfg.qos_bias;
-        for i in 0..n {
-            if !work.fresh[i] {
+        if full && fixed.is_none() && cfg.mode != Mode::ClassMap {
+            for i in 0..n {
+                if work.fresh[i] {
+                    continue;
+                }
                 // An output made by a cheaper branch than the tile's logits pick now was made
                 // under a QoS step since recovered from (a QoS step is not in the cache key):
                 // the tile is made again, so that cache=full follows cache=off once on time.
-                if full
-                    && fixed.is_none()
-                    && work.reuses_hr(i)
-                    && route(work.cache.logits(i), bias) > work.cache.classes[i]
-                {
+                if work.reuses_hr(i) && route(work.cache.logits(i), bias) > work.cache.classes[i] {
                     work.cache.drop_hr(i);
                 }
+                // An unchanged tile without a reusable output (cached by cache=class, or just
+                // dropped) is made from this frame's pixels, which become its reference: it is
+                // classified on them too, so that its class never comes from pixels further
+                // than the threshold from that reference (else a slow drift could go on under
+                // the threshold from there). A QoS bicubic stand-in is not made by a branch:
+                // it keeps its reference and logits (see below).
+                let stand_in = cfg.class1_bicubic && route(work.cache.logits(i), bias) == 0;
+                if !work.reuses_hr(i) && !stand_in {
+                    work.fresh[i] = true;
+                }
+            }
+        }
+        work.fresh_ids.clear();
+        work.fresh_ids.extend((0..n as u32).filter(|&i| work.fresh[i as usize]));
+        for i in 0..n {
+            if !work.fresh[i] {
                 // A tile that keeps its output keeps the class that made it; the others are
                 // routed again from their logits (the bias may have moved by a QoS step).
                 work.class_of[i] = match fixed {
@@ -846,12 +862,12 @@ impl Engine {
             if !(full && work.reuses_hr(i)) {
                 if full {
                     work.cache.classes[i] = work.class_of[i];
-                    // An unchanged tile without a reusable output (cached by cache=class, or a
-                    // QoS bicubic stand-in) is made again from this frame's pixels: its
-                    // reference follows them when its output will be reusable. A stand-in's
-                    // (and, in the class map, where nothing is made) stays, so that a slow
-                    // change adds up against the pixels its logits came from and the tile is
-                    // classified again once it is over the threshold.
+                    // An unchanged tile without a reusable output in a mode of one branch
+                    // (those that route were classified again above) is made again from this
+                    // frame's pixels: its reference follows them when its output will be
+                    // reusable. A stand-in's (and, in the class map, where nothing is made)
+                    // stays, so that a slow change adds up against the pixels its logits came
+                    // from and the tile is classified again once it is over the threshold.
                     let stand_in = cfg.class1_bicubic && work.class_of[i] == 0;
                     if !work.fresh[i] && !stand_in && cfg.mode != Mode::ClassMap {
                         let whole = Rect::whole(t);

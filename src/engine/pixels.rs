@@ -122,24 +122,25 @@ impl ImageMut<'_> {
 }
 
 fn check_dims(len: usize, width: usize, height: usize, stride: usize, layout: PixelLayout) -> Result<(), String> {
-    let row = width * layout.bytes_per_pixel();
     if width == 0 || height == 0 {
         return Err(format!("frame size {width}x{height} is empty"));
     }
+    // (in checked arithmetic: a nonsense stride must not wrap around into a size that passes)
+    let row = width.saturating_mul(layout.bytes_per_pixel());
     if stride < row {
         return Err(format!(
             "stride {stride} is shorter than a row of {width} {} pixels ({row} bytes)",
             layout.name()
         ));
     }
-    let need = stride * (height - 1) + row;
-    if len < need {
-        return Err(format!(
-            "{width}x{height} {} frame needs {need} bytes, buffer has {len}",
-            layout.name()
-        ));
+    match stride.checked_mul(height - 1).and_then(|b| b.checked_add(row)) {
+        Some(need) if len >= need => Ok(()),
+        need => Err(format!(
+            "{width}x{height} {} frame with a stride of {stride} needs {} bytes, buffer has {len}",
+            layout.name(),
+            need.map_or("more than can be addressed".to_string(), |n| n.to_string())
+        )),
     }
-    Ok(())
 }
 
 /// Unpacks `img` into planar f32 planes of `pw`×`ph` (≥ the image), replicating the last row
@@ -419,5 +420,27 @@ pub fn pack_region<T: Copy>(
                 row[x * bpp + po] = 255;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stride_too_large_to_address_is_refused_not_wrapped() {
+        let data = [0u8; 64];
+        let img = |stride: usize| Image {
+            data: &data,
+            width: 2,
+            height: 3,
+            stride,
+            layout: PixelLayout::Rgb,
+        };
+        assert!(img(6).check().is_ok());
+        // 2^63 x 2 rows wraps to 0 in plain arithmetic, which would pass
+        let err = img(1 << 63).check().unwrap_err();
+        assert!(err.contains("more than can be addressed"), "{err}");
+        assert!(img(40).check().unwrap_err().contains("needs 86 bytes"));
     }
 }

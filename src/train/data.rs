@@ -123,14 +123,6 @@ pub fn memory_needed(sizes: &[(usize, usize)], scale: usize, aug: &[f64]) -> u64
     bytes as u64
 }
 
-/// The memory available to this process now (Linux: MemAvailable), if known.
-pub fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// Refuses data whose pairs (see [`memory_needed`]) would not fit in `available` bytes,
 /// naming what would.
 pub fn check_memory(
@@ -177,7 +169,7 @@ impl Dataset {
             .filter_map(|f| image::image_dimensions(f).ok())
             .map(|(w, h)| (w as usize, h as usize))
             .collect();
-        check_memory(&sizes, scale, aug, available_memory(), dir)?;
+        check_memory(&sizes, scale, aug, crate::available_memory(), dir)?;
         let hr_size = LR_SIZE * scale;
         let lr_stride = (HR_STRIDE / scale).max(1);
         let mut ds = Dataset {
