@@ -150,36 +150,46 @@ fn check_dims(len: usize, width: usize, height: usize, stride: usize, layout: Pi
 pub fn unpack_planar(img: &Image, pw: usize, ph: usize, lo: f32, hi: f32, rgb: &mut [f32], alpha: Option<&mut [f32]>) {
     let plane = pw * ph;
     debug_assert!(rgb.len() >= 3 * plane);
+    let (w, h) = (img.width, img.height);
     let bpp = img.layout.bytes_per_pixel();
     let offs = img.layout.rgb_offsets();
     let k = (hi - lo) / 255.0;
-    let (r_plane, rest) = rgb.split_at_mut(plane);
-    let (g_plane, b_plane) = rest.split_at_mut(plane);
-    for y in 0..ph {
-        let row = &img.data[y.min(img.height - 1) * img.stride..];
-        let o = y * pw;
-        for x in 0..img.width {
-            let p = &row[x * bpp..x * bpp + bpp];
-            r_plane[o + x] = lo + p[offs[0]] as f32 * k;
-            g_plane[o + x] = lo + p[offs[1]] as f32 * k;
-            b_plane[o + x] = lo + p[offs[2]] as f32 * k;
-        }
-        for plane in [&mut *r_plane, &mut *g_plane, &mut *b_plane] {
-            let last = plane[o + img.width - 1];
-            plane[o + img.width..o + pw].fill(last);
+    {
+        let (r_plane, rest) = rgb.split_at_mut(plane);
+        let (g_plane, b_plane) = rest.split_at_mut(plane);
+        for y in 0..h {
+            let row = &img.data[y * img.stride..];
+            let o = y * pw;
+            for x in 0..w {
+                let p = &row[x * bpp..x * bpp + bpp];
+                r_plane[o + x] = lo + p[offs[0]] as f32 * k;
+                g_plane[o + x] = lo + p[offs[1]] as f32 * k;
+                b_plane[o + x] = lo + p[offs[2]] as f32 * k;
+            }
         }
     }
     if let (Some(alpha), Some(ao)) = (alpha, img.layout.alpha_offset()) {
         for y in 0..ph {
-            let row = &img.data[y.min(img.height - 1) * img.stride..];
+            let row = &img.data[y.min(h - 1) * img.stride..];
             let o = y * pw;
-            for x in 0..img.width {
+            for x in 0..w {
                 alpha[o + x] = row[x * bpp + ao] as f32 / 255.0;
             }
-            let last = alpha[o + img.width - 1];
-            alpha[o + img.width..o + pw].fill(last);
+            let last = alpha[o + w - 1];
+            alpha[o + w..o + pw].fill(last);
         }
-        bleed_into_transparent(rgb, alpha, pw, ph);
+        // (on the frame itself, before its edges are replicated into the padding)
+        bleed_into_transparent(rgb, plane, alpha, pw, w, h);
+    }
+    for c in rgb[..3 * plane].chunks_exact_mut(plane) {
+        for y in 0..h {
+            let o = y * pw;
+            let last = c[o + w - 1];
+            c[o + w..o + pw].fill(last);
+        }
+        for y in h..ph {
+            c.copy_within((h - 1) * pw..h * pw, y * pw);
+        }
     }
 }
 
@@ -193,31 +203,33 @@ pub const BLEED: usize = 16;
 /// Their colour is not seen, but upscaling mixes it into the visible pixels at the edge: the
 /// black of a logo's transparent surroundings would give it a dark fringe (straight, not
 /// premultiplied, alpha is what the formats carry). A frame without transparent pixels, or
-/// without visible ones, is left as it is.
-pub fn bleed_into_transparent(rgb: &mut [f32], alpha: &[f32], pw: usize, ph: usize) {
-    let plane = pw * ph;
-    let alpha = &alpha[..plane];
-    if !alpha.contains(&0.0) || alpha.iter().all(|&a| a == 0.0) {
+/// without visible ones, is left as it is. The frame is `w`×`h`, its rows `stride` values
+/// apart in `alpha` and in each of the three colour planes of `rgb` (`plane` values each).
+pub fn bleed_into_transparent(rgb: &mut [f32], plane: usize, alpha: &[f32], stride: usize, w: usize, h: usize) {
+    let at = |x: usize, y: usize| y * stride + x;
+    let rows = || (0..h).map(|y| &alpha[y * stride..y * stride + w]);
+    if !rows().any(|r| r.contains(&0.0)) || rows().all(|r| r.iter().all(|&a| a == 0.0)) {
         return;
     }
-    // 1: visible or given a colour; 2: in the ring being given one
-    let mut known: Vec<u8> = alpha.iter().map(|&a| u8::from(a > 0.0)).collect();
+    // per pixel of the frame (row by row, w wide): 1 visible or given a colour, 2 in the ring
+    // being given one, 0 neither yet
+    let mut known: Vec<u8> = rows().flatten().map(|&a| u8::from(a > 0.0)).collect();
     let neighbours = |i: usize| {
-        let (x, y) = (i % pw, i / pw);
+        let (x, y) = (i % w, i / w);
         [
             (x > 0).then(|| i - 1),
-            (x + 1 < pw).then(|| i + 1),
-            (y > 0).then(|| i - pw),
-            (y + 1 < ph).then(|| i + pw),
+            (x + 1 < w).then(|| i + 1),
+            (y > 0).then(|| i - w),
+            (y + 1 < h).then(|| i + w),
         ]
         .into_iter()
         .flatten()
     };
-    let mut ring: Vec<usize> = (0..plane)
+    let mut ring: Vec<usize> = (0..w * h)
         .filter(|&i| known[i] == 0 && neighbours(i).any(|j| known[j] == 1))
         .collect();
-    for i in &ring {
-        known[*i] = 2;
+    for &i in &ring {
+        known[i] = 2;
     }
     let mut colours = Vec::new();
     for _ in 0..BLEED {
@@ -230,19 +242,19 @@ pub fn bleed_into_transparent(rgb: &mut [f32], alpha: &[f32], pw: usize, ph: usi
             let mut n = 0f32;
             for j in neighbours(i).filter(|&j| known[j] == 1) {
                 for (c, s) in sum.iter_mut().enumerate() {
-                    *s += rgb[c * plane + j];
+                    *s += rgb[c * plane + at(j % w, j / w)];
                 }
                 n += 1.0;
             }
             colours.push(sum.map(|s| s / n));
         }
-        let mut next = Vec::new();
         for (&i, colour) in ring.iter().zip(&colours) {
             for (c, v) in colour.iter().enumerate() {
-                rgb[c * plane + i] = *v;
+                rgb[c * plane + at(i % w, i / w)] = *v;
             }
             known[i] = 1;
         }
+        let mut next = Vec::new();
         for &i in &ring {
             for j in neighbours(i) {
                 if known[j] == 0 {
@@ -442,5 +454,97 @@ mod tests {
         let err = img(1 << 63).check().unwrap_err();
         assert!(err.contains("more than can be addressed"), "{err}");
         assert!(img(40).check().unwrap_err().contains("needs 86 bytes"));
+    }
+
+    /// [`bleed_into_transparent`] written the plain way: whole passes over the frame, each
+    /// giving every transparent pixel next to a visible (or already given) one the mean of
+    /// those neighbours as they were before the pass.
+    fn bleed_by_passes(rgb: &mut [f32], alpha: &[f32], w: usize, h: usize) {
+        let plane = w * h;
+        let mut known: Vec<bool> = alpha.iter().map(|&a| a > 0.0).collect();
+        if known.iter().all(|&k| k) || !known.iter().any(|&k| k) {
+            return;
+        }
+        for _ in 0..BLEED {
+            let (was, colours) = (known.clone(), rgb.to_vec());
+            for y in 0..h {
+                for x in 0..w {
+                    let i = y * w + x;
+                    if was[i] {
+                        continue;
+                    }
+                    let around = [
+                        (x > 0, i.wrapping_sub(1)),
+                        (x + 1 < w, i + 1),
+                        (y > 0, i.wrapping_sub(w)),
+                        (y + 1 < h, i + w),
+                    ];
+                    let from: Vec<usize> = around
+                        .iter()
+                        .filter(|(ok, j)| *ok && was[*j])
+                        .map(|(_, j)| *j)
+                        .collect();
+                    if from.is_empty() {
+                        continue;
+                    }
+                    for c in 0..3 {
+                        let sum: f32 = from.iter().map(|&j| colours[c * plane + j]).sum();
+                        rgb[c * plane + i] = sum / from.len() as f32;
+                    }
+                    known[i] = true;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transparent_pixels_take_the_mean_of_their_nearest_visible_neighbours() {
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as u32
+        };
+        for round in 0..300 {
+            let (w, h) = (1 + next() as usize % 40, 1 + next() as usize % 40);
+            // from a few transparent pixels to a few visible ones (and none of either)
+            let holes = next() % 101;
+            let alpha: Vec<f32> = (0..w * h)
+                .map(|_| {
+                    if next() % 100 < holes {
+                        0.0
+                    } else {
+                        (1 + next() % 255) as f32 / 255.0
+                    }
+                })
+                .collect();
+            let rgb: Vec<f32> = (0..3 * w * h).map(|_| (next() % 256) as f32 / 255.0).collect();
+            let mut want = rgb.clone();
+            bleed_by_passes(&mut want, &alpha, w, h);
+            // the same frame in padded planes (rows 5 longer, 3 rows more): the padding is not
+            // read nor written
+            let (pw, ph) = (w + 5, h + 3);
+            let mut got = vec![-1.0; 3 * pw * ph];
+            let mut padded_alpha = vec![0.5; pw * ph];
+            for y in 0..h {
+                padded_alpha[y * pw..y * pw + w].copy_from_slice(&alpha[y * w..(y + 1) * w]);
+                for c in 0..3 {
+                    got[c * pw * ph + y * pw..c * pw * ph + y * pw + w]
+                        .copy_from_slice(&rgb[c * w * h + y * w..c * w * h + (y + 1) * w]);
+                }
+            }
+            bleed_into_transparent(&mut got, pw * ph, &padded_alpha, pw, w, h);
+            for c in 0..3 {
+                for y in 0..ph {
+                    for x in 0..pw {
+                        let v = got[c * pw * ph + y * pw + x];
+                        if x < w && y < h {
+                            assert_eq!(v, want[c * w * h + y * w + x], "round {round}: {w}x{h} at {x},{y}");
+                        } else {
+                            assert_eq!(v, -1.0, "round {round}: padding written");
+                        }
+                    }
+                }
+            }
+        }
     }
 }
