@@ -389,7 +389,9 @@ fn main() -> Result<(), String> {
     let frames_rgb = std::fs::read(&raw[&(w, h)]).map_err(|e| e.to_string())?;
     let rounds: usize = opt("--paired-rounds", &(2 * reps).to_string())
         .parse()
-        .map_err(|_| "--paired-rounds")?;
+        .ok()
+        .filter(|&r| r > 0)
+        .ok_or("--paired-rounds takes a number of rounds, at least 1")?;
     let paired = paired_frames(&frames_rgb, (w as usize, h as usize), &model, rounds)?;
     let set = gstclasssr::manifest::ModelSet::load(&model).map_err(|e| e.to_string())?;
     let of_o = |macs: u64| 100.0 * macs as f64 / set.manifest.branches[2].macs_per_tile as f64;

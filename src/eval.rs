@@ -86,14 +86,16 @@ pub fn read_image_checked(
     let reader = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| fail(&e))?;
-    // (the JPEG decoder fills what a cut-short file lacks with grey, without a word)
+    // (the JPEG decoder fills what a cut-short file lacks with grey, without a word; some
+    // encoders leave the end marker out of whole files, so this is a warning, not an error)
     if reader.format() == Some(image::ImageFormat::Jpeg) {
         let bytes = std::fs::read(path).map_err(|e| fail(&e))?;
-        if !jpeg_complete(&bytes) {
-            return Err(fail(
-                &"the JPEG data ends before its end marker: the file was cut short (an interrupted download or copy?); \
-                  use the whole file",
-            ));
+        if bytes.starts_with(&[0xff, 0xd8]) && !jpeg_complete(&bytes) {
+            eprintln!(
+                "warning: '{}' ends before its JPEG end marker: if it was cut short (an interrupted download or \
+                 copy), its missing part comes out grey",
+                path.display()
+            );
         }
     }
     let mut decoder = reader.into_decoder().map_err(|e| fail(&e))?;
@@ -147,16 +149,27 @@ pub fn jpeg_complete(data: &[u8]) -> bool {
                 };
                 i += len;
                 if code == 0xda {
-                    // entropy-coded data: up to a 0xff that is not stuffing (0xff 0x00) or a
-                    // restart marker
+                    // entropy-coded data: up to a marker (0xff, any fill bytes of 0xff, then a
+                    // code) other than stuffing (0xff 0x00) and the restart markers
                     loop {
-                        if i + 1 >= n {
+                        if i >= n {
                             return false;
                         }
-                        if data[i] == 0xff && !matches!(data[i + 1], 0x00 | 0xd0..=0xd7) {
+                        if data[i] != 0xff {
+                            i += 1;
+                            continue;
+                        }
+                        let mut j = i + 1;
+                        while j < n && data[j] == 0xff {
+                            j += 1;
+                        }
+                        if j >= n {
+                            return false;
+                        }
+                        if !matches!(data[j], 0x00 | 0xd0..=0xd7) {
                             break;
                         }
-                        i += 1;
+                        i = j + 1;
                     }
                 }
             }

@@ -120,7 +120,14 @@ pub fn write_atomically(
 /// Whether `path` can be written by [`write_atomically`]: its temporary file is made and
 /// removed again (before long work whose result would otherwise be lost at the end).
 pub fn check_writable(path: &Path) -> std::io::Result<()> {
-    let (_, _, tmp) = temporary(path);
+    let (target, _, tmp) = temporary(path);
+    // (the temporary file's name is cut to fit; the file's own must fit too)
+    if target.file_name().is_some_and(|n| n.len() > NAME_MAX) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidFilename,
+            format!("the file name is longer than {NAME_MAX} bytes"),
+        ));
+    }
     File::create(&tmp)?;
     std::fs::remove_file(&tmp)
 }

@@ -154,12 +154,16 @@ fn random_sizes_formats_and_contents_never_panic() {
             picture(w, hgt, seed)
         } else {
             let mut r = Rng(seed | 1);
-            // (no pixel fully transparent: those take their visible neighbours' colour before
-            // the upscale, which the references here do not; engine and pixels tests cover it)
+            // (every other noise frame has no pixel fully transparent: those take their
+            // visible neighbours' colour before the upscale, which the references here do
+            // not; the others go through that fill, only checked for size and panics here,
+            // against a plain implementation in the pixels tests)
             let px: Vec<[u8; 4]> = (0..w * hgt)
                 .map(|_| {
                     let mut p: [u8; 4] = r.next().to_le_bytes()[..4].try_into().unwrap();
-                    p[3] = p[3].max(1);
+                    if round % 2 == 0 {
+                        p[3] = p[3].max(1);
+                    }
                     p
                 })
                 .collect();
@@ -176,6 +180,12 @@ fn random_sizes_formats_and_contents_never_panic() {
         let out = run_one(&mut h, &img, format);
         let what = format!("round {round}: {mode} {w}x{hgt} {format:?}");
         assert_eq!((out.width, out.height), (w * 4, hgt * 4), "{what}");
+        if round % 3 != 0
+            && round % 2 == 1
+            && matches!(format, gst_video::VideoFormat::Rgba | gst_video::VideoFormat::Bgra)
+        {
+            continue;
+        }
         let (reference, most) = match mode {
             "branch1" => (reference_upscale(&img, 4, false), 0),
             "branch2" => (reference_resample(&img, 4, triangle, 1), 1),

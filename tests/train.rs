@@ -592,6 +592,20 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
         code.status.code() == Some(2) && err.contains("unknown device 'gpu'"),
         "{err}"
     );
+    // A name that is not UTF-8 is a usage error too, not a panic.
+    let code = Command::new(env!("CARGO_BIN_EXE_classsr-train"))
+        .arg("prepare")
+        .arg("--data")
+        .arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+            b"caf\xe9",
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&code.stderr);
+    assert!(
+        code.status.code() == Some(2) && err.contains("is not valid UTF-8") && !err.contains("panicked"),
+        "{err}"
+    );
     // A batch that would fill the machine's memory is refused up front.
     let (ok, log) = run("stage1", &data, &["--batch", "100000"]);
     assert!(!ok && log.contains("--batch 100000: at most 256"), "{log}");

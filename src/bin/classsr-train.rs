@@ -238,7 +238,13 @@ fn run<B: burn::tensor::backend::AutodiffBackend>(cmd: &str, opts: Options, devi
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args = match gstclasssr::utf8_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     if args.is_empty() {
         eprintln!("{USAGE}");
         return ExitCode::from(2);

@@ -404,7 +404,13 @@ fn upscale(a: &Args) -> Result<String, String> {
             false
         }
     });
+    // (JPEG keeps no alpha: the colour stored under transparency is what it shows, so the
+    // image is upscaled as RGB, without the engine's fill of transparent pixels)
     let has_alpha = img.color().has_alpha();
+    if has_alpha && format == image::ImageFormat::Jpeg {
+        eprintln!("note: JPEG has no alpha channel: '{}' is written without it", a.output);
+    }
+    let has_alpha = has_alpha && format != image::ImageFormat::Jpeg;
     let (w, h) = (img.width() as usize, img.height() as usize);
     let (data, layout) = if has_alpha {
         (img.to_rgba8().into_raw(), PixelLayout::Rgba)
@@ -436,15 +442,11 @@ fn upscale(a: &Args) -> Result<String, String> {
         .process(&a.frame, &input, &mut output)
         .map_err(|e| e.to_string())?;
     let (ow, oh) = ((w * s) as u32, (h * s) as u32);
-    let mut result = if has_alpha {
+    let result = if has_alpha {
         image::DynamicImage::ImageRgba8(image::RgbaImage::from_raw(ow, oh, out).expect("buffer size matches"))
     } else {
         image::DynamicImage::ImageRgb8(image::RgbImage::from_raw(ow, oh, out).expect("buffer size matches"))
     };
-    if has_alpha && format == image::ImageFormat::Jpeg {
-        eprintln!("note: JPEG has no alpha channel: '{}' is written without it", a.output);
-        result = image::DynamicImage::ImageRgb8(result.to_rgb8());
-    }
     // encoded in memory first: a format that cannot take the image fails before any file
     let mut bytes = std::io::Cursor::new(Vec::new());
     let profile = profile.as_deref();
@@ -524,15 +526,9 @@ fn main() -> ExitCode {
         eprintln!("error: {e}");
         ExitCode::from(2)
     };
-    let args: Vec<String> = match std::env::args_os().skip(1).map(|a| a.into_string()).collect() {
+    let args = match gstclasssr::utf8_args() {
         Ok(args) => args,
-        Err(bad) => {
-            return usage(format!(
-                "'{}' is not valid UTF-8: classsr takes names in UTF-8; rename the file, or link to it \
-                 under a UTF-8 name (ln -s)",
-                bad.to_string_lossy()
-            ))
-        }
+        Err(e) => return usage(e),
     };
     let (cmd, run): (&str, Subcommand) = match args.first().map(String::as_str) {
         // (an argument after `--` is a file name, even one called -h)

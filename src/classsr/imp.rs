@@ -451,6 +451,15 @@ impl ObjectImpl for ClassSr {
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let name = pspec.name();
+        // The caps follow a new model's scale from when it is set, not from when it loads:
+        // links are made (and checked against the caps) before the element starts. Its
+        // manifest is read before the settings lock is taken (a slow disk would hold up every
+        // other property and start()); one that cannot be read fails at start, the caps are
+        // those of the default scale until then.
+        let model_scale = (name == "model").then(|| {
+            let dir = value.get::<Option<String>>().expect("type checked").unwrap_or_default();
+            ModelSet::manifest_of(&dir).map_or(4, |m| m.scale)
+        });
         let mut s = self.settings.lock().unwrap();
         // checked under the settings lock, which start() holds while it takes the settings
         // and marks the element running: a change cannot slip in between and be ignored
@@ -464,11 +473,7 @@ impl ObjectImpl for ClassSr {
         match name {
             "model" => {
                 s.model = value.get::<Option<String>>().expect("type checked").unwrap_or_default();
-                // the caps follow the model's scale from now, not from when it loads: links
-                // are made (and checked against the caps) before the element starts
-                if let Ok(m) = ModelSet::manifest_of(&s.model) {
-                    self.scale.store(m.scale, Ordering::SeqCst);
-                }
+                self.scale.store(model_scale.expect("read above"), Ordering::SeqCst);
             }
             "mode" => s.mode = value.get().expect("type checked"),
             "device" => s.device = value.get().expect("type checked"),

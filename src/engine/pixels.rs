@@ -194,9 +194,10 @@ pub fn unpack_planar(img: &Image, pw: usize, ph: usize, lo: f32, hi: f32, rgb: &
 }
 
 /// How far (in pixels) [`bleed_into_transparent`] carries colours into transparent areas: past
-/// the reach of a branch network's layers and of the bicubic kernel, so no visible output
-/// pixel is made from the colour of a transparent one.
-pub const BLEED: usize = 16;
+/// the reach of the branch networks' layers (7 LR pixels for FSRCNN) and of the bicubic
+/// kernel (2), so no visible output pixel is made from the colour of a transparent one; no
+/// farther, as a pipeline that drops alpha shows the filled band.
+pub const BLEED: usize = 8;
 
 /// Gives the fully transparent pixels within [`BLEED`] pixels of a visible one (alpha above
 /// 0) the mean colour of their nearest visible (or already given) neighbours, ring after ring.
@@ -225,9 +226,21 @@ pub fn bleed_into_transparent(rgb: &mut [f32], plane: usize, alpha: &[f32], stri
         .into_iter()
         .flatten()
     };
-    let mut ring: Vec<usize> = (0..w * h)
-        .filter(|&i| known[i] == 0 && neighbours(i).any(|j| known[j] == 1))
-        .collect();
+    // (row by row: the first ring is looked for over the whole frame, every frame)
+    let mut ring = Vec::new();
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            if known[i] == 0
+                && ((x > 0 && known[i - 1] == 1)
+                    || (x + 1 < w && known[i + 1] == 1)
+                    || (y > 0 && known[i - w] == 1)
+                    || (y + 1 < h && known[i + w] == 1))
+            {
+                ring.push(i);
+            }
+        }
+    }
     for &i in &ring {
         known[i] = 2;
     }
