@@ -644,6 +644,16 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
         (Some(2), Some(1)),
         "{its}"
     );
+    // export calibrates on the data the model was trained on: other images are refused, and
+    // without --aug it takes the scales the model was trained at (here 1.0 only, not the
+    // default five, which would be other data).
+    let (ok, log) = run("export", &small, &["--force"]);
+    assert!(!ok && log.contains("was trained on other data"), "{log}");
+    let mut args = vec!["export"];
+    args.extend(io_args(&data, &val, &out));
+    args.extend_from_slice(&["--force"]);
+    let (ok, log) = train_cmd(&args);
+    assert!(ok, "{log}");
     // stage2 reads the split of the data it was made from: other data is refused clearly,
     // before --force removes anything; the same folder spelt otherwise is the same data.
     let (ok, log) = run("stage2", &small, &["--force"]);
@@ -737,4 +747,20 @@ fn an_augmentation_factor_too_small_for_an_image_skips_it() {
     assert!(alone > 0);
     assert_eq!(load(&[1.0, 0.002]).unwrap().subs.len(), alone);
     assert!(load(&[0.002]).is_err(), "no sub-image at any scale is an error");
+    // A panorama whose longer side is brought to 2560 comes out 83 lines high: no sub-image
+    // at any scale, so it is skipped (named), not counted as a training image.
+    image::RgbImage::from_fn(4000, 130, |x, y| image::Rgb([(x % 256) as u8, (y * 2) as u8, 90]))
+        .save(dir.path().join("panorama.png"))
+        .unwrap();
+    let mut warnings = Vec::new();
+    let ds = gstclasssr::train::data::Dataset::load(dir.path(), 4, &[1.0], &mut |w| warnings.push(w)).unwrap();
+    assert_eq!((ds.images.len(), ds.subs.len()), (1, alone));
+    assert!(
+        ds.skipped
+            .iter()
+            .any(|(f, why)| f.ends_with("panorama.png") && why.contains("no 128x128 sub-image")),
+        "{:?}",
+        ds.skipped
+    );
+    assert!(warnings.iter().any(|w| w.contains("panorama.png")), "{warnings:?}");
 }

@@ -119,6 +119,7 @@ fn parse(args: &[String]) -> Result<(String, Options), String> {
                 o.device_name = d;
             }
             "--aug" => {
+                o.aug_given = true;
                 o.aug = v("--aug")?
                     .split(',')
                     .map(|s| {

@@ -214,6 +214,7 @@ impl Dataset {
             } else {
                 img
             };
+            let pairs_before = ds.pairs.len();
             for &s in aug {
                 let size = |side: usize| (side as f64 * s).round() as usize;
                 // (checked before resizing: a tiny factor would make an empty image)
@@ -238,17 +239,28 @@ impl Dataset {
                 }
                 ds.pairs.push(Pair { hr, lr });
             }
+            // (a panorama shrunk to MAX_SIDE may come out under a sub-image at every scale)
+            if ds.pairs.len() == pairs_before {
+                let why = format!(
+                    "gives no {hr_size}x{hr_size} sub-image at any scale of --aug (after its longer side is brought \
+                     to {MAX_SIDE}: {}x{})",
+                    img.width, img.height
+                );
+                warn(format!("skipping '{}': {why}", f.display()));
+                ds.skipped.push((f, why));
+                continue;
+            }
             ds.images.push(f);
         }
         if ds.subs.is_empty() {
-            // images were read, but every scale of them came out under one sub-image
-            let hint = if ds.images.is_empty() {
-                String::new()
-            } else {
+            // (images may have been read, but every scale of them came out under one sub-image)
+            let small = ds.skipped.iter().filter(|(_, why)| why.starts_with("gives no")).count();
+            let hint = if small > 0 {
                 format!(
-                    ": its {} images are smaller than {hr_size}x{hr_size} at every scale of --aug {aug:?} (use larger factors)",
-                    ds.images.len()
+                    ": {small} of them are smaller than {hr_size}x{hr_size} at every scale of --aug {aug:?} (use larger factors)"
                 )
+            } else {
+                String::new()
             };
             return Err(format!(
                 "data folder '{}' has no usable images ({} skipped){hint}",

@@ -94,6 +94,8 @@ pub struct Options {
     pub device_name: String,
     /// Scale augmentation factors (the official five unless changed).
     pub aug: Vec<f64>,
+    /// Whether --aug was given (export otherwise takes the factors the model was trained with).
+    pub aug_given: bool,
     /// Width of the classifier's convolutions (128 in the official code; see `Arch::Classifier`).
     pub classifier_width: usize,
     /// A model directory of the same family whose branch3 the -O model starts from (e.g. to
@@ -156,6 +158,7 @@ impl Options {
             checkpoint_secs: 120,
             device_name: "cpu".into(),
             aug: AUG_SCALES.to_vec(),
+            aug_given: false,
             classifier_width: 32,
             init_from: None,
             prune: true,
@@ -187,14 +190,29 @@ fn stage_of(step: &str) -> &'static str {
 
 /// Recorded options an interrupted step must be resumed with (its iterations too): what
 /// shapes the rest of its training. Batch size and augmentation shape every step, the
-/// branches' learning rate and class split the branches'. How a step started (--init-from,
-/// --random-init, --seed) does not matter once it has started: the checkpoint's values stay
-/// on record.
+/// branches' learning rate and class split the branches' (and, for the smaller two, whether
+/// they start from -O, which picks their learning rate: --finetune-lr's or the usual). How a
+/// step started otherwise (--init-from, --seed) does not matter once it has started: the
+/// checkpoint's values stay on record.
 fn resume_keys(step: &str) -> &'static [&'static str] {
     match step {
-        "branch1" | "branch2" | "branch3" => &["batch", "scale_augmentation", "finetune_lr", "class_split"],
+        "branch1" | "branch2" => &[
+            "batch",
+            "scale_augmentation",
+            "finetune_lr",
+            "class_split",
+            "branch_init",
+        ],
+        "branch3" => &["batch", "scale_augmentation", "finetune_lr", "class_split"],
         _ => &["batch", "scale_augmentation"],
     }
+}
+
+/// At most `k` of `0..len`, spread evenly over it (all of it when `len <= k`): the crops of
+/// the validation images, in image order, so every image and all of each take part.
+fn spread(len: usize, k: usize) -> Vec<usize> {
+    let k = k.min(len);
+    (0..k).map(|i| i * len / k).collect()
 }
 
 /// Crops of the validation images scored during training.
@@ -550,8 +568,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 val.images.len()
             ));
         }
-        let stride = (val.subs.len() / VAL_CROPS).max(1);
-        self.val_ids = (0..val.subs.len()).step_by(stride).take(VAL_CROPS).collect();
+        self.val_ids = spread(val.subs.len(), VAL_CROPS);
         eprintln!(
             "data: {} training images ({} skipped) → {} sub-images; {} validation images ({} skipped), {} crops scored ({:.1} s)",
             train.images.len(),
@@ -766,8 +783,16 @@ impl<B: AutodiffBackend> Trainer<B> {
             let total = scalar(&losses.total);
             if !total.is_finite() {
                 return Err(format!(
-                    "{step}: the loss became {total} at iteration {}; try a lower learning rate or another --seed",
-                    st.iter
+                    "{step}: the loss became {total} at iteration {}; --resume would repeat it (its checkpoint keeps \
+                     the random state): redo the step with `{} --force` (which also redoes the steps after it) and \
+                     another --seed{}",
+                    st.iter,
+                    stage_of(step),
+                    if step.starts_with("branch") {
+                        ", or a lower --finetune-lr"
+                    } else {
+                        ""
+                    }
                 ));
             }
             let grads = losses.total.backward();
@@ -981,12 +1006,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                     Ok(vec![match (j, arch, o.arch) {
                         (2, _, _) => o.clone(),
                         (_, Arch::Fsrcnn { d, .. }, Arch::Fsrcnn { d: o_d, .. }) if from_o => {
-                            let ids: Vec<usize> = pool
-                                .iter()
-                                .copied()
-                                .step_by((pool.len() / 64).max(1))
-                                .take(64)
-                                .collect();
+                            let ids: Vec<usize> = spread(pool.len(), 64).into_iter().map(|k| pool[k]).collect();
                             let (x, _) = t.lr_hr_on::<B::InnerBackend>(&ids, None, false);
                             let stats = o.inner().fsrcnn_channel_stats(x);
                             let w = prune_fsrcnn(&o.to_weights(), o_d, d, &stats, t.opts.scale);
@@ -1357,6 +1377,20 @@ impl<B: AutodiffBackend> Trainer<B> {
             ));
         }
         let (mut nets, from) = self.final_nets()?;
+        // The routing is calibrated on the data the model was trained on: without --aug, at
+        // the scales it was trained at; data other than its training data is refused, as by
+        // the training steps.
+        if !self.opts.aug_given {
+            let meta = checkpoint::meta(&self.ckpt(from, true))?;
+            let recorded: Option<Vec<f64>> = meta["data"]["aug"]
+                .as_array()
+                .and_then(|a| a.iter().map(|v| v.as_f64()).collect());
+            if let Some(aug) = recorded {
+                self.opts.aug = aug;
+            }
+        }
+        self.datasets()?;
+        self.check_data(from)?;
         let (offset, qos_step) = self.calibrate(&mut nets, self.opts.macs_budget)?;
         let tile = LR_SIZE;
         let info = |arch: &Arch, file: &str, output: &str| {
@@ -1473,7 +1507,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     fn train_logits(&mut self, classifier: &Net<B>) -> Result<Vec<[f32; 3]>, String> {
         self.datasets()?;
         let n = self.train.as_ref().expect("loaded").subs.len();
-        let ids: Vec<usize> = (0..n).step_by((n / 4096).max(1)).collect();
+        let ids = spread(n, 4096);
         let classifier = classifier.inner();
         let mut logits: Vec<[f32; 3]> = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(128) {
