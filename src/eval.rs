@@ -70,15 +70,19 @@ pub fn read_image_upright(path: &Path) -> Result<(image::DynamicImage, bool), St
 }
 
 /// [`read_image_upright`], with the image's colour profile (ICC), if it has one (a profile
-/// that cannot be read counts as none).
+/// that cannot be read counts as none). A JPEG without its end marker is refused: evaluation
+/// and training would score or learn the grey its decoder fills a cut-short file with.
 pub fn read_image_with_profile(path: &Path) -> Result<(image::DynamicImage, bool, Option<Vec<u8>>), String> {
-    read_image_checked(path, |_, _| Ok(()))
+    read_image_checked(path, true, |_, _| Ok(()))
 }
 
 /// [`read_image_with_profile`], with `check` called on the upright image's width and height
-/// before its pixels are decoded (a size the caller refuses costs no decoding and no memory).
+/// before its pixels are decoded (a size the caller refuses costs no decoding and no memory);
+/// without `strict`, a JPEG without its end marker only gets a warning (some encoders leave
+/// it out of whole files; a cut-short one comes out grey where it is missing).
 pub fn read_image_checked(
     path: &Path,
+    strict: bool,
     check: impl FnOnce(u32, u32) -> Result<(), String>,
 ) -> Result<(image::DynamicImage, bool, Option<Vec<u8>>), String> {
     use image::metadata::Orientation;
@@ -86,16 +90,16 @@ pub fn read_image_checked(
     let reader = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| fail(&e))?;
-    // (the JPEG decoder fills what a cut-short file lacks with grey, without a word; some
-    // encoders leave the end marker out of whole files, so this is a warning, not an error)
+    // (the JPEG decoder fills what a cut-short file lacks with grey, without a word)
     if reader.format() == Some(image::ImageFormat::Jpeg) {
         let bytes = std::fs::read(path).map_err(|e| fail(&e))?;
         if bytes.starts_with(&[0xff, 0xd8]) && !jpeg_complete(&bytes) {
-            eprintln!(
-                "warning: '{}' ends before its JPEG end marker: if it was cut short (an interrupted download or \
-                 copy), its missing part comes out grey",
-                path.display()
-            );
+            let what = "ends before its JPEG end marker: if it was cut short (an interrupted download or copy), \
+                        its missing part comes out grey";
+            if strict {
+                return Err(fail(&format!("it {what}")));
+            }
+            eprintln!("warning: '{}' {what}", path.display());
         }
     }
     let mut decoder = reader.into_decoder().map_err(|e| fail(&e))?;

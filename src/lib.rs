@@ -56,8 +56,9 @@ pub fn utf8_args() -> Result<Vec<String>, String> {
 }
 
 /// The memory available to this process now, if known: Linux's MemAvailable, or less where
-/// the process's control group (a container's memory limit) leaves less room. What the
-/// trainer's data and cache=full's kept outputs are checked against before they are made.
+/// the process's control group, or one above it (a container's or a systemd slice's memory
+/// limit), leaves less room. What the trainer's data and cache=full's kept outputs are checked
+/// against before they are made.
 pub fn available_memory() -> Option<u64> {
     let read = |p: &str| std::fs::read_to_string(p).ok();
     let system = read("/proc/meminfo").and_then(|info| {
@@ -65,37 +66,58 @@ pub fn available_memory() -> Option<u64> {
         let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kb * 1024)
     });
-    // cgroup v2: the process's group (its line "0::/path" in /proc/self/cgroup); v1: the
-    // memory controller's
-    let v2 = read("/proc/self/cgroup")
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("0::").map(str::to_string)))
-        .map(|path| format!("/sys/fs/cgroup{}", path.trim_end_matches('/')));
-    let group = v2
-        .and_then(|dir| {
-            headroom(
-                &read(&format!("{dir}/memory.max"))?,
-                &read(&format!("{dir}/memory.current"))?,
+    // The process's group and those above it, up to the mount's root (in a container, its own
+    // group), in cgroup v2 ("0::/path") and in v1's memory hierarchy ("N:...memory...:/path").
+    let groups = read("/proc/self/cgroup").unwrap_or_default();
+    let mut dirs = Vec::new();
+    for line in groups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let (root, files) = if id == "0" && controllers.is_empty() {
+            ("/sys/fs/cgroup", ["memory.max", "memory.current", "inactive_file"])
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (
+                "/sys/fs/cgroup/memory",
+                ["memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file"],
             )
+        } else {
+            continue;
+        };
+        let mut path = std::path::PathBuf::from(format!("{root}{}", path.trim_end_matches('/')));
+        loop {
+            dirs.push((path.clone(), files));
+            if path.as_os_str() == root || !path.pop() {
+                break;
+            }
+        }
+    }
+    let group = dirs
+        .iter()
+        .filter_map(|(dir, [limit, usage, inactive])| {
+            let file = |name: &str| read(&dir.join(name).display().to_string());
+            // (the page cache it may reclaim counts as room, as in MemAvailable)
+            let reclaimable = file("memory.stat").and_then(|stat| {
+                stat.lines()
+                    .find_map(|l| l.strip_prefix(inactive).and_then(|v| v.trim().parse().ok()))
+            });
+            headroom(&file(limit)?, &file(usage)?, reclaimable.unwrap_or(0))
         })
-        .or_else(|| {
-            let dir = "/sys/fs/cgroup/memory";
-            headroom(
-                &read(&format!("{dir}/memory.limit_in_bytes"))?,
-                &read(&format!("{dir}/memory.usage_in_bytes"))?,
-            )
-        });
+        .min();
     match (system, group) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }
 }
 
-/// Room left under a control group's memory `limit` at `usage` (the files' text), if it has
-/// a limit ("max", or v1's page-rounded i64::MAX, for none).
-fn headroom(limit: &str, usage: &str) -> Option<u64> {
+/// Room left under a control group's memory `limit` at `usage` (the files' text) of which
+/// `reclaimable` bytes are page cache, if it has a limit ("max", or v1's page-rounded
+/// i64::MAX, for none).
+fn headroom(limit: &str, usage: &str, reclaimable: u64) -> Option<u64> {
     let limit: u64 = limit.trim().parse().ok().filter(|&l| l < 1 << 62)?;
     let usage: u64 = usage.trim().parse().ok()?;
-    Some(limit.saturating_sub(usage))
+    Some(limit.saturating_sub(usage.saturating_sub(reclaimable)))
 }
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
@@ -118,10 +140,19 @@ gst::plugin_define!(
 mod tests {
     #[test]
     fn a_control_groups_limit_counts_only_when_it_has_one() {
-        assert_eq!(super::headroom("4294967296\n", "1073741824\n"), Some(3 << 30));
-        assert_eq!(super::headroom("max\n", "1073741824\n"), None);
-        assert_eq!(super::headroom("9223372036854771712\n", "5\n"), None, "v1's no limit");
-        assert_eq!(super::headroom("100", "200"), Some(0), "over the limit");
-        assert!(super::available_memory().is_some_and(|m| m > 0));
+        assert_eq!(super::headroom("4294967296\n", "1073741824\n", 0), Some(3 << 30));
+        assert_eq!(
+            super::headroom("4294967296\n", "4294967296\n", 1 << 30),
+            Some(1 << 30),
+            "page cache counts as room"
+        );
+        assert_eq!(super::headroom("max\n", "1073741824\n", 0), None);
+        assert_eq!(
+            super::headroom("9223372036854771712\n", "5\n", 0),
+            None,
+            "v1's no limit"
+        );
+        assert_eq!(super::headroom("100", "200", 0), Some(0), "over the limit");
+        assert!(super::available_memory().is_some());
     }
 }

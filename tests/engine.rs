@@ -558,14 +558,18 @@ fn a_small_change_reruns_only_its_part_of_the_tile() {
     );
 }
 
+/// A flat grey 96x64 frame, 100 + `k` levels.
+fn grey(k: u8) -> Rgba {
+    Rgba::new(96, 64, |_, _| [100 + k, 100 + k, 100 + k, 255])
+}
+
 #[test]
 fn a_tile_made_bicubically_under_qos_is_classified_again_when_it_drifts() {
     // At the last QoS level the cheapest class is made bicubically, so no output of it is kept:
     // the tile is made again every frame. A slow change (under the threshold from one frame to
     // the next) still adds up against the pixels its class was decided on, and the tile is
     // classified again once it is over the threshold.
-    let set = ModelSet::load(KA).unwrap();
-    let mut engine = Engine::new(Model::load(&set, &CPU).unwrap());
+    let mut engine = Engine::new(Model::load(&ModelSet::load(KA).unwrap(), &CPU).unwrap());
     let cfg = FrameConfig {
         cache: CacheMode::Full,
         cache_threshold: 2.0,
@@ -574,7 +578,7 @@ fn a_tile_made_bicubically_under_qos_is_classified_again_when_it_drifts() {
         ..FrameConfig::default()
     };
     // flat (branch1 for the known-answer classifier), one level brighter each frame
-    let frame = |k: u8| Rgba::new(96, 64, |_, _| [100 + k, 100 + k, 100 + k, 255]);
+    let frame = grey;
     let (_, first) = run_engine(&mut engine, &frame(0), &cfg);
     let n: usize = first.tiles.iter().sum();
     assert_eq!(first.tiles[0], n, "all flat: {:?}", first.tiles);
@@ -596,8 +600,7 @@ fn a_tile_made_again_is_classified_on_the_pixels_it_is_made_from() {
     // cache=full (the same cache), such a tile is made from this frame's pixels, which become
     // its reference: it is classified on them too (its class came from pixels up to the
     // threshold away, and a drift could otherwise go on under the threshold from there).
-    let set = ModelSet::load(KA).unwrap();
-    let mut engine = Engine::new(Model::load(&set, &CPU).unwrap());
+    let mut engine = Engine::new(Model::load(&ModelSet::load(KA).unwrap(), &CPU).unwrap());
     let class = FrameConfig {
         cache: CacheMode::Class,
         cache_threshold: 8.0,
@@ -608,7 +611,7 @@ fn a_tile_made_again_is_classified_on_the_pixels_it_is_made_from() {
         cache: CacheMode::Full,
         ..class
     };
-    let frame = |k: u8| Rgba::new(96, 64, |_, _| [100 + k, 100 + k, 100 + k, 255]);
+    let frame = grey;
     let (_, first) = run_engine(&mut engine, &frame(0), &class);
     let n: usize = first.tiles.iter().sum();
     let (_, st) = run_engine(&mut engine, &frame(5), &class);

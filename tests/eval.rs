@@ -346,6 +346,21 @@ fn the_command_line_never_loses_a_file_and_names_what_it_skips() {
         "cpu",
     ]);
     assert!(ok && err.contains("ends before its JPEG end marker"), "{err}");
+    // eval (as the trainer) skips it, by name: it would score the grey
+    let cut_hr = dir.join("cut-hr");
+    std::fs::create_dir(&cut_hr).unwrap();
+    std::fs::copy(dir.join("cut.jpg"), cut_hr.join("cut.jpg")).unwrap();
+    std::fs::copy(hr.join("a.png"), cut_hr.join("a.png")).unwrap();
+    let (ok, err) = classsr(&[
+        "eval",
+        "--hr",
+        cut_hr.to_str().unwrap(),
+        "--model",
+        ka,
+        "--modes",
+        "bicubic",
+    ]);
+    assert!(ok && err.contains("cut.jpg") && err.contains("end marker"), "{err}");
     let mut padded = jpeg.clone();
     padded.extend_from_slice(&[0; 16]);
     std::fs::write(dir.join("padded.jpg"), &padded).unwrap();

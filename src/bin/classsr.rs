@@ -386,7 +386,7 @@ fn upscale(a: &Args) -> Result<String, String> {
     let set = ModelSet::load(&a.model).map_err(|e| e.to_string())?;
     // the size from the file's header, before the pixels are decoded, the model's sessions
     // made and the output (16 times larger) allocated
-    let (img, _, profile) = gstclasssr::eval::read_image_checked(std::path::Path::new(&a.input), |w, h| {
+    let (img, _, profile) = gstclasssr::eval::read_image_checked(std::path::Path::new(&a.input), false, |w, h| {
         Engine::check_frame_size(w as usize, h as usize, set.manifest.scale as usize)
             .map_err(|e| format!("{}: {e}", a.input))
     })?;

@@ -533,6 +533,7 @@ impl Engine {
             hi,
             &mut work.lr,
             with_alpha.then_some(&mut work.alpha_lr[..]),
+            work.grid.tile,
         );
 
         let n = work.grid.len();

@@ -146,8 +146,19 @@ fn check_dims(len: usize, width: usize, height: usize, stride: usize, layout: Pi
 /// Unpacks `img` into planar f32 planes of `pw`×`ph` (≥ the image), replicating the last row
 /// and column into the padding. Colour values map 0..255 → lo..hi. The alpha plane, when
 /// given and the layout has alpha, is filled the same way (0..1), and the colour of fully
-/// transparent pixels near visible ones is replaced by theirs ([`bleed_into_transparent`]).
-pub fn unpack_planar(img: &Image, pw: usize, ph: usize, lo: f32, hi: f32, rgb: &mut [f32], alpha: Option<&mut [f32]>) {
+/// transparent pixels within `reach` of visible ones is replaced by theirs
+/// ([`bleed_into_transparent`]; the engine gives the tile side).
+#[allow(clippy::too_many_arguments)]
+pub fn unpack_planar(
+    img: &Image,
+    pw: usize,
+    ph: usize,
+    lo: f32,
+    hi: f32,
+    rgb: &mut [f32],
+    alpha: Option<&mut [f32]>,
+    reach: usize,
+) {
     let plane = pw * ph;
     debug_assert!(rgb.len() >= 3 * plane);
     let (w, h) = (img.width, img.height);
@@ -179,7 +190,7 @@ pub fn unpack_planar(img: &Image, pw: usize, ph: usize, lo: f32, hi: f32, rgb: &
             alpha[o + w..o + pw].fill(last);
         }
         // (on the frame itself, before its edges are replicated into the padding)
-        bleed_into_transparent(rgb, plane, alpha, pw, w, h);
+        bleed_into_transparent(rgb, plane, alpha, pw, w, h, reach);
     }
     for c in rgb[..3 * plane].chunks_exact_mut(plane) {
         for y in 0..h {
@@ -193,20 +204,25 @@ pub fn unpack_planar(img: &Image, pw: usize, ph: usize, lo: f32, hi: f32, rgb: &
     }
 }
 
-/// How far (in pixels) [`bleed_into_transparent`] carries colours into transparent areas: past
-/// the reach of the branch networks' layers (7 LR pixels for FSRCNN) and of the bicubic
-/// kernel (2), so no visible output pixel is made from the colour of a transparent one; no
-/// farther, as a pipeline that drops alpha shows the filled band.
-pub const BLEED: usize = 8;
-
-/// Gives the fully transparent pixels within [`BLEED`] pixels of a visible one (alpha above
-/// 0) the mean colour of their nearest visible (or already given) neighbours, ring after ring.
-/// Their colour is not seen, but upscaling mixes it into the visible pixels at the edge: the
-/// black of a logo's transparent surroundings would give it a dark fringe (straight, not
-/// premultiplied, alpha is what the formats carry). A frame without transparent pixels, or
-/// without visible ones, is left as it is. The frame is `w`×`h`, its rows `stride` values
-/// apart in `alpha` and in each of the three colour planes of `rgb` (`plane` values each).
-pub fn bleed_into_transparent(rgb: &mut [f32], plane: usize, alpha: &[f32], stride: usize, w: usize, h: usize) {
+/// Gives the fully transparent pixels within `reach` pixels (in rows, columns or diagonals) of
+/// a visible one (alpha above 0) the mean colour of their nearest visible (or already given)
+/// neighbours of the 8 around them, ring after ring. Their colour is not seen, but upscaling
+/// mixes it into the visible pixels near them: the black of a logo's transparent
+/// surroundings would give it a dark fringe (straight, not premultiplied, alpha is what the
+/// formats carry). The engine's reach is the tile side: a tile's network sees nothing outside
+/// the tile, so no visible output pixel is made from the colour of a transparent pixel, with
+/// any model. A frame without transparent pixels, or without visible ones, is left as it is.
+/// The frame is `w`×`h`, its rows `stride` values apart in `alpha` and in each of the three
+/// colour planes of `rgb` (`plane` values each).
+pub fn bleed_into_transparent(
+    rgb: &mut [f32],
+    plane: usize,
+    alpha: &[f32],
+    stride: usize,
+    w: usize,
+    h: usize,
+    reach: usize,
+) {
     let at = |x: usize, y: usize| y * stride + x;
     let rows = || (0..h).map(|y| &alpha[y * stride..y * stride + w]);
     if !rows().any(|r| r.contains(&0.0)) || rows().all(|r| r.iter().all(|&a| a == 0.0)) {
@@ -215,29 +231,38 @@ pub fn bleed_into_transparent(rgb: &mut [f32], plane: usize, alpha: &[f32], stri
     // per pixel of the frame (row by row, w wide): 1 visible or given a colour, 2 in the ring
     // being given one, 0 neither yet
     let mut known: Vec<u8> = rows().flatten().map(|&a| u8::from(a > 0.0)).collect();
+    // the 8 around pixel i, in a fixed order (the sums' order)
     let neighbours = |i: usize| {
         let (x, y) = (i % w, i / w);
+        let (l, r, u, d) = (x > 0, x + 1 < w, y > 0, y + 1 < h);
         [
-            (x > 0).then(|| i - 1),
-            (x + 1 < w).then(|| i + 1),
-            (y > 0).then(|| i - w),
-            (y + 1 < h).then(|| i + w),
+            (u && l).then(|| i - w - 1),
+            u.then(|| i - w),
+            (u && r).then(|| i - w + 1),
+            l.then(|| i - 1),
+            r.then(|| i + 1),
+            (d && l).then(|| i + w - 1),
+            d.then(|| i + w),
+            (d && r).then(|| i + w + 1),
         ]
         .into_iter()
         .flatten()
     };
-    // (row by row: the first ring is looked for over the whole frame, every frame)
+    // (row by row over the row above, this one and the one below: the first ring is looked
+    // for over the whole frame, every frame)
     let mut ring = Vec::new();
     for y in 0..h {
+        let band = y.saturating_sub(1)..(y + 2).min(h);
         for x in 0..w {
             let i = y * w + x;
-            if known[i] == 0
-                && ((x > 0 && known[i - 1] == 1)
-                    || (x + 1 < w && known[i + 1] == 1)
-                    || (y > 0 && known[i - w] == 1)
-                    || (y + 1 < h && known[i + w] == 1))
-            {
-                ring.push(i);
+            if known[i] == 0 {
+                let cols = x.saturating_sub(1)..(x + 2).min(w);
+                if band
+                    .clone()
+                    .any(|yy| known[yy * w + cols.start..yy * w + cols.end].contains(&1))
+                {
+                    ring.push(i);
+                }
             }
         }
     }
@@ -245,7 +270,7 @@ pub fn bleed_into_transparent(rgb: &mut [f32], plane: usize, alpha: &[f32], stri
         known[i] = 2;
     }
     let mut colours = Vec::new();
-    for _ in 0..BLEED {
+    for _ in 0..reach {
         if ring.is_empty() {
             break;
         }
@@ -469,34 +494,33 @@ mod tests {
         assert!(img(40).check().unwrap_err().contains("needs 86 bytes"));
     }
 
-    /// [`bleed_into_transparent`] written the plain way: whole passes over the frame, each
-    /// giving every transparent pixel next to a visible (or already given) one the mean of
-    /// those neighbours as they were before the pass.
-    fn bleed_by_passes(rgb: &mut [f32], alpha: &[f32], w: usize, h: usize) {
+    /// [`bleed_into_transparent`] written the plain way: `reach` whole passes over the frame,
+    /// each giving every transparent pixel next to (of the 8 around it) a visible or already
+    /// given one the mean of those neighbours as they were before the pass.
+    fn bleed_by_passes(rgb: &mut [f32], alpha: &[f32], w: usize, h: usize, reach: usize) {
         let plane = w * h;
         let mut known: Vec<bool> = alpha.iter().map(|&a| a > 0.0).collect();
         if known.iter().all(|&k| k) || !known.iter().any(|&k| k) {
             return;
         }
-        for _ in 0..BLEED {
+        for _ in 0..reach {
             let (was, colours) = (known.clone(), rgb.to_vec());
-            for y in 0..h {
-                for x in 0..w {
-                    let i = y * w + x;
+            for y in 0..h as i64 {
+                for x in 0..w as i64 {
+                    let i = (y * w as i64 + x) as usize;
                     if was[i] {
                         continue;
                     }
-                    let around = [
-                        (x > 0, i.wrapping_sub(1)),
-                        (x + 1 < w, i + 1),
-                        (y > 0, i.wrapping_sub(w)),
-                        (y + 1 < h, i + w),
-                    ];
-                    let from: Vec<usize> = around
-                        .iter()
-                        .filter(|(ok, j)| *ok && was[*j])
-                        .map(|(_, j)| *j)
-                        .collect();
+                    let mut from = Vec::new();
+                    for (dx, dy) in [(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)] {
+                        let (nx, ny) = (x + dx, y + dy);
+                        if (0..w as i64).contains(&nx) && (0..h as i64).contains(&ny) {
+                            let j = (ny * w as i64 + nx) as usize;
+                            if was[j] {
+                                from.push(j);
+                            }
+                        }
+                    }
                     if from.is_empty() {
                         continue;
                     }
@@ -532,7 +556,8 @@ mod tests {
                 .collect();
             let rgb: Vec<f32> = (0..3 * w * h).map(|_| (next() % 256) as f32 / 255.0).collect();
             let mut want = rgb.clone();
-            bleed_by_passes(&mut want, &alpha, w, h);
+            let reach = 1 + next() as usize % 12;
+            bleed_by_passes(&mut want, &alpha, w, h, reach);
             // the same frame in padded planes (rows 5 longer, 3 rows more): the padding is not
             // read nor written
             let (pw, ph) = (w + 5, h + 3);
@@ -545,7 +570,7 @@ mod tests {
                         .copy_from_slice(&rgb[c * w * h + y * w..c * w * h + (y + 1) * w]);
                 }
             }
-            bleed_into_transparent(&mut got, pw * ph, &padded_alpha, pw, w, h);
+            bleed_into_transparent(&mut got, pw * ph, &padded_alpha, pw, w, h, reach);
             for c in 0..3 {
                 for y in 0..ph {
                     for x in 0..pw {

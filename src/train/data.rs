@@ -214,6 +214,11 @@ impl Dataset {
             } else {
                 img
             };
+            let shrunk = if big > MAX_SIDE {
+                format!(" (its longer side brought to {MAX_SIDE}: {}x{})", img.width, img.height)
+            } else {
+                String::new()
+            };
             let pairs_before = ds.pairs.len();
             for &s in aug {
                 let size = |side: usize| (side as f64 * s).round() as usize;
@@ -241,11 +246,7 @@ impl Dataset {
             }
             // (a panorama shrunk to MAX_SIDE may come out under a sub-image at every scale)
             if ds.pairs.len() == pairs_before {
-                let why = format!(
-                    "gives no {hr_size}x{hr_size} sub-image at any scale of --aug (after its longer side is brought \
-                     to {MAX_SIDE}: {}x{})",
-                    img.width, img.height
-                );
+                let why = format!("gives no {hr_size}x{hr_size} sub-image at any scale of --aug {aug:?}{shrunk}");
                 warn(format!("skipping '{}': {why}", f.display()));
                 ds.skipped.push((f, why));
                 continue;

@@ -784,15 +784,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             if !total.is_finite() {
                 return Err(format!(
                     "{step}: the loss became {total} at iteration {}; --resume would repeat it (its checkpoint keeps \
-                     the random state): redo the step with `{} --force` (which also redoes the steps after it) and \
-                     another --seed{}",
+                     the random state): redo it with `{} --force --seed N` with another N (which redoes that whole \
+                     stage and the ones after it)",
                     st.iter,
                     stage_of(step),
-                    if step.starts_with("branch") {
-                        ", or a lower --finetune-lr"
-                    } else {
-                        ""
-                    }
                 ));
             }
             let grads = losses.total.backward();
@@ -1231,7 +1226,13 @@ impl<B: AutodiffBackend> Trainer<B> {
     fn run_options(&self) -> serde_json::Value {
         serde_json::json!({
             "original_init": self.opts.init_from.as_ref().map(|d| d.display().to_string()),
-            "branch_init": if self.opts.prune { "pruned from -O" } else { "random" },
+            // (only FSRCNN branches are pruned copies of -O; the others start from random
+            // weights whatever --random-init says)
+            "branch_init": if self.opts.prune && matches!(self.opts.branches()[0], Arch::Fsrcnn { .. }) {
+                "pruned from -O"
+            } else {
+                "random"
+            },
             "class_split": self.split_scope(),
             "finetune_lr": self.opts.finetune_lr,
             "batch": self.opts.batch,
@@ -1382,9 +1383,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         // the training steps.
         if !self.opts.aug_given {
             let meta = checkpoint::meta(&self.ckpt(from, true))?;
-            let recorded: Option<Vec<f64>> = meta["data"]["aug"]
-                .as_array()
-                .and_then(|a| a.iter().map(|v| v.as_f64()).collect());
+            // (checkpoints from before the data was recorded have it among their options)
+            let recorded: Option<Vec<f64>> = [&meta["data"]["aug"], &meta["options"]["scale_augmentation"]]
+                .into_iter()
+                .find_map(|v| v.as_array().and_then(|a| a.iter().map(|v| v.as_f64()).collect()));
             if let Some(aug) = recorded {
                 self.opts.aug = aug;
             }
