@@ -717,6 +717,16 @@ fn stages_run_one_by_one_and_checkpoints_must_match_the_options() {
     assert!(!work.join("split.json").exists(), "no split of the other images");
     let (ok, log) = run("stage1", &data, &["--resume"]);
     assert!(ok && log.contains("original: finished earlier, reusing it"), "{log}");
+    // The refusal of other data names the images that differ (an image can also drop out of
+    // the same folder, e.g. one skipped now).
+    let more = root.join("more");
+    std::fs::create_dir_all(&more).unwrap();
+    for f in ["img0.png", "img1.png"] {
+        std::fs::copy(data.join(f), more.join(f)).unwrap();
+    }
+    std::fs::copy(data.join("img0.png"), more.join("extra.png")).unwrap();
+    let (ok, log) = run("stage2", &more, &[]);
+    assert!(!ok && log.contains("new: extra.png"), "{log}");
 }
 
 #[test]

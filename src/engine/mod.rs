@@ -533,7 +533,9 @@ impl Engine {
             hi,
             &mut work.lr,
             with_alpha.then_some(&mut work.alpha_lr[..]),
-            work.grid.tile,
+            // (the tile side, and 2 more for the bicubic alpha's reach: an output pixel with
+            // alpha above 0 may lie 2 LR pixels from the nearest visible one)
+            work.grid.tile + 2,
         );
 
         let n = work.grid.len();

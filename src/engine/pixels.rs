@@ -147,7 +147,7 @@ fn check_dims(len: usize, width: usize, height: usize, stride: usize, layout: Pi
 /// and column into the padding. Colour values map 0..255 → lo..hi. The alpha plane, when
 /// given and the layout has alpha, is filled the same way (0..1), and the colour of fully
 /// transparent pixels within `reach` of visible ones is replaced by theirs
-/// ([`bleed_into_transparent`]; the engine gives the tile side).
+/// ([`bleed_into_transparent`]; the engine gives the tile side and 2).
 #[allow(clippy::too_many_arguments)]
 pub fn unpack_planar(
     img: &Image,
@@ -209,9 +209,9 @@ pub fn unpack_planar(
 /// neighbours of the 8 around them, ring after ring. Their colour is not seen, but upscaling
 /// mixes it into the visible pixels near them: the black of a logo's transparent
 /// surroundings would give it a dark fringe (straight, not premultiplied, alpha is what the
-/// formats carry). The engine's reach is the tile side: a tile's network sees nothing outside
-/// the tile, so no visible output pixel is made from the colour of a transparent pixel, with
-/// any model. A frame without transparent pixels, or without visible ones, is left as it is.
+/// formats carry). The engine's reach is the tile side plus the bicubic alpha's 2 pixels: a
+/// tile's network sees nothing outside the tile, so no visible output pixel is made from the
+/// colour of a transparent pixel, with any model. A frame without transparent pixels, or without visible ones, is left as it is.
 /// The frame is `w`×`h`, its rows `stride` values apart in `alpha` and in each of the three
 /// colour planes of `rgb` (`plane` values each).
 pub fn bleed_into_transparent(

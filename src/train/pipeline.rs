@@ -449,12 +449,50 @@ impl<B: AutodiffBackend> Trainer<B> {
         let meta = checkpoint::meta(&self.ckpt(step, true))?;
         if self.other_data(&meta) {
             return Err(format!(
-                "step '{step}' was trained on other data (other --data images or --aug) than this run's; run with \
-                 the data that made it, or redo it with `{} --force`",
+                "step '{step}' was trained on other data (other --data images or --aug) than this run's{}; run \
+                 with the data that made it, or redo it with `{} --force`",
+                self.image_change(&meta["data"]),
                 stage_of(step)
             ));
         }
         Ok(())
+    }
+
+    /// Which training images differ between the `recorded` data key and this run's, for the
+    /// messages that refuse other data ("" when the image lists agree): images can drop out of
+    /// the same folder (one skipped now, e.g. a JPEG without its end marker).
+    fn image_change(&self, recorded: &serde_json::Value) -> String {
+        let names = |v: &serde_json::Value| -> Vec<String> {
+            v["images"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|n| n.as_str().map(str::to_string)).collect())
+                .unwrap_or_default()
+        };
+        let (then, now) = (names(recorded), names(&self.data_key()));
+        let list = |a: &[String], b: &[String]| {
+            let only: Vec<&str> = a.iter().filter(|n| !b.contains(n)).map(String::as_str).collect();
+            let more = only.len().saturating_sub(3);
+            let shown = only.iter().take(3).copied().collect::<Vec<_>>().join(", ");
+            (!only.is_empty()).then(|| {
+                if more > 0 {
+                    format!("{shown} and {more} more")
+                } else {
+                    shown
+                }
+            })
+        };
+        let mut parts = Vec::new();
+        if let Some(l) = list(&then, &now) {
+            parts.push(format!("trained on but not used now: {l} (unreadable or skipped now?)"));
+        }
+        if let Some(l) = list(&now, &then) {
+            parts.push(format!("new: {l}"));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", parts.join("; "))
+        }
     }
 
     /// Whether a checkpoint's `meta` records other training data than this run's (checkpoints
@@ -469,6 +507,9 @@ impl<B: AutodiffBackend> Trainer<B> {
         let own = self.run_options();
         let mut changed: Vec<String> = resume_keys(step)
             .iter()
+            // (a family that is not pruned starts from random weights either way; older
+            // versions recorded "pruned from -O" for it all the same)
+            .filter(|k| **k != "branch_init" || self.prunes())
             // (a key the checkpoint lacks is from an older version: not compared)
             .filter_map(|k| {
                 meta["options"]
@@ -482,7 +523,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             changed.push(format!("iterations {was} (now {iters})"));
         }
         if self.other_data(meta) {
-            changed.push("the training data (other --data images or --aug)".to_string());
+            changed.push(format!(
+                "the training data (other --data images or --aug){}",
+                self.image_change(&meta["data"])
+            ));
         }
         if changed.is_empty() {
             return Ok(());
@@ -1222,13 +1266,17 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(())
     }
 
+    /// Whether branches 1 and 2 start as pruned copies of -O (FSRCNN only; the others start
+    /// from random weights whatever --random-init says).
+    fn prunes(&self) -> bool {
+        self.opts.prune && matches!(self.opts.branches()[0], Arch::Fsrcnn { .. })
+    }
+
     /// How this run makes its nets, recorded in its checkpoints for the manifest.
     fn run_options(&self) -> serde_json::Value {
         serde_json::json!({
             "original_init": self.opts.init_from.as_ref().map(|d| d.display().to_string()),
-            // (only FSRCNN branches are pruned copies of -O; the others start from random
-            // weights whatever --random-init says)
-            "branch_init": if self.opts.prune && matches!(self.opts.branches()[0], Arch::Fsrcnn { .. }) {
+            "branch_init": if self.prunes() {
                 "pruned from -O"
             } else {
                 "random"
@@ -1324,9 +1372,11 @@ impl<B: AutodiffBackend> Trainer<B> {
         let other_data = !v["data"].is_null() && v["data"] != self.data_key();
         if classes.len() != n || other_data {
             return Err(format!(
-                "{} was made from other training data ({} sub-images, this run has {n}; or other images or --aug)",
+                "{} was made from other training data ({} sub-images, this run has {n}; or other images or \
+                 --aug){}",
                 path.display(),
-                classes.len()
+                classes.len(),
+                self.image_change(&v["data"])
             ));
         }
         Ok((classes, v["scope"].as_str().unwrap_or("global").to_string()))
