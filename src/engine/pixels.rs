@@ -249,10 +249,15 @@ pub fn bleed_into_transparent(
         .flatten()
     };
     // (row by row over the row above, this one and the one below: the first ring is looked
-    // for over the whole frame, every frame)
+    // for over the whole frame, every frame, so rows with no visible pixel near them, most of
+    // a frame with a logo, are passed over whole)
+    let visible_rows: Vec<bool> = (0..h).map(|y| known[y * w..(y + 1) * w].contains(&1)).collect();
     let mut ring = Vec::new();
     for y in 0..h {
         let band = y.saturating_sub(1)..(y + 2).min(h);
+        if !visible_rows[band.clone()].contains(&true) {
+            continue;
+        }
         for x in 0..w {
             let i = y * w + x;
             if known[i] == 0 {
