@@ -87,20 +87,22 @@ pub fn read_image_checked(
 ) -> Result<(image::DynamicImage, bool, Option<Vec<u8>>), String> {
     use image::metadata::Orientation;
     let fail = |e: &dyn std::fmt::Display| format!("cannot read '{}': {e}", path.display());
-    let reader = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .map_err(|e| fail(&e))?;
+    // The file is read once, for the JPEG check and the decoder. Its format is what its
+    // content says, else what its name says (as ImageReader::open and with_guessed_format).
+    let bytes = std::fs::read(path).map_err(|e| fail(&e))?;
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(&bytes[..]));
+    if let Ok(format) = image::ImageFormat::from_path(path) {
+        reader.set_format(format);
+    }
+    let reader = reader.with_guessed_format().map_err(|e| fail(&e))?;
     // (the JPEG decoder fills what a cut-short file lacks with grey, without a word)
-    if reader.format() == Some(image::ImageFormat::Jpeg) {
-        let bytes = std::fs::read(path).map_err(|e| fail(&e))?;
-        if bytes.starts_with(&[0xff, 0xd8]) && !jpeg_complete(&bytes) {
-            let what = "ends before its JPEG end marker: if it was cut short (an interrupted download or copy), \
-                        its missing part comes out grey";
-            if strict {
-                return Err(fail(&format!("it {what}")));
-            }
-            eprintln!("warning: '{}' {what}", path.display());
+    if reader.format() == Some(image::ImageFormat::Jpeg) && bytes.starts_with(&[0xff, 0xd8]) && !jpeg_complete(&bytes) {
+        let what = "ends before its JPEG end marker: if it was cut short (an interrupted download or copy), its \
+                    missing part comes out grey";
+        if strict {
+            return Err(fail(&format!("it {what}")));
         }
+        eprintln!("warning: '{}' {what}", path.display());
     }
     let mut decoder = reader.into_decoder().map_err(|e| fail(&e))?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);

@@ -1473,8 +1473,7 @@ fn transparent_surroundings_leave_no_fringe() {
     });
     let mut engine = Engine::new(Model::load(&ModelSet::embedded(), &CPU).unwrap());
     let layout = PixelLayout::Rgba;
-    let (data, stride) = pack(&img, layout, 0);
-    let mut data = data;
+    let (mut data, stride) = pack(&img, layout, 0);
     for (i, px) in data.chunks_exact_mut(4).enumerate() {
         px[3] = img.px[i][3];
     }

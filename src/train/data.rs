@@ -180,6 +180,8 @@ impl Dataset {
             turned: Vec::new(),
             skipped: Vec::new(),
         };
+        // images that gave no sub-image at any scale (for the error when none gave any)
+        let mut without_subs = 0;
         for f in files {
             let img = match read_rgb(&f) {
                 Ok((i, turned)) => {
@@ -214,11 +216,6 @@ impl Dataset {
             } else {
                 img
             };
-            let shrunk = if big > MAX_SIDE {
-                format!(" (its longer side brought to {MAX_SIDE}: {}x{})", img.width, img.height)
-            } else {
-                String::new()
-            };
             let pairs_before = ds.pairs.len();
             for &s in aug {
                 let size = |side: usize| (side as f64 * s).round() as usize;
@@ -246,19 +243,24 @@ impl Dataset {
             }
             // (a panorama shrunk to MAX_SIDE may come out under a sub-image at every scale)
             if ds.pairs.len() == pairs_before {
+                let shrunk = if big > MAX_SIDE {
+                    format!(" (its longer side brought to {MAX_SIDE}: {}x{})", img.width, img.height)
+                } else {
+                    String::new()
+                };
                 let why = format!("gives no {hr_size}x{hr_size} sub-image at any scale of --aug {aug:?}{shrunk}");
                 warn(format!("skipping '{}': {why}", f.display()));
                 ds.skipped.push((f, why));
+                without_subs += 1;
                 continue;
             }
             ds.images.push(f);
         }
         if ds.subs.is_empty() {
             // (images may have been read, but every scale of them came out under one sub-image)
-            let small = ds.skipped.iter().filter(|(_, why)| why.starts_with("gives no")).count();
-            let hint = if small > 0 {
+            let hint = if without_subs > 0 {
                 format!(
-                    ": {small} of them are smaller than {hr_size}x{hr_size} at every scale of --aug {aug:?} (use larger factors)"
+                    ": {without_subs} of them are smaller than {hr_size}x{hr_size} at every scale of --aug {aug:?} (use larger factors)"
                 )
             } else {
                 String::new()
