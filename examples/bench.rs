@@ -125,6 +125,10 @@ struct Paired {
     secs: Vec<[f64; 2]>,
     /// Class-cache hits and tiles of the class element.
     hits: (u64, u64),
+    /// Per element [off, class], the `classify-time` and `processing-time` of its frames
+    /// (seconds, the same frames as `secs`).
+    classify: [Vec<f64>; 2],
+    processing: [Vec<f64>; 2],
 }
 
 impl Paired {
@@ -151,6 +155,27 @@ impl Paired {
             per[3 * n / 4],
             ms(0),
             ms(1),
+        )
+    }
+
+    /// Per element, the time spent classifying (the only work cache=class changes) against
+    /// the element's processing time, and the difference as a share of cache=off's.
+    fn classify_rows(&self) -> String {
+        let sum = |v: &[f64]| v.iter().sum::<f64>();
+        let ms = |v: &[f64]| median(v.iter().map(|s| s * 1e3).collect());
+        let mut rows = String::new();
+        for (k, name) in ["off", "class"].iter().enumerate() {
+            rows += &format!(
+                "| {name} | {:.3} | {:.2} | {:.2} % |\n",
+                ms(&self.classify[k]),
+                ms(&self.processing[k]),
+                100.0 * sum(&self.classify[k]) / sum(&self.processing[k]),
+            );
+        }
+        let saved = (sum(&self.classify[0]) - sum(&self.classify[1])) / sum(&self.processing[0]);
+        rows + &format!(
+            "\nClassifying took {:.2} % less of cache=off's processing time with cache=class (the rest of a frame is the same work in both).",
+            100.0 * saved
         )
     }
 
@@ -182,6 +207,8 @@ fn paired_frames(frames: &[u8], (w, h): (usize, usize), model: &str, rounds: usi
     let caps = format!("video/x-raw,format=RGB,width={w},height={h},framerate=25/1");
     let mut secs = Vec::new();
     let mut hits = (0u64, 0u64);
+    let mut classify = [Vec::new(), Vec::new()];
+    let mut processing = [Vec::new(), Vec::new()];
     for round in 0..rounds {
         let mut elements = Vec::new();
         for cache in ["off", "class"] {
@@ -214,10 +241,21 @@ fn paired_frames(frames: &[u8], (w, h): (usize, usize), model: &str, rounds: usi
                 secs.push(t);
             }
         }
-        while let Some(m) = elements[1].1.pop_filtered(&[gst::MessageType::Element]) {
-            if let Some(st) = m.structure().filter(|s| s.name() == "classsr-stats") {
-                hits.0 += st.get::<u32>("class-cache-hits").unwrap_or(0) as u64;
-                hits.1 += st.get::<u32>("tiles").unwrap_or(0) as u64;
+        for (e, (_, bus)) in elements.iter().enumerate() {
+            while let Some(m) = bus.pop_filtered(&[gst::MessageType::Element]) {
+                let Some(st) = m.structure().filter(|s| s.name() == "classsr-stats") else {
+                    continue;
+                };
+                let ns = |f: &str| st.get::<u64>(f).map_err(|err| format!("stats {f}: {err}"));
+                // (the first frame, left out of `secs`, computes every tile)
+                if st.get::<u64>("frame").map_err(|err| err.to_string())? > 1 {
+                    classify[e].push(ns("classify-time")? as f64 * 1e-9);
+                    processing[e].push(ns("processing-time")? as f64 * 1e-9);
+                }
+                if e == 1 {
+                    hits.0 += st.get::<u32>("class-cache-hits").unwrap_or(0) as u64;
+                    hits.1 += st.get::<u32>("tiles").unwrap_or(0) as u64;
+                }
             }
         }
         for (harness, _) in &elements {
@@ -229,7 +267,20 @@ fn paired_frames(frames: &[u8], (w, h): (usize, usize), model: &str, rounds: usi
     if secs.is_empty() {
         return Err("no frames to pair: the clip has one frame".into());
     }
-    Ok(Paired { secs, hits })
+    if classify.iter().any(|c| c.len() != secs.len()) {
+        return Err(format!(
+            "{} frames timed, but stats for {} and {}",
+            secs.len(),
+            classify[0].len(),
+            classify[1].len()
+        ));
+    }
+    Ok(Paired {
+        secs,
+        hits,
+        classify,
+        processing,
+    })
 }
 
 /// Sizes the clip is scaled to (192x144 gives the 768x576 output).
@@ -404,6 +455,12 @@ fn main() -> Result<(), String> {
     println!("| input | frames paired | class-cache hits | class faster in | time ratio off / class (95 % interval) | per frame: median ratio (95 % interval) | per frame: quartiles | ms per frame: off / class (medians) |");
     println!("|---|---|---|---|---|---|---|---|");
     println!("{}", paired.row(w, h));
+    println!(
+        "\nWhere cache=class differs from cache=off: the elements' own `classify-time` (gathering the tiles, comparing them with the cache, the classifier's runs on the changed ones, routing) against their `processing-time`, from their stats for the same frames (medians per frame; share: totals).\n"
+    );
+    println!("| cache | classify ms per frame | processing ms per frame | classify share of processing |");
+    println!("|---|---|---|---|");
+    println!("{}", paired.classify_rows());
     if cache_only {
         let _ = std::fs::remove_dir_all(&tmp);
         return Ok(());

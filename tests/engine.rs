@@ -121,7 +121,7 @@ fn tiles_classified_and_run_in_batches_per_worker() {
     let one = SessionConfig { threads: 1, ..CPU };
     let mut engine = Engine::new(Model::load(&set, &one).unwrap());
     assert!(engine.model().workers.is_empty());
-    let img = zones(200, 120);
+    let img = zones(320, 224);
     let cfg = FrameConfig {
         max_batch: 256,
         ..Default::default()

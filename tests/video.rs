@@ -521,6 +521,11 @@ fn stats_add_up() {
     assert_eq!(u(st, "original-macs"), m.branches[2].macs_per_tile * n);
     assert_eq!(u(st, "frame"), 1);
     assert!(u(st, "processing-time") > 0);
+    // the classifier ran, within the frame's time
+    assert!(
+        u(st, "classify-time") > 0 && u(st, "classify-time") < u(st, "processing-time"),
+        "{st:?}"
+    );
 
     // With the cache, the MACs leave out what was skipped: cache=class runs the branches but
     // not the classifier on an unchanged frame, cache=full (no refresh) runs nothing.

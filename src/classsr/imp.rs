@@ -798,13 +798,13 @@ impl ClassSr {
             .field("macs", st.macs)
             .field("original-macs", st.original_macs)
             .field("runs", st.runs as u32)
-            .field("processing-time", (st.seconds * 1e9) as u64);
-        // where the time went (frame graphs only)
+            .field("processing-time", (st.seconds * 1e9) as u64)
+            .field("classify-time", (st.classify_seconds * 1e9) as u64);
+        // where the rest of the time went (frame graphs only)
         let s = match &st.stages {
             Some(t) => {
                 let ns = |s: f64| (s * 1e9) as u64;
                 s.field("upload-time", ns(t.upload))
-                    .field("classify-time", ns(t.classify))
                     .field("branch1-time", ns(t.branches[0]))
                     .field("branch2-time", ns(t.branches[1]))
                     .field("branch3-time", ns(t.branches[2]))

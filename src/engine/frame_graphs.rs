@@ -298,6 +298,7 @@ impl Engine {
             }
         }
         stages.download = split();
+        stats.classify_seconds = stages.classify;
         stats.stages = Some(stages);
         stats.seconds = started.elapsed().as_secs_f64();
         Ok(stats)

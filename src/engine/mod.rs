@@ -221,6 +221,11 @@ pub struct FrameStats {
     /// (cache=full; counted as recomputed, not as hits).
     pub partial_tiles: usize,
     pub seconds: f64,
+    /// Of those, the seconds spent deciding the tiles' classes: gathering the tiles, comparing
+    /// them with the cache, the classifier's runs on the changed ones, routing and recording
+    /// them in the cache (0 in mode=bicubic). cache=class can save only here against
+    /// cache=off: the rest of a frame is the same work in both.
+    pub classify_seconds: f64,
     /// Where the time went, for frames made by the frame graphs ([`Engine::process_graphs`]).
     pub stages: Option<StageSeconds>,
 }
@@ -571,8 +576,10 @@ impl Engine {
             if networks && cfg.cache == CacheMode::Full && work.cache.hr.is_empty() {
                 work.cache.check_hr_memory(crate::available_memory())?;
             }
+            let classifying = Instant::now();
             Self::find_fresh(work, cfg, threshold, crops);
             self.classify(cfg, &mut stats, classifier_macs)?;
+            stats.classify_seconds = classifying.elapsed().as_secs_f64();
             let work = self.work.as_mut().expect("prepared");
             if cfg.mode == Mode::ClassMap {
                 tint_classes(work);
