@@ -174,8 +174,9 @@ impl Paired {
         }
         let saved = (sum(&self.classify[0]) - sum(&self.classify[1])) / sum(&self.processing[0]);
         rows + &format!(
-            "\nClassifying took {:.2} % less of cache=off's processing time with cache=class (the rest of a frame is the same work in both).",
-            100.0 * saved
+            "\nClassifying took {:.2} % {} of cache=off's processing time with cache=class (the rest of a frame is the same work when the classes agree).",
+            100.0 * saved.abs(),
+            if saved >= 0.0 { "less" } else { "more" }
         )
     }
 

@@ -23,7 +23,8 @@ pub struct EvalImage {
 impl EvalImage {
     /// Reads an HR image and makes its LR version for `scale`.
     pub fn load(path: &Path, scale: usize) -> Result<EvalImage, Error> {
-        let img = read_image(path).map_err(Error::Input)?.to_rgb8();
+        let img = read_image(path).map_err(Error::Input)?;
+        let img = opaque_rgb8(img, path, "scored").map_err(Error::Input)?;
         let stride = img.width() as usize;
         let (w, h) = (stride / scale * scale, img.height() as usize / scale * scale);
         // scored with a `scale`-pixel border shaved and an 11x11 SSIM window inside it, after
@@ -62,6 +63,26 @@ impl EvalImage {
 /// orientation (as image viewers show it: phone photographs are often stored sideways).
 pub fn read_image(path: &Path) -> Result<image::DynamicImage, String> {
     read_image_upright(path).map(|(img, _)| img)
+}
+
+/// The image as 8-bit RGB, refused when it has transparent pixels: the colour stored under
+/// them is not part of the picture (often black or left over from editing), so it would be
+/// `used` (scored, learnt) as if it were.
+pub fn opaque_rgb8(img: image::DynamicImage, path: &Path, used: &str) -> Result<image::RgbImage, String> {
+    if img.color().has_alpha() {
+        let alpha = img.to_rgba16();
+        let clear = alpha.pixels().filter(|p| p.0[3] != u16::MAX).count();
+        if clear > 0 {
+            return Err(format!(
+                "'{}' has {clear} transparent or translucent pixels of {}: the colour stored under them is not \
+                 part of the picture and would be {used}; flatten it onto a background first (e.g. ImageMagick's \
+                 `convert IN -background white -alpha remove OUT`) or leave it out",
+                path.display(),
+                alpha.width() as u64 * alpha.height() as u64
+            ));
+        }
+    }
+    Ok(img.to_rgb8())
 }
 
 /// [`read_image`], and whether its EXIF orientation turned or flipped it.

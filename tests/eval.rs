@@ -361,6 +361,29 @@ fn the_command_line_never_loses_a_file_and_names_what_it_skips() {
         "bicubic",
     ]);
     assert!(ok && err.contains("cut.jpg") && err.contains("end marker"), "{err}");
+    // ... and an image with transparent pixels (it would score the colour stored under
+    // them); one whose alpha is opaque everywhere is scored as RGB.
+    let mut rgba = image::RgbaImage::from_fn(40, 32, |x, y| image::Rgba([(x * 6) as u8, (y * 7) as u8, 90, 255]));
+    rgba.save(cut_hr.join("opaque.png")).unwrap();
+    rgba.put_pixel(3, 5, image::Rgba([0, 0, 0, 254]));
+    rgba.save(cut_hr.join("clear.png")).unwrap();
+    std::fs::remove_file(cut_hr.join("cut.jpg")).unwrap();
+    let doc = eval_json(&["--hr", cut_hr.to_str().unwrap(), "--model", ka, "--modes", "bicubic"]);
+    let scored: Vec<String> = serde_json::from_value(doc["images"].clone()).unwrap();
+    assert_eq!(scored, ["a.png", "opaque.png"]);
+    let (ok, err) = classsr(&[
+        "eval",
+        "--hr",
+        cut_hr.to_str().unwrap(),
+        "--model",
+        ka,
+        "--modes",
+        "bicubic",
+    ]);
+    assert!(
+        ok && err.contains("clear.png") && err.contains("1 transparent or translucent pixels of 1280"),
+        "{err}"
+    );
     let mut padded = jpeg.clone();
     padded.extend_from_slice(&[0; 16]);
     std::fs::write(dir.join("padded.jpg"), &padded).unwrap();

@@ -211,6 +211,10 @@ fn short_run_learns_uses_all_classes_exports_and_protects_the_model() {
     let root = scratch("run");
     make_images(&root.join("train"), 3, 256, 1);
     make_images(&root.join("val"), 1, 128, 9);
+    // an image with a transparent pixel: the colour under it is not to be learnt
+    let mut clear = image::RgbaImage::from_pixel(256, 256, image::Rgba([50, 60, 70, 255]));
+    clear.put_pixel(9, 9, image::Rgba([0, 0, 0, 0]));
+    clear.save(root.join("train").join("clear.png")).unwrap();
     let out = root.join("model");
     let (data, val, out_s) = (root.join("train"), root.join("val"), out.display().to_string());
     let mut common = io_args(&data, &val, &out_s).to_vec();
@@ -227,6 +231,10 @@ fn short_run_learns_uses_all_classes_exports_and_protects_the_model() {
     assert!(
         log.contains("skipping") && log.contains("corrupt.jpg"),
         "corrupt images are skipped with a warning: {log}"
+    );
+    assert!(
+        log.contains("clear.png") && log.contains("transparent"),
+        "images with transparent pixels are skipped with a warning: {log}"
     );
 
     // L1 went down during the -O model's training.

@@ -365,7 +365,7 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecUInt::builder("threads")
                     .nick("Threads")
-                    .blurb("CPU: a frame's branch runs are shared out between this many one-thread ONNX Runtime sessions, which also share the classifier's batch (0 = one per core); CUDA: ONNX Runtime's intra-op threads (0 = its default)")
+                    .blurb("CPU: a frame's branch runs are shared out between this many one-thread ONNX Runtime sessions, which also share the classifier's batch from 64 tiles on (0 = one per core); CUDA: ONNX Runtime's intra-op threads (0 = its default)")
                     .maximum(64)
                     .default_value(0)
                     .mutable_ready()
@@ -420,7 +420,7 @@ impl ObjectImpl for ClassSr {
                     .build(),
                 glib::ParamSpecBoolean::builder("stats")
                     .nick("Statistics")
-                    .blurb("Post a classsr-stats element message per frame: tiles per class, cache hits, tiles recomputed in part, MACs used and of the original model, processing time")
+                    .blurb("Post a classsr-stats element message per frame: tiles per class, cache hits, tiles recomputed in part, MACs used and of the original model, processing time and the part of it spent classifying")
                     .default_value(false)
                     .mutable_playing()
                     .build(),

@@ -223,8 +223,9 @@ pub struct FrameStats {
     pub seconds: f64,
     /// Of those, the seconds spent deciding the tiles' classes: gathering the tiles, comparing
     /// them with the cache, the classifier's runs on the changed ones, routing and recording
-    /// them in the cache (0 in mode=bicubic). cache=class can save only here against
-    /// cache=off: the rest of a frame is the same work in both.
+    /// them in the cache (0 in mode=bicubic; by the frame graphs, the classifier and routing
+    /// only). cache=class saves only here against cache=off: the rest of a frame is the same
+    /// work when the classes agree.
     pub classify_seconds: f64,
     /// Where the time went, for frames made by the frame graphs ([`Engine::process_graphs`]).
     pub stages: Option<StageSeconds>,

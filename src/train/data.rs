@@ -50,11 +50,11 @@ impl Rgb8 {
     }
 }
 
-/// Reads an image as 8-bit RGB (upright, as `classsr eval` reads it), and whether its EXIF
-/// orientation turned it.
+/// Reads an image as 8-bit RGB (upright, as `classsr eval` reads it; refused with
+/// transparent pixels), and whether its EXIF orientation turned it.
 pub fn read_rgb(path: &Path) -> Result<(Rgb8, bool), String> {
     let (img, turned) = crate::eval::read_image_upright(path)?;
-    let img = img.to_rgb8();
+    let img = crate::eval::opaque_rgb8(img, path, "learnt")?;
     let rgb = Rgb8 {
         width: img.width() as usize,
         height: img.height() as usize,
