@@ -346,44 +346,27 @@ fn the_command_line_never_loses_a_file_and_names_what_it_skips() {
         "cpu",
     ]);
     assert!(ok && err.contains("ends before its JPEG end marker"), "{err}");
-    // eval (as the trainer) skips it, by name: it would score the grey
+    // eval (as the trainer) skips it, by name: it would score the grey; and an image with
+    // transparent pixels (it would score the colour stored under them), while one whose
+    // alpha is opaque everywhere is scored as RGB.
     let cut_hr = dir.join("cut-hr");
     std::fs::create_dir(&cut_hr).unwrap();
     std::fs::copy(dir.join("cut.jpg"), cut_hr.join("cut.jpg")).unwrap();
     std::fs::copy(hr.join("a.png"), cut_hr.join("a.png")).unwrap();
-    let (ok, err) = classsr(&[
-        "eval",
-        "--hr",
-        cut_hr.to_str().unwrap(),
-        "--model",
-        ka,
-        "--modes",
-        "bicubic",
-    ]);
-    assert!(ok && err.contains("cut.jpg") && err.contains("end marker"), "{err}");
-    // ... and an image with transparent pixels (it would score the colour stored under
-    // them); one whose alpha is opaque everywhere is scored as RGB.
     let mut rgba = image::RgbaImage::from_fn(40, 32, |x, y| image::Rgba([(x * 6) as u8, (y * 7) as u8, 90, 255]));
     rgba.save(cut_hr.join("opaque.png")).unwrap();
     rgba.put_pixel(3, 5, image::Rgba([0, 0, 0, 254]));
     rgba.save(cut_hr.join("clear.png")).unwrap();
-    std::fs::remove_file(cut_hr.join("cut.jpg")).unwrap();
-    let doc = eval_json(&["--hr", cut_hr.to_str().unwrap(), "--model", ka, "--modes", "bicubic"]);
-    let scored: Vec<String> = serde_json::from_value(doc["images"].clone()).unwrap();
-    assert_eq!(scored, ["a.png", "opaque.png"]);
-    let (ok, err) = classsr(&[
-        "eval",
-        "--hr",
-        cut_hr.to_str().unwrap(),
-        "--model",
-        ka,
-        "--modes",
-        "bicubic",
-    ]);
+    let cut_hr = cut_hr.to_str().unwrap();
+    let (ok, err) = classsr(&["eval", "--hr", cut_hr, "--model", ka, "--modes", "bicubic"]);
+    assert!(ok && err.contains("cut.jpg") && err.contains("end marker"), "{err}");
     assert!(
-        ok && err.contains("clear.png") && err.contains("1 transparent or translucent pixels of 1280"),
+        err.contains("clear.png") && err.contains("1 transparent or translucent pixels of 1280"),
         "{err}"
     );
+    let doc = eval_json(&["--hr", cut_hr, "--model", ka, "--modes", "bicubic"]);
+    let scored: Vec<String> = serde_json::from_value(doc["images"].clone()).unwrap();
+    assert_eq!(scored, ["a.png", "opaque.png"]);
     let mut padded = jpeg.clone();
     padded.extend_from_slice(&[0; 16]);
     std::fs::write(dir.join("padded.jpg"), &padded).unwrap();
