@@ -69,18 +69,25 @@ pub fn read_image(path: &Path) -> Result<image::DynamicImage, String> {
 /// them is not part of the picture (often black or left over from editing), so it would be
 /// `used` (scored, learnt) as if it were.
 pub fn opaque_rgb8(img: image::DynamicImage, path: &Path, used: &str) -> Result<image::RgbImage, String> {
-    if img.color().has_alpha() {
-        let alpha = img.to_rgba16();
-        let clear = alpha.pixels().filter(|p| p.0[3] != u16::MAX).count();
-        if clear > 0 {
-            return Err(format!(
-                "'{}' has {clear} transparent or translucent pixels of {}: the colour stored under them is not \
-                 part of the picture and would be {used}; flatten it onto a background first (e.g. ImageMagick's \
-                 `convert IN -background white -alpha remove OUT`) or leave it out",
-                path.display(),
-                alpha.width() as u64 * alpha.height() as u64
-            ));
-        }
+    use image::DynamicImage as D;
+    // (counted in place: a converted copy would take 8 bytes a pixel of a large photograph)
+    let clear = match &img {
+        D::ImageLumaA8(i) => i.pixels().filter(|p| p.0[1] != u8::MAX).count(),
+        D::ImageLumaA16(i) => i.pixels().filter(|p| p.0[1] != u16::MAX).count(),
+        D::ImageRgba8(i) => i.pixels().filter(|p| p.0[3] != u8::MAX).count(),
+        D::ImageRgba16(i) => i.pixels().filter(|p| p.0[3] != u16::MAX).count(),
+        D::ImageRgba32F(i) => i.pixels().filter(|p| p.0[3] < 1.0 || p.0[3].is_nan()).count(),
+        other if other.color().has_alpha() => other.to_rgba16().pixels().filter(|p| p.0[3] != u16::MAX).count(),
+        _ => 0,
+    };
+    if clear > 0 {
+        return Err(format!(
+            "'{}' has {clear} transparent or translucent pixels of {}: the colour stored under them is not part of \
+             the picture and would be {used}; flatten it onto a background first (e.g. ImageMagick's \
+             `convert IN -background white -alpha remove OUT`, `magick` for `convert` in version 7) or leave it out",
+            path.display(),
+            img.width() as u64 * img.height() as u64
+        ));
     }
     Ok(img.to_rgb8())
 }

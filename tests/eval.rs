@@ -357,6 +357,10 @@ fn the_command_line_never_loses_a_file_and_names_what_it_skips() {
     rgba.save(cut_hr.join("opaque.png")).unwrap();
     rgba.put_pixel(3, 5, image::Rgba([0, 0, 0, 254]));
     rgba.save(cut_hr.join("clear.png")).unwrap();
+    // (16-bit grey with alpha, opaque: its alpha is 65535)
+    image::ImageBuffer::from_pixel(40, 32, image::LumaA([30000u16, u16::MAX]))
+        .save(cut_hr.join("grey16.png"))
+        .unwrap();
     let cut_hr = cut_hr.to_str().unwrap();
     let (ok, err) = classsr(&["eval", "--hr", cut_hr, "--model", ka, "--modes", "bicubic"]);
     assert!(ok && err.contains("cut.jpg") && err.contains("end marker"), "{err}");
@@ -366,7 +370,7 @@ fn the_command_line_never_loses_a_file_and_names_what_it_skips() {
     );
     let doc = eval_json(&["--hr", cut_hr, "--model", ka, "--modes", "bicubic"]);
     let scored: Vec<String> = serde_json::from_value(doc["images"].clone()).unwrap();
-    assert_eq!(scored, ["a.png", "opaque.png"]);
+    assert_eq!(scored, ["a.png", "grey16.png", "opaque.png"]);
     let mut padded = jpeg.clone();
     padded.extend_from_slice(&[0; 16]);
     std::fs::write(dir.join("padded.jpg"), &padded).unwrap();
