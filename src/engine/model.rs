@@ -134,8 +134,8 @@ pub(crate) fn run_with<R>(
 
 /// The fewest tiles a share of the classifier's batch holds: smaller shares cost more in
 /// calls than they save. (In the element at 192x144, with the branches' runs between
-/// classifier runs, 30 tiles took about as long in one run as in two of 15, and the 10
-/// changed tiles of a cache=class frame half as long in one run as in two of 5.)
+/// classifier runs, the frame's 35 tiles took about as long in one run as in two, and the
+/// 12 or so changed tiles of a cache=class frame about 60 % as long in one run as in two.)
 pub const CLASSIFIER_SHARE: usize = 32;
 
 /// Tiles in a load-time dry run: more than one, as a frame's tiles go in one call (a graph
