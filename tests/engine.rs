@@ -578,12 +578,11 @@ fn a_tile_made_bicubically_under_qos_is_classified_again_when_it_drifts() {
         ..FrameConfig::default()
     };
     // flat (branch1 for the known-answer classifier), one level brighter each frame
-    let frame = grey;
-    let (_, first) = run_engine(&mut engine, &frame(0), &cfg);
+    let (_, first) = run_engine(&mut engine, &grey(0), &cfg);
     let n: usize = first.tiles.iter().sum();
     assert_eq!(first.tiles[0], n, "all flat: {:?}", first.tiles);
     let hits: Vec<usize> = (1..6)
-        .map(|k| run_engine(&mut engine, &frame(k), &cfg).1.class_cache_hits)
+        .map(|k| run_engine(&mut engine, &grey(k), &cfg).1.class_cache_hits)
         .collect();
     // (2 levels is at the threshold, which float rounding may put on either side)
     assert_eq!(hits[0], n, "one level: under the threshold ({hits:?})");
@@ -611,19 +610,18 @@ fn a_tile_made_again_is_classified_on_the_pixels_it_is_made_from() {
         cache: CacheMode::Full,
         ..class
     };
-    let frame = grey;
-    let (_, first) = run_engine(&mut engine, &frame(0), &class);
+    let (_, first) = run_engine(&mut engine, &grey(0), &class);
     let n: usize = first.tiles.iter().sum();
-    let (_, st) = run_engine(&mut engine, &frame(5), &class);
+    let (_, st) = run_engine(&mut engine, &grey(5), &class);
     assert_eq!(st.class_cache_hits, n, "5 levels: under the threshold");
-    let (_, st) = run_engine(&mut engine, &frame(5), &full);
+    let (_, st) = run_engine(&mut engine, &grey(5), &full);
     assert_eq!(st.class_cache_hits, 0, "made again, so classified again");
     assert_eq!(st.full_cache_hits, 0);
     // 5 levels from where they were made and classified: all kept now
-    let (_, st) = run_engine(&mut engine, &frame(10), &full);
+    let (_, st) = run_engine(&mut engine, &grey(10), &full);
     assert_eq!((st.class_cache_hits, st.full_cache_hits), (n, n));
     // 9 levels from there: over the threshold, made and classified again
-    let (_, st) = run_engine(&mut engine, &frame(14), &full);
+    let (_, st) = run_engine(&mut engine, &grey(14), &full);
     assert_eq!((st.class_cache_hits, st.full_cache_hits), (0, 0));
 }
 

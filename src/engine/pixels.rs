@@ -180,27 +180,32 @@ pub fn unpack_planar(
         }
     }
     if let (Some(alpha), Some(ao)) = (alpha, img.layout.alpha_offset()) {
-        for y in 0..ph {
-            let row = &img.data[y.min(h - 1) * img.stride..];
+        for y in 0..h {
+            let row = &img.data[y * img.stride..];
             let o = y * pw;
             for x in 0..w {
                 alpha[o + x] = row[x * bpp + ao] as f32 / 255.0;
             }
-            let last = alpha[o + w - 1];
-            alpha[o + w..o + pw].fill(last);
         }
         // (on the frame itself, before its edges are replicated into the padding)
         bleed_into_transparent(rgb, plane, alpha, pw, w, h, reach);
+        replicate_edges(&mut alpha[..plane], pw, w, h);
     }
     for c in rgb[..3 * plane].chunks_exact_mut(plane) {
-        for y in 0..h {
-            let o = y * pw;
-            let last = c[o + w - 1];
-            c[o + w..o + pw].fill(last);
-        }
-        for y in h..ph {
-            c.copy_within((h - 1) * pw..h * pw, y * pw);
-        }
+        replicate_edges(c, pw, w, h);
+    }
+}
+
+/// Fills the padding of a plane (rows `pw` values apart) around its `w`×`h` frame: each row's
+/// last value to its end, then the last row into the rows below.
+fn replicate_edges(c: &mut [f32], pw: usize, w: usize, h: usize) {
+    for y in 0..h {
+        let o = y * pw;
+        let last = c[o + w - 1];
+        c[o + w..o + pw].fill(last);
+    }
+    for y in h..c.len() / pw {
+        c.copy_within((h - 1) * pw..h * pw, y * pw);
     }
 }
 
